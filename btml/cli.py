@@ -1,0 +1,56 @@
+"""The ``btml`` command line: thin commands that call into the packages and print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from btml.config import Config, load_config
+from feeds.errors import BtmlError
+
+pass_config = click.make_pass_decorator(Config)
+
+
+def _fail(err: Exception) -> None:
+    click.echo(f"error: {err}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Store folder (default: $BTML_STORE or ./data_storage).")
+@click.version_option(package_name="backtrader-ml")
+@click.pass_context
+def main(ctx: click.Context, store: Path | None) -> None:
+    """backtrader-ml: market data, ML signals and backtests for backtrader."""
+    ctx.obj = load_config(store)
+
+
+@main.command()
+@click.option("--synthetic", is_flag=True, help="Use the synthetic market instead of the real sample.")
+@pass_config
+def demo(config: Config, synthetic: bool) -> None:
+    """Run the whole system offline on the embedded default and print a summary."""
+    from btml.demo import run_demo, summary_table
+
+    try:
+        result = run_demo(config.store, synthetic=synthetic, log=click.echo)
+    except BtmlError as err:
+        _fail(err)
+    click.echo("")
+    click.echo(summary_table(result))
+    click.echo("")
+    click.echo(f"store: {result.store.resolve()}")
+    for f in result.files:
+        click.echo(f"  {f}")
+    click.echo(f"done in {result.seconds:.1f} s")
+
+
+from btml.data_cli import data  # noqa: E402
+
+main.add_command(data)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

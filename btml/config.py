@@ -1,0 +1,80 @@
+"""The one configuration model: frozen dataclasses, read from flags and the environment.
+
+Credentials come from the environment (``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY``, the
+names Alpaca's own tools use) and are never printed: their ``repr`` masks them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from feeds.errors import ConfigError
+
+DEFAULT_STORE = "./data_storage"
+ALPACA_FEEDS = ("iex", "sip")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlpacaCredentials:
+    """Alpaca API keys. ``repr``/``str`` never show them."""
+
+    key_id: str = field(repr=False)
+    secret_key: str = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.key_id or not self.secret_key:
+            raise ConfigError("Alpaca credentials need both APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+
+    def __repr__(self) -> str:
+        return "AlpacaCredentials(key_id='***', secret_key='***')"
+
+    __str__ = __repr__
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AlpacaCredentials | None:
+        """Keys from ``APCA_API_KEY_ID``/``APCA_API_SECRET_KEY``; None when neither is set."""
+        key = env.get("APCA_API_KEY_ID") or env.get("ALPACA_API_KEY")
+        secret = env.get("APCA_API_SECRET_KEY") or env.get("ALPACA_SECRET_KEY")
+        if not key and not secret:
+            return None
+        return cls(key_id=key or "", secret_key=secret or "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceSettings:
+    """Settings shared by the data sources."""
+
+    timeout_s: float = 10.0
+    alpaca_feed: str = "iex"
+    alpaca_data_url: str | None = None
+    ccxt_exchange: str = "binance"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.timeout_s <= 300:
+            raise ConfigError(f"timeout_s must be in (0, 300], got {self.timeout_s}")
+        if self.alpaca_feed not in ALPACA_FEEDS:
+            raise ConfigError(f"alpaca_feed must be one of {ALPACA_FEEDS}, got {self.alpaca_feed!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """Everything a command needs: where the store is, credentials, source settings."""
+
+    store: Path = Path(DEFAULT_STORE)
+    alpaca: AlpacaCredentials | None = None
+    sources: SourceSettings = field(default_factory=SourceSettings)
+
+
+def load_config(store: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the config: ``store`` flag, else ``BTML_STORE``, else ``./data_storage``."""
+    env = os.environ if env is None else env
+    path = Path(store or env.get("BTML_STORE") or DEFAULT_STORE)
+    sources = SourceSettings(
+        alpaca_feed=env.get("BTML_ALPACA_FEED", "iex"),
+        alpaca_data_url=env.get("BTML_ALPACA_DATA_URL") or None,
+        ccxt_exchange=env.get("BTML_CCXT_EXCHANGE", "binance"),
+    )
+    return Config(store=path, alpaca=AlpacaCredentials.from_env(env), sources=sources)

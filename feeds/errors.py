@@ -1,0 +1,68 @@
+"""The project's exception tree.
+
+Two branches: the user's mistakes (bad configuration, bad data, unknown names), which a rerun
+will not fix, and passing faults (network, a busy server), which a rerun may fix.
+
+    BtmlError
+    +-- UserError                 fix the input, then rerun
+    |   +-- ConfigError           a config value out of range, an unknown registry name
+    |   +-- DataError             data breaks the OHLCV contract (names symbol, row, rule)
+    |   |   +-- ValidationError
+    |   +-- SymbolNotFound        the source has no such symbol, or returned nothing
+    |   +-- StoreError            the store cannot be read or written
+    |       +-- CorruptFileError  a Parquet file that cannot be read (names the file)
+    +-- TransientError            retry later
+        +-- SourceUnavailable     network failure, timeout, 5xx, rate limit
+"""
+
+from __future__ import annotations
+
+
+class BtmlError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class UserError(BtmlError):
+    """The input is wrong; rerunning unchanged will fail the same way."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid or a registry name is unknown."""
+
+
+class DataError(UserError, ValueError):
+    """Data breaks the OHLCV contract."""
+
+
+class ValidationError(DataError):
+    """A validation rule failed; carries the symbol, timestamp and rule."""
+
+    def __init__(self, symbol: str, rule: str, message: str, timestamp: object = None) -> None:
+        self.symbol = symbol
+        self.rule = rule
+        self.timestamp = timestamp
+        super().__init__(message)
+
+
+class SymbolNotFound(UserError, LookupError):
+    """The source does not know the symbol, or returned no rows for the range."""
+
+
+class StoreError(UserError, OSError):
+    """The store could not be read or written."""
+
+
+class CorruptFileError(StoreError):
+    """A stored file cannot be read; other files are unaffected."""
+
+    def __init__(self, path: object, message: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class TransientError(BtmlError):
+    """A passing fault: the same call may succeed later."""
+
+
+class SourceUnavailable(TransientError, ConnectionError):
+    """A data source could not be reached or answered with a server error."""

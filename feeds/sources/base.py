@@ -1,0 +1,75 @@
+"""The source interface and its registry.
+
+A source turns a symbol, a timeframe and a date range into one canonical OHLCV frame
+(:mod:`feeds.frame`). It raises :class:`~feeds.errors.SymbolNotFound` for an unknown symbol or
+an empty answer and :class:`~feeds.errors.SourceUnavailable` for network failures; it never
+returns an empty frame as if that were data.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+import pandas as pd
+
+from feeds.errors import ConfigError
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What every data source provides."""
+
+    name: str
+
+    def fetch(
+        self,
+        symbol: str,
+        *,
+        timeframe: str = "1Day",
+        start: pd.Timestamp | None = None,
+        end: pd.Timestamp | None = None,
+    ) -> pd.DataFrame:
+        """Return the canonical frame for ``symbol`` with bars in ``[start, end)``."""
+        ...
+
+
+def to_utc(ts: object | None) -> pd.Timestamp | None:
+    """Parse a date or timestamp; naive values are taken as UTC."""
+    if ts is None:
+        return None
+    t = pd.Timestamp(ts)  # type: ignore[arg-type]
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+SourceFactory = Callable[..., Source]
+
+
+def _registry() -> dict[str, SourceFactory]:
+    # Imported lazily: each source pulls in its own client library.
+    from feeds.sources.alpaca import AlpacaSource
+    from feeds.sources.ccxt_source import CcxtSource
+    from feeds.sources.csv_source import CsvSource
+    from feeds.sources.synthetic import SyntheticSource
+    from feeds.sources.yahoo import YahooSource
+
+    return {
+        "yahoo": YahooSource,
+        "alpaca": AlpacaSource,
+        "ccxt": CcxtSource,
+        "csv": CsvSource,
+        "synthetic": SyntheticSource,
+    }
+
+
+SOURCE_NAMES: tuple[str, ...] = ("yahoo", "alpaca", "ccxt", "csv", "synthetic")
+
+
+def get_source(name: str, **settings: object) -> Source:
+    """Create the source registered as ``name`` with its settings."""
+    if name not in SOURCE_NAMES:
+        close = difflib.get_close_matches(name, SOURCE_NAMES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown source {name!r}: known are {', '.join(SOURCE_NAMES)}{hint}")
+    return _registry()[name](**settings)

@@ -1,0 +1,263 @@
+"""The Parquet store: ``{root}/raw/{stocks,crypto,index}/{timeframe}/{SYMBOL}.parquet``.
+
+Writes are atomic (a temp file in the same folder, fsync, then ``os.replace``) and serialised
+per file by a lock, so two writers cannot corrupt a file and a crash or a full disk never leaves a
+partial one. The source, fetch time and frame metadata are kept in the Parquet schema metadata.
+Reads can be filtered by date range; a corrupt file raises an error naming it while every other
+file stays readable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from feeds.errors import ConfigError, CorruptFileError, StoreError, SymbolNotFound
+from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, guess_asset_class
+from feeds.timeframes import get_timeframe
+from feeds.validate import validate
+
+_META_KEY = b"btml"
+LOCK_TIMEOUT_S = 60.0
+
+
+def symbol_to_filename(symbol: str) -> str:
+    """File stem for a symbol: ``/`` (crypto pairs) becomes ``_``; other characters are kept."""
+    if not symbol or symbol.strip() != symbol or any(c in symbol for c in "\\:*?\"<>|\0"):
+        raise ConfigError(f"invalid symbol {symbol!r} for the store")
+    return symbol.upper().replace("/", "_")
+
+
+@dataclass(frozen=True)
+class StoredSeries:
+    """One stored file's description, read from its metadata only."""
+
+    symbol: str
+    asset_class: str
+    timeframe: str
+    path: Path
+    rows: int
+    first: pd.Timestamp | None
+    last: pd.Timestamp | None
+    source: str
+    fetched_at: str
+
+
+class ParquetStore:
+    """The OHLCV store rooted at ``root`` (default ``./data_storage``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def path_for(self, symbol: str, timeframe: str, asset_class: str | None = None) -> Path:
+        """Where ``symbol``'s ``timeframe`` bars live."""
+        ac = asset_class or guess_asset_class(symbol)
+        if ac not in ASSET_CLASSES:
+            raise ConfigError(f"asset_class must be one of {', '.join(ASSET_CLASSES)}, got {ac!r}")
+        tf = get_timeframe(timeframe).name
+        return self.root / "raw" / ac / tf / f"{symbol_to_filename(symbol)}.parquet"
+
+    def find(self, symbol: str, timeframe: str, asset_class: str | None = None) -> Path | None:
+        """The stored file for ``symbol``, searching every asset class unless one is given."""
+        classes = [asset_class] if asset_class else [guess_asset_class(symbol), *ASSET_CLASSES]
+        for ac in dict.fromkeys(classes):
+            p = self.path_for(symbol, timeframe, ac)
+            if p.exists():
+                return p
+        return None
+
+    @contextlib.contextmanager
+    def _locked(self, path: Path) -> Iterator[None]:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+            with lock:
+                yield
+        except Timeout as err:
+            raise StoreError(f"{path}: another writer holds the lock for over {LOCK_TIMEOUT_S:.0f} s") from err
+        except PermissionError as err:
+            raise StoreError(f"{path.parent}: not writable ({err.strerror}); check the store path's permissions") from err
+
+    def write(self, frame: pd.DataFrame, *, merge: bool = True, repair: bool = False) -> Path:
+        """Validate and store ``frame`` (its attrs name symbol, timeframe, asset class, source).
+
+        With ``merge`` the rows are merged into what is stored (new rows win on equal
+        timestamps); otherwise the file is replaced. Returns the file path.
+        """
+        attrs = dict(frame.attrs)
+        for key in ("symbol", "timeframe", "source"):
+            if key not in attrs:
+                raise ConfigError(f"frame.attrs must name {key!r} to be stored")
+        frame, _ = validate(frame, attrs["symbol"], repair=repair)
+        path = self.path_for(attrs["symbol"], attrs["timeframe"], attrs.get("asset_class"))
+        with self._locked(path):
+            if merge and path.exists():
+                old = self._read_file(path)
+                frame = pd.concat([old[~old.index.isin(frame.index)], frame]).sort_index()
+                frame, _ = validate(frame, attrs["symbol"])
+            frame.attrs = attrs
+            self._atomic_write(frame, path)
+        return path
+
+    def _atomic_write(self, frame: pd.DataFrame, path: Path) -> None:
+        meta = {k: v for k, v in frame.attrs.items() if isinstance(v, str | int | float | bool)}
+        meta.setdefault("fetched_at", pd.Timestamp.now(tz="UTC").isoformat())
+        table = pa.Table.from_pandas(frame, preserve_index=True)
+        schema_meta = dict(table.schema.metadata or {})
+        schema_meta[_META_KEY] = json.dumps(meta).encode()
+        table = table.replace_schema_metadata(schema_meta)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StoreError(f"{path}: write failed ({err.strerror or err}); the previous file is unchanged") from err
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def _read_file(
+        self, path: Path, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
+        filters = []
+        if start is not None:
+            filters.append(("datetime", ">=", pd.Timestamp(start)))
+        if end is not None:
+            filters.append(("datetime", "<", pd.Timestamp(end)))
+        try:
+            table = pq.read_table(path, filters=filters or None)
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise CorruptFileError(
+                path, f"{path}: cannot read this Parquet file ({err}); delete it and download again"
+            ) from err
+        frame = table.to_pandas()
+        raw = (table.schema.metadata or {}).get(_META_KEY)
+        frame.attrs = json.loads(raw) if raw else {}
+        if list(frame.columns[:5]) != list(OHLCV_COLUMNS):
+            raise CorruptFileError(path, f"{path}: not an OHLCV file (columns {list(frame.columns)})")
+        return frame
+
+    def read(
+        self,
+        symbol: str,
+        timeframe: str = "1Day",
+        *,
+        start: object | None = None,
+        end: object | None = None,
+        asset_class: str | None = None,
+    ) -> pd.DataFrame:
+        """Read ``symbol``'s bars in ``[start, end)`` (naive dates are UTC)."""
+        path = self.find(symbol, timeframe, asset_class)
+        if path is None:
+            raise SymbolNotFound(
+                f"{symbol} ({timeframe}) is not in the store at {self.root}; "
+                f"download it with `btml data download {symbol}` or check `btml data list`"
+            )
+        return self._read_file(path, _utc(start), _utc(end))
+
+    def describe(self, path: Path) -> StoredSeries:
+        """Read one file's metadata (no data pages)."""
+        try:
+            pf = pq.ParquetFile(path)
+            raw = (pf.schema_arrow.metadata or {}).get(_META_KEY)
+            meta = json.loads(raw) if raw else {}
+            rows = pf.metadata.num_rows
+            col = pf.read(columns=["datetime"]).column("datetime") if rows else None
+        except (pa.ArrowException, OSError, ValueError) as err:
+            raise CorruptFileError(path, f"{path}: cannot read this Parquet file ({err})") from err
+        first = pd.Timestamp(col[0].as_py()) if col is not None else None
+        last = pd.Timestamp(col[-1].as_py()) if col is not None else None
+        return StoredSeries(
+            symbol=str(meta.get("symbol", path.stem)),
+            asset_class=path.parent.parent.name,
+            timeframe=path.parent.name,
+            path=path,
+            rows=rows,
+            first=first,
+            last=last,
+            source=str(meta.get("source", "?")),
+            fetched_at=str(meta.get("fetched_at", "?")),
+        )
+
+    def list(self) -> tuple[list[StoredSeries], list[CorruptFileError]]:
+        """Every stored series, and the errors for files that could not be read."""
+        good: list[StoredSeries] = []
+        bad: list[CorruptFileError] = []
+        for path in sorted((self.root / "raw").glob("*/*/*.parquet")):
+            try:
+                good.append(self.describe(path))
+            except CorruptFileError as err:
+                bad.append(err)
+        return good, bad
+
+    def missing_ranges(
+        self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp, asset_class: str | None = None
+    ) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+        """The parts of ``[start, end)`` not covered by what is stored (before and after it)."""
+        path = self.find(symbol, timeframe, asset_class)
+        if path is None:
+            return [(start, end)]
+        info = self.describe(path)
+        if info.first is None or info.last is None:
+            return [(start, end)]
+        step = get_timeframe(timeframe).delta
+        out = []
+        if start < info.first:
+            out.append((start, min(info.first, end)))
+        if end > info.last + step:
+            out.append((max(info.last + step, start), end))
+        return out
+
+    def update(
+        self,
+        symbol: str,
+        fetch: Callable[[pd.Timestamp, pd.Timestamp], pd.DataFrame],
+        *,
+        timeframe: str,
+        start: object,
+        end: object,
+        asset_class: str | None = None,
+    ) -> tuple[Path | None, int]:
+        """Fetch only the missing part of ``[start, end)`` with ``fetch`` and merge it in.
+
+        Returns the path (None when nothing was stored yet and nothing new came) and the number
+        of new rows written.
+        """
+        s, e = _utc(start), _utc(end)
+        assert s is not None and e is not None
+        new = 0
+        path = self.find(symbol, timeframe, asset_class)
+        for a, b in self.missing_ranges(symbol, timeframe, s, e, asset_class):
+            try:
+                part = fetch(a, b)
+            except SymbolNotFound:
+                if path is None:
+                    raise  # nothing stored and nothing returned: the symbol is unknown
+                continue  # stored data exists; the source just has nothing in this gap
+            if len(part):
+                path = self.write(part)
+                new += len(part)
+        return path, new
+
+
+def _utc(ts: object | None) -> pd.Timestamp | None:
+    if ts is None:
+        return None
+    t = pd.Timestamp(ts)  # type: ignore[arg-type]
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")

@@ -1,0 +1,71 @@
+"""Timeframes: one registry mapping our names to pandas and backtrader, and the one resampler."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+import backtrader as bt
+import pandas as pd
+
+from feeds.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Timeframe:
+    """A bar size: our name, its pandas offset, and backtrader's (timeframe, compression)."""
+
+    name: str
+    offset: str
+    bt_timeframe: int
+    bt_compression: int
+
+    @property
+    def delta(self) -> pd.Timedelta:
+        return pd.Timedelta(self.offset)
+
+    @property
+    def intraday(self) -> bool:
+        return self.delta < pd.Timedelta("1D")
+
+
+TIMEFRAMES: dict[str, Timeframe] = {
+    t.name: t
+    for t in (
+        Timeframe(name="1m", offset="1min", bt_timeframe=bt.TimeFrame.Minutes, bt_compression=1),
+        Timeframe(name="5m", offset="5min", bt_timeframe=bt.TimeFrame.Minutes, bt_compression=5),
+        Timeframe(name="15m", offset="15min", bt_timeframe=bt.TimeFrame.Minutes, bt_compression=15),
+        Timeframe(name="1h", offset="1h", bt_timeframe=bt.TimeFrame.Minutes, bt_compression=60),
+        Timeframe(name="4h", offset="4h", bt_timeframe=bt.TimeFrame.Minutes, bt_compression=240),
+        Timeframe(name="1Day", offset="1D", bt_timeframe=bt.TimeFrame.Days, bt_compression=1),
+    )
+}
+
+_ALIASES = {"1d": "1Day", "1day": "1Day", "d": "1Day", "day": "1Day", "60m": "1h", "1hour": "1h"}
+
+
+def get_timeframe(name: str) -> Timeframe:
+    """Return the registered timeframe called ``name`` (a few aliases such as ``1d`` accepted)."""
+    key = _ALIASES.get(name.lower(), name) if name not in TIMEFRAMES else name
+    if key in TIMEFRAMES:
+        return TIMEFRAMES[key]
+    close = difflib.get_close_matches(name, list(TIMEFRAMES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown timeframe {name!r}: known are {', '.join(TIMEFRAMES)}{hint}")
+
+
+def resample(frame: pd.DataFrame, target: str) -> pd.DataFrame:
+    """Resample a canonical OHLCV frame to a coarser timeframe (the one place this is done).
+
+    Bars are labelled by their start time; open is the first open, high the max, low the min,
+    close the last close, volume the sum. Empty bins (nights, weekends) are dropped.
+    """
+    to = get_timeframe(target)
+    src = frame.attrs.get("timeframe")
+    if src is not None and get_timeframe(src).delta > to.delta:
+        raise ConfigError(f"cannot resample {src} to finer {to.name}; only finer -> coarser")
+    agg = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
+    out = frame.resample(to.offset, label="left", closed="left").agg(agg)
+    out = out.dropna(subset=["open", "close"])
+    out.attrs = {**frame.attrs, "timeframe": to.name}
+    return out

@@ -1,0 +1,159 @@
+"""Validation of canonical OHLCV frames.
+
+Hard rules (an error names the symbol, the timestamp and the rule, and says how to fix it):
+UTC timestamps, strictly increasing, no duplicates, no NaN, prices > 0, low <= open/close <= high,
+volume >= 0. Soft findings (reported, not raised): gaps beyond the calendar as a percentage, and
+one-bar jumps whose size matches a split ratio. Repairs (sort, drop duplicate timestamps) happen
+only when ``repair=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from feeds.errors import ValidationError
+from feeds.frame import OHLCV_COLUMNS
+from feeds.timeframes import get_timeframe
+
+# (new shares : old shares) ratios a one-bar jump is compared against; price moves by 1/ratio.
+SPLIT_RATIOS: tuple[float, ...] = (2, 3, 4, 5, 10, 20, 1.5, 1 / 2, 1 / 3, 1 / 4, 1 / 5, 1 / 10)
+_SPLIT_TOL = 0.03
+
+
+@dataclass
+class ValidationReport:
+    """What validation found and did; ``ok`` is False only for soft findings."""
+
+    symbol: str
+    rows: int
+    repaired: list[str] = field(default_factory=list)
+    gap_pct: float = 0.0
+    missing_bars: int = 0
+    split_suspects: list[tuple[pd.Timestamp, float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.split_suspects
+
+    def summary(self) -> str:
+        parts = [f"{self.symbol}: {self.rows} rows", f"gaps {self.gap_pct:.2f}%"]
+        if self.repaired:
+            parts.append("repaired: " + "; ".join(self.repaired))
+        for ts, ratio in self.split_suspects:
+            parts.append(f"possible unadjusted split {_ratio_text(ratio)} at {ts}")
+        return ", ".join(parts)
+
+
+def _ratio_text(ratio: float) -> str:
+    return f"{ratio:g}:1" if ratio >= 1 else f"1:{1 / ratio:g}"
+
+
+def _fail(symbol: str, rule: str, ts: object, msg: str, fix: str) -> ValidationError:
+    where = f" at {ts}" if ts is not None else ""
+    return ValidationError(symbol, rule, f"{symbol}{where}: {msg} [rule: {rule}]. {fix}", ts)
+
+
+def _check_index(frame: pd.DataFrame, symbol: str, repair: bool, report: ValidationReport) -> pd.DataFrame:
+    idx = frame.index
+    if not isinstance(idx, pd.DatetimeIndex):
+        raise _fail(symbol, "timestamps", None, "index is not timestamps", "Index rows by datetime.")
+    if idx.tz is None:
+        raise _fail(symbol, "utc", None, "timestamps are naive", "Localise them to their zone, then convert to UTC.")
+    if str(idx.tz) != "UTC":
+        raise _fail(symbol, "utc", None, f"timestamps are in {idx.tz}", "Convert them with .tz_convert('UTC').")
+    if not idx.is_monotonic_increasing:
+        if not repair:
+            pos = int(np.argmax(np.diff(idx.asi8) < 0)) + 1
+            raise _fail(symbol, "increasing", idx[pos], "timestamps go backwards", "Sort them (repair=True / --repair).")
+        frame = frame.sort_index(kind="stable")
+        report.repaired.append("sorted")
+    dup = frame.index.duplicated(keep="last")
+    if dup.any():
+        if not repair:
+            first = frame.index[dup][0]
+            raise _fail(
+                symbol, "duplicates", first, f"{int(dup.sum())} duplicate timestamp(s)",
+                "Drop them (repair=True / --repair keeps the last row of each).",
+            )
+        frame = frame[~dup]
+        report.repaired.append(f"dropped {int(dup.sum())} duplicate(s)")
+    return frame
+
+
+def _check_values(frame: pd.DataFrame, symbol: str) -> None:
+    missing = [c for c in OHLCV_COLUMNS if c not in frame.columns]
+    if missing:
+        raise _fail(symbol, "columns", None, f"missing column(s) {', '.join(missing)}", "Provide open, high, low, close, volume.")
+    v = frame.loc[:, list(OHLCV_COLUMNS)].to_numpy(dtype=np.float64)
+    o, h, lo, c, vol = v.T
+    rules = (
+        ("nan", ~np.isfinite(v).all(axis=1), "NaN or infinite value", "Drop or fill those rows at the source."),
+        ("positive", (v[:, :4] <= 0).any(axis=1), "price <= 0", "Prices must be positive; drop the row or fix the source."),
+        ("high>=low", h < lo, "high < low", "The bar is corrupt: fix or drop it."),
+        ("low<=open,close", (lo > o) | (lo > c), "low above open or close", "The bar is corrupt: fix or drop it."),
+        ("open,close<=high", (o > h) | (c > h), "open or close above high", "The bar is corrupt: fix or drop it."),
+        ("volume>=0", vol < 0, "negative volume", "Volume must be >= 0."),
+    )
+    for rule, bad, what, fix in rules:
+        if bad.any():
+            i = int(np.argmax(bad))
+            row = dict(zip(OHLCV_COLUMNS, v[i].tolist(), strict=True))
+            raise _fail(symbol, rule, frame.index[i], f"{what} in {int(bad.sum())} row(s), first {row}", fix)
+
+
+def _gaps(frame: pd.DataFrame, timeframe: str | None, asset_class: str) -> tuple[int, float]:
+    """Bars missing against the calendar: business days for daily stocks, continuous otherwise."""
+    if len(frame) < 2 or timeframe is None:
+        return 0, 0.0
+    tf = get_timeframe(timeframe)
+    start, end = frame.index[0], frame.index[-1]
+    if tf.intraday:
+        if asset_class != "crypto":
+            return 0, 0.0  # sessions vary by venue; intraday stock gaps are not judged here
+        expected = int((end - start) / tf.delta) + 1
+    elif asset_class == "crypto":
+        expected = int((end.normalize() - start.normalize()).days) + 1
+    else:
+        expected = len(pd.bdate_range(start.normalize(), end.normalize()))
+    missing = max(expected - len(frame), 0)
+    return missing, 100.0 * missing / max(expected, 1)
+
+
+def _split_suspects(frame: pd.DataFrame) -> list[tuple[pd.Timestamp, float]]:
+    close = frame["close"].to_numpy()
+    opens = frame["open"].to_numpy()
+    if len(close) < 2:
+        return []
+    jump = opens[1:] / close[:-1]  # overnight move; a split shows up as the gap
+    out = []
+    for i in np.flatnonzero((jump > 1.4) | (jump < 0.7)):
+        for r in SPLIT_RATIOS:
+            if abs(jump[i] * r - 1) < _SPLIT_TOL:
+                out.append((frame.index[i + 1], float(r)))
+                break
+    return out
+
+
+def validate(
+    frame: pd.DataFrame, symbol: str | None = None, *, repair: bool = False
+) -> tuple[pd.DataFrame, ValidationReport]:
+    """Check ``frame`` against the OHLCV contract; return it (repaired if asked) and a report.
+
+    Raises :class:`~feeds.errors.ValidationError` on the first hard rule broken.
+    """
+    sym = symbol or str(frame.attrs.get("symbol", "?"))
+    report = ValidationReport(symbol=sym, rows=len(frame))
+    attrs = dict(frame.attrs)
+    frame = _check_index(frame, sym, repair, report)
+    _check_values(frame, sym)
+    report.rows = len(frame)
+    report.missing_bars, report.gap_pct = _gaps(
+        frame, attrs.get("timeframe"), str(attrs.get("asset_class", "stocks"))
+    )
+    if attrs.get("adjustment", "raw") in ("raw", "dividend"):
+        report.split_suspects = _split_suspects(frame)
+    frame.attrs = attrs
+    return frame, report
