@@ -1,0 +1,336 @@
+"""Synthetic index feeds built from weighted constituents, point in time.
+
+The level is chained bar by bar, so it stays continuous across membership changes, rebalances
+and splits (the job a Dow-style divisor does)::
+
+    L_t = L_{t-1} * (1 + sum_i w_{i,t-1} * r_{i,t}),   r_{i,t} = C_{i,t} * s_{i,t} / C_{i,t-1} - 1
+
+where ``s`` is the split ratio on ``t`` (1 unless the frame has a ``stock_splits`` column) and
+the weights ``w`` (summing to one over the members at ``t-1``) come from the method:
+
+* ``price``: proportional to the previous close (Dow style; a split lowers the weight);
+* ``cap``: proportional to shares x previous close (shares from a point-in-time table), or given
+  starting weights that drift with prices between reconstitutions;
+* ``equal``: 1/N at each rebalance date (monthly ``M`` or quarterly ``Q``), drifting in between;
+* ``fixed``: the given weights, restored at each rebalance date (every bar when none is given).
+
+Open, high and low use the same weights on each member's open/high/low over its previous close;
+high and low are then bounded by the bar's open and close (the weighted highs are an upper bound
+of the true intrabar index high). Volume is the members' sum.
+
+Membership is point in time: a membership table (``date,symbol[,weight|shares]``) lists the
+members from each date until the next date in the file, so names that left keep their history up
+to the day they left and no survivorship bias is imposed. A member with no bar on a calendar day
+(the calendar is the union of the members' timestamps) is carried forward at its last close for
+at most ``carry_limit`` bars; beyond that building fails with an error naming it and the dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pathlib import Path
+
+from feeds.errors import ConfigError, DataError, SymbolNotFound
+from feeds.frame import make_frame
+from feeds.store import ParquetStore
+
+METHODS = ("price", "cap", "equal", "fixed")
+REBALANCE = {"M": "month", "Q": "quarter"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    """How to build one index. Give ``constituents`` or ``membership``, not both."""
+
+    name: str
+    method: str = "equal"
+    constituents: tuple[str, ...] = ()
+    membership: pd.DataFrame | None = None
+    weights: Mapping[str, float] | None = None
+    shares: pd.DataFrame | None = None
+    rebalance: str | None = None
+    carry_limit: int = 5
+    base_level: float = 1000.0
+    start: pd.Timestamp | None = None
+    end: pd.Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"index name must be non-empty and without '/', got {self.name!r}")
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if bool(self.constituents) == (self.membership is not None):
+            raise ConfigError("give either constituents or a membership table, not both or neither")
+        if self.rebalance is not None and self.rebalance not in REBALANCE:
+            raise ConfigError(f"rebalance must be M (monthly) or Q (quarterly), got {self.rebalance!r}")
+        if self.method == "fixed" and not self.weights and self.membership is None:
+            raise ConfigError("method 'fixed' needs weights (e.g. {'AAPL': 0.6, 'MSFT': 0.4})")
+        if self.carry_limit < 0:
+            raise ConfigError(f"carry_limit must be >= 0, got {self.carry_limit}")
+        if self.base_level <= 0:
+            raise ConfigError(f"base_level must be > 0, got {self.base_level}")
+        if self.weights and any(w < 0 for w in self.weights.values()):
+            raise ConfigError(f"weights must be >= 0, got {dict(self.weights)}")
+
+
+@dataclass
+class IndexResult:
+    """The index frame, the weights used each bar, and notes on what was done."""
+
+    frame: pd.DataFrame
+    weights: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def read_membership(path: str) -> pd.DataFrame:
+    """Read a membership CSV: ``date,symbol`` plus an optional ``weight`` or ``shares`` column.
+
+    Example::
+
+        date,symbol,weight
+        2004-01-02,AAPL,0.5
+        2004-01-02,IBM,0.5
+        2008-01-02,AAPL,0.4
+        2008-01-02,GOOG,0.6
+    """
+    try:
+        raw = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError) as err:
+        raise DataError(f"{path}: cannot read membership file ({err})") from err
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    missing = {"date", "symbol"} - set(raw.columns)
+    if missing:
+        raise DataError(f"{path}: membership file needs columns date,symbol (missing {', '.join(sorted(missing))})")
+    try:
+        raw["date"] = pd.to_datetime(raw["date"], utc=True)
+    except (ValueError, TypeError) as err:
+        raise DataError(f"{path}: unparseable date in membership file ({err})") from err
+    return raw
+
+
+def _panel(frames: Mapping[str, pd.DataFrame], symbols: list[str], cfg: IndexConfig) -> dict[str, pd.DataFrame]:
+    missing = [s for s in symbols if s not in frames]
+    if missing:
+        raise DataError(f"index {cfg.name}: no data for constituent(s) {', '.join(missing)}; download or import them first")
+    cal = pd.DatetimeIndex(sorted(set().union(*(frames[s].index for s in symbols))), name="datetime")
+    if cfg.start is not None:
+        cal = cal[cal >= cfg.start]
+    if cfg.end is not None:
+        cal = cal[cal < cfg.end]
+    if len(cal) < 2:
+        raise DataError(f"index {cfg.name}: fewer than 2 bars in the range {cfg.start} .. {cfg.end}")
+    out = {}
+    for col in ("open", "high", "low", "close", "volume"):
+        out[col] = pd.DataFrame({s: frames[s][col].reindex(cal) for s in symbols}, index=cal)
+    splits = {s: frames[s]["stock_splits"].reindex(cal) if "stock_splits" in frames[s] else None for s in symbols}
+    out["split"] = pd.DataFrame(
+        {s: (v.fillna(0.0).replace(0.0, 1.0) if v is not None else 1.0) for s, v in splits.items()}, index=cal
+    )
+    return out
+
+
+def _members(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, has_bar: np.ndarray) -> np.ndarray:
+    """Boolean (T, N): is symbol j a member on bar t."""
+    if cfg.membership is None:
+        # a constituent is a member from its first bar to its last (it cannot be held before)
+        first = np.argmax(has_bar, axis=0)
+        last = len(cal) - 1 - np.argmax(has_bar[::-1], axis=0)
+        t = np.arange(len(cal))[:, None]
+        return (t >= first) & (t <= last) & has_bar.any(axis=0)
+    m = cfg.membership
+    dates = sorted(m["date"].unique())
+    member = np.zeros((len(cal), len(symbols)), dtype=bool)
+    col = {s: j for j, s in enumerate(symbols)}
+    for k, d in enumerate(dates):
+        lo = cal.searchsorted(d)
+        hi = cal.searchsorted(dates[k + 1]) if k + 1 < len(dates) else len(cal)
+        for s in m.loc[m["date"] == d, "symbol"]:
+            member[lo:hi, col[s]] = True
+    return member
+
+
+def _check_gaps(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, member: np.ndarray, has_bar: np.ndarray) -> None:
+    need = member & ~has_bar
+    for j in np.flatnonzero(need.any(axis=0)):
+        run = 0
+        for t in range(len(cal)):
+            run = run + 1 if need[t, j] else 0
+            if run > cfg.carry_limit:
+                t0 = t - run + 1
+                end = t
+                while end + 1 < len(cal) and need[end + 1, j]:
+                    end += 1
+                raise DataError(
+                    f"index {cfg.name}: constituent {symbols[j]} has no bars from {cal[t0].date()} to "
+                    f"{cal[end].date()} ({end - t0 + 1} bars; carry-forward limit {cfg.carry_limit}); "
+                    "download the missing data, end its membership earlier, or raise carry_limit"
+                )
+
+
+def _target_weights(cfg: IndexConfig, symbols: list[str], t: int, cal: pd.DatetimeIndex, close_prev: np.ndarray,
+                    member: np.ndarray, shares: np.ndarray | None, given: np.ndarray | None) -> np.ndarray:
+    if cfg.method == "price":
+        w = np.where(member, close_prev, 0.0)
+    elif cfg.method == "cap" and shares is not None:
+        w = np.where(member, close_prev * shares[t], 0.0)
+    elif given is not None:
+        w = np.where(member, given, 0.0)
+    else:
+        w = member.astype(np.float64)
+    total = w.sum()
+    return w / total if total > 0 else w
+
+
+def _given_weights(cfg: IndexConfig, symbols: list[str], notes: list[str]) -> np.ndarray | None:
+    if not cfg.weights:
+        return None
+    unknown = sorted(set(cfg.weights) - set(symbols))
+    if unknown:
+        raise DataError(f"index {cfg.name}: weights name symbol(s) not in the index: {', '.join(unknown)}")
+    w = np.array([float(cfg.weights.get(s, 0.0)) for s in symbols])
+    total = w.sum()
+    if total <= 0:
+        raise ConfigError(f"index {cfg.name}: weights sum to {total}; they must be positive")
+    if abs(total - 1.0) > 1e-9:
+        notes.append(f"weights summed to {total:.6g}; each was divided by that sum so they add to 1")
+    return w / total
+
+
+def _point_in_time(table: pd.DataFrame, value: str, symbols: list[str], cal: pd.DatetimeIndex) -> np.ndarray:
+    """A (T, N) array of ``value`` from a ``date,symbol,value`` table, carried forward in time."""
+    wide = table.pivot_table(index="date", columns="symbol", values=value, aggfunc="last")
+    wide = wide.reindex(columns=symbols)
+    full = wide.reindex(wide.index.union(cal)).sort_index().ffill().reindex(cal)
+    return full.fillna(0.0).to_numpy(dtype=np.float64)
+
+
+def _resets(cfg: IndexConfig, cal: pd.DatetimeIndex, member: np.ndarray, drifting: bool) -> np.ndarray:
+    """(T,) bool: recompute target weights before bar t's return."""
+    reset = np.ones(len(cal), dtype=bool)
+    if not drifting:
+        return reset
+    changed = np.zeros(len(cal), dtype=bool)
+    changed[1:] = (member[1:] != member[:-1]).any(axis=1)
+    period = np.zeros(len(cal), dtype=bool)
+    if cfg.rebalance is not None:
+        key = cal.month if cfg.rebalance == "M" else cal.quarter
+        period[1:] = (key[1:] != key[:-1]) | (cal.year[1:] != cal.year[:-1])
+    reset[1:] = changed[1:] | period[1:]
+    return reset
+
+
+def build_index(frames: Mapping[str, pd.DataFrame], cfg: IndexConfig, timeframe: str = "1Day") -> IndexResult:
+    """Build the index described by ``cfg`` from constituent OHLCV ``frames`` (by symbol)."""
+    notes: list[str] = []
+    if cfg.membership is not None:
+        symbols = list(dict.fromkeys(cfg.membership["symbol"].astype(str)))
+    else:
+        symbols = list(dict.fromkeys(cfg.constituents))
+    p = _panel(frames, symbols, cfg)
+    cal = pd.DatetimeIndex(p["close"].index)
+    has_bar = p["close"].notna().to_numpy()
+    member = _members(cfg, symbols, cal, has_bar)
+    _check_gaps(cfg, symbols, cal, member, has_bar)
+    given = _given_weights(cfg, symbols, notes)
+    given_t = None
+    shares_t = None
+    if cfg.membership is not None and "weight" in cfg.membership and cfg.method in ("fixed", "cap"):
+        given_t = _point_in_time(cfg.membership, "weight", symbols, cal)
+    if cfg.shares is not None:
+        shares_t = _point_in_time(cfg.shares, "shares", symbols, cal)
+    elif cfg.membership is not None and "shares" in cfg.membership:
+        shares_t = _point_in_time(cfg.membership, "shares", symbols, cal)
+    if cfg.method == "cap" and shares_t is None and given is None and given_t is None:
+        raise ConfigError(f"index {cfg.name}: method 'cap' needs a shares table or starting weights")
+    drifting = cfg.method in ("equal", "fixed") or (cfg.method == "cap" and shares_t is None)
+    if cfg.method == "fixed" and cfg.rebalance is None:
+        drifting = False  # restored every bar
+    reset = _resets(cfg, cal, member, drifting)
+    return _chain(cfg, symbols, cal, p, member, reset, given, given_t, shares_t, notes, timeframe)
+
+
+def _chain(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, p: dict[str, pd.DataFrame],
+           member: np.ndarray, reset: np.ndarray, given: np.ndarray | None, given_t: np.ndarray | None,
+           shares_t: np.ndarray | None, notes: list[str], timeframe: str) -> IndexResult:
+    close = p["close"].ffill().to_numpy()
+    bars = {k: p[k].to_numpy() for k in ("open", "high", "low")}
+    for k in bars:  # a carried bar is flat at the last close
+        bars[k] = np.where(np.isnan(bars[k]), close, bars[k])
+    split = p["split"].to_numpy(dtype=np.float64)
+    vol = np.where(member, np.nan_to_num(p["volume"].to_numpy()), 0.0).sum(axis=1)
+    T, N = close.shape
+    level = np.full(T, cfg.base_level)
+    o = level.copy()
+    h = level.copy()
+    lo = level.copy()
+    weights = np.zeros((T, N))
+    w = np.zeros(N)
+    for t in range(1, T):
+        prev = close[t - 1]
+        valid = member[t] & np.isfinite(prev) & np.isfinite(close[t])
+        if reset[t] or t == 1:
+            g = given_t[t] if given_t is not None else given
+            w = _target_weights(cfg, symbols, t, cal, np.nan_to_num(prev), valid, shares_t, g)
+        else:
+            w = np.where(valid, w, 0.0)
+            s = w.sum()
+            w = w / s if s > 0 else _target_weights(cfg, symbols, t, cal, np.nan_to_num(prev), valid, shares_t, given)
+        weights[t] = w
+        safe_prev = np.where(valid, prev, 1.0)
+        rel = {k: np.where(valid, bars[k][t] * split[t] / safe_prev, 1.0) for k in bars}
+        rc = np.where(valid, close[t] * split[t] / safe_prev, 1.0)
+        r = float(w @ (rc - 1.0)) if w.sum() > 0 else 0.0
+        level[t] = level[t - 1] * (1.0 + r)
+        o[t] = level[t - 1] * (1.0 + float(w @ (rel["open"] - 1.0)))
+        h[t] = max(level[t - 1] * (1.0 + float(w @ (rel["high"] - 1.0))), o[t], level[t])
+        lo[t] = min(level[t - 1] * (1.0 + float(w @ (rel["low"] - 1.0))), o[t], level[t])
+        if 1.0 + r > 0:
+            w = w * rc / (1.0 + r)
+    data = pd.DataFrame({"open": o, "high": h, "low": lo, "close": level, "volume": vol}, index=cal)
+    frame = make_frame(
+        data, symbol=cfg.name, source="index", timeframe=timeframe, adjustment="adjusted", asset_class="index",
+        extra_attrs={"method": cfg.method, "members": ",".join(symbols), "rebalance": cfg.rebalance or ""},
+    )
+    return IndexResult(frame=frame, weights=pd.DataFrame(weights, index=cal, columns=symbols), notes=notes)
+
+
+def read_weights(path: str) -> tuple[dict[str, float] | None, pd.DataFrame | None]:
+    """Read a weights file: ``symbol,weight`` (fixed/starting weights) or ``date,symbol,shares``."""
+    try:
+        raw = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError) as err:
+        raise DataError(f"{path}: cannot read weights file ({err})") from err
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    if {"date", "symbol", "shares"} <= set(raw.columns):
+        raw["date"] = pd.to_datetime(raw["date"], utc=True)
+        return None, raw
+    if {"symbol", "weight"} <= set(raw.columns):
+        return {str(s): float(w) for s, w in zip(raw["symbol"], raw["weight"], strict=True)}, None
+    raise DataError(f"{path}: weights file needs columns symbol,weight or date,symbol,shares")
+
+
+def build_from_store(store: ParquetStore, cfg: IndexConfig, timeframe: str = "1Day") -> tuple[IndexResult, Path]:
+    """Read the constituents from ``store``, build the index and store it under ``raw/index``."""
+    symbols = (
+        list(dict.fromkeys(cfg.membership["symbol"].astype(str))) if cfg.membership is not None
+        else list(cfg.constituents)
+    )
+    frames = {}
+    unknown = []
+    for s in symbols:
+        try:
+            frames[s] = store.read(s, timeframe)
+        except SymbolNotFound:
+            unknown.append(s)
+    if unknown:
+        raise DataError(
+            f"index {cfg.name}: {', '.join(unknown)} not in the store ({timeframe}); "
+            f"download or import them first (btml data download {' '.join(unknown)})"
+        )
+    result = build_index(frames, cfg, timeframe)
+    return result, store.write(result.frame, merge=False)
