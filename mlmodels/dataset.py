@@ -24,6 +24,7 @@ import pandas as pd
 
 from feeds.errors import ConfigError, DataError
 from mlmodels.labels import LABEL_COLUMNS, LabelConfig, make_labels
+from mlmodels.selection import Selection
 
 POSITION_STATE: tuple[str, ...] = ("position", "unrealised_pnl", "bars_held")
 _REF_LOOKBACK = 20
@@ -31,11 +32,11 @@ _REF_LOOKBACK = 20
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetConfig:
-    """Window length, label definitions and the (optional) selected feature subset."""
+    """Window length, label definitions and the (optional) feature selection to apply."""
 
     window: int = 60
     labels: LabelConfig = field(default_factory=LabelConfig)
-    features: tuple[str, ...] | None = None
+    selection: Selection | None = None
     skip_short: bool = False
 
     def __post_init__(self) -> None:
@@ -135,8 +136,8 @@ class WindowDataset:
         self.rows = scaler.transform(self.rows)
 
 
-def _symbol_block(sym: str, frame: pd.DataFrame, index: pd.DataFrame | None, cfg: DatasetConfig,
-                  names: tuple[str, ...] | None) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray, tuple[str, ...]]:
+def _symbol_block(sym: str, frame: pd.DataFrame, index: pd.DataFrame | None, cfg: DatasetConfig
+                  ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray, tuple[str, ...]]:
     from mlmodels.features import WARMUP, compute_features
 
     need = WARMUP + cfg.window + cfg.labels.lookahead
@@ -146,11 +147,8 @@ def _symbol_block(sym: str, frame: pd.DataFrame, index: pd.DataFrame | None, cfg
             f"{cfg.window} + label lookahead {cfg.labels.lookahead})"
         )
     feats = compute_features(frame, index)
-    if names is not None:
-        missing = [n for n in names if n not in feats.columns]
-        if missing:
-            raise DataError(f"{sym}: selected feature(s) not computed: {', '.join(missing)}")
-        feats = feats.loc[:, list(names)]
+    if cfg.selection is not None:
+        feats = cfg.selection.transform(feats)
     labels = make_labels(frame, cfg.labels)
     first = WARMUP + cfg.window - 1
     last = len(frame) - 1 - cfg.labels.lookahead
@@ -164,10 +162,10 @@ def build_dataset(frames: Mapping[str, pd.DataFrame], cfg: DatasetConfig | None 
     """Build a dataset from canonical OHLCV ``frames`` (and an optional market index frame)."""
     cfg = cfg or DatasetConfig()
     blocks, rows_off, skipped = [], 0, {}
-    names = cfg.features
+    names: tuple[str, ...] | None = None
     for sym, frame in frames.items():
         try:
-            feats, t, lab, pos, fnames = _symbol_block(sym, frame, index, cfg, names)
+            feats, t, lab, pos, fnames = _symbol_block(sym, frame, index, cfg)
         except DataError as err:
             if not cfg.skip_short or "needs at least" not in str(err):
                 raise
