@@ -17,9 +17,9 @@ def make_source(name: str, config: Config, **options: Any) -> Source:
             "key_id": creds.key_id if creds else None,
             "secret_key": creds.secret_key if creds else None,
             "feed": s.alpaca_feed,
-            "url_override": s.alpaca_data_url,
+            "url": s.alpaca_data_url,
         }
         return get_source("alpaca", **kwargs, **options)
     if name == "ccxt":
-        return get_source("ccxt", exchange_id=options.pop("exchange", None) or s.ccxt_exchange, **options)
+        return get_source("ccxt", exchange=options.pop("exchange", None) or s.ccxt_exchange, **options)
     return get_source(name, **options)

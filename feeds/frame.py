@@ -17,7 +17,7 @@ from feeds.errors import DataError
 
 OHLCV_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 ASSET_CLASSES: tuple[str, ...] = ("stocks", "crypto", "index")
-ADJUSTMENTS: tuple[str, ...] = ("raw", "adjusted", "split", "all")
+ADJUSTMENTS: tuple[str, ...] = ("raw", "adjusted", "split", "dividend", "all")
 
 _CRYPTO_QUOTES = ("USD", "USDT", "USDC", "BTC", "ETH", "EUR")
 

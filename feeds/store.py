@@ -9,6 +9,7 @@ file stays readable.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -80,6 +81,9 @@ class ParquetStore:
     def _locked(self, path: Path) -> Iterator[None]:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:  # a read-only mount, or a regular file where a folder should be
+            raise StoreError(f"{path.parent}: cannot create this folder ({err.strerror or err}); check the store path") from err
+        try:
             lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
             with lock:
                 yield
@@ -99,6 +103,8 @@ class ParquetStore:
             if key not in attrs:
                 raise ConfigError(f"frame.attrs must name {key!r} to be stored")
         frame, _ = validate(frame, attrs["symbol"], repair=repair)
+        # the index is stored as the "datetime" column that reads filter on, in nanoseconds
+        frame = frame.set_axis(pd.DatetimeIndex(frame.index, name="datetime").as_unit("ns"), axis=0)
         path = self.path_for(attrs["symbol"], attrs["timeframe"], attrs.get("asset_class"))
         with self._locked(path):
             if merge and path.exists():
@@ -142,7 +148,7 @@ class ParquetStore:
             filters.append(("datetime", "<", pd.Timestamp(end)))
         try:
             table = pq.read_table(path, filters=filters or None)
-        except (pa.ArrowException, OSError, ValueError) as err:
+        except (pa.ArrowException, OSError, ValueError, KeyError) as err:
             raise CorruptFileError(
                 path, f"{path}: cannot read this Parquet file ({err}); delete it and download again"
             ) from err
@@ -179,7 +185,7 @@ class ParquetStore:
             meta = json.loads(raw) if raw else {}
             rows = pf.metadata.num_rows
             col = pf.read(columns=["datetime"]).column("datetime") if rows else None
-        except (pa.ArrowException, OSError, ValueError) as err:
+        except (pa.ArrowException, OSError, ValueError, KeyError) as err:
             raise CorruptFileError(path, f"{path}: cannot read this Parquet file ({err})") from err
         first = pd.Timestamp(col[0].as_py()) if col is not None else None
         last = pd.Timestamp(col[-1].as_py()) if col is not None else None
@@ -208,7 +214,7 @@ class ParquetStore:
 
     def missing_ranges(
         self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp, asset_class: str | None = None
-    ) -> list[tuple[pd.Timestamp, pd.Timestamp]]:
+    ) -> builtins.list[tuple[pd.Timestamp, pd.Timestamp]]:
         """The parts of ``[start, end)`` not covered by what is stored (before and after it)."""
         path = self.find(symbol, timeframe, asset_class)
         if path is None:
