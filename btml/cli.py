@@ -25,7 +25,10 @@ def _fail(err: Exception) -> None:
 @click.pass_context
 def main(ctx: click.Context, store: Path | None) -> None:
     """backtrader-ml: market data, ML signals and backtests for backtrader."""
-    ctx.obj = load_config(store)
+    try:
+        ctx.obj = load_config(store)
+    except BtmlError as err:  # e.g. only one of the two Alpaca keys set
+        _fail(err)
 
 
 @main.command()

@@ -143,8 +143,13 @@ def list_(config: Config) -> None:
 def validate_(config: Config, symbols: tuple[str, ...], timeframe: str) -> None:
     """Validate stored SYMBOLS (default: all); exit 1 if any breaks a rule."""
     from feeds.store import ParquetStore
+    from feeds.timeframes import get_timeframe
     from feeds.validate import validate
 
+    try:
+        timeframe = get_timeframe(timeframe).name  # "1d" lists the files stored under 1Day
+    except BtmlError as tf_err:
+        _fail(tf_err)
     store = ParquetStore(config.store)
     good, bad = store.list()
     targets = list(symbols) or [s.symbol for s in good if s.timeframe == timeframe]

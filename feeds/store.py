@@ -147,7 +147,9 @@ class ParquetStore:
         if end is not None:
             filters.append(("datetime", "<", pd.Timestamp(end)))
         try:
-            table = pq.read_table(path, filters=filters or None)
+            # one open file: a writer's os.replace cannot mix the old footer with the new pages
+            with pa.OSFile(str(path)) as fh:
+                table = pq.read_table(fh, filters=filters or None)
         except (pa.ArrowException, OSError, ValueError, KeyError) as err:
             raise CorruptFileError(
                 path, f"{path}: cannot read this Parquet file ({err}); delete it and download again"
@@ -180,11 +182,11 @@ class ParquetStore:
     def describe(self, path: Path) -> StoredSeries:
         """Read one file's metadata (no data pages)."""
         try:
-            pf = pq.ParquetFile(path)
-            raw = (pf.schema_arrow.metadata or {}).get(_META_KEY)
-            meta = json.loads(raw) if raw else {}
-            rows = pf.metadata.num_rows
-            col = pf.read(columns=["datetime"]).column("datetime") if rows else None
+            with pa.OSFile(str(path)) as fh, pq.ParquetFile(fh) as pf:
+                raw = (pf.schema_arrow.metadata or {}).get(_META_KEY)
+                meta = json.loads(raw) if raw else {}
+                rows = pf.metadata.num_rows
+                col = pf.read(columns=["datetime"]).column("datetime") if rows else None
         except (pa.ArrowException, OSError, ValueError, KeyError) as err:
             raise CorruptFileError(path, f"{path}: cannot read this Parquet file ({err})") from err
         first = pd.Timestamp(col[0].as_py()) if col is not None else None

@@ -44,7 +44,7 @@ def test_direction_dead_zone_and_action_net_of_costs() -> None:
     act = lab["action"].iloc[40:90].to_numpy()
     np.testing.assert_array_equal(act, np.where(r4 > 0.004, 2, np.where(r4 < -0.004, 0, 1)))
     assert (lab["size"][lab["action"] == 1] == 0).all() and lab["size"].max() <= 1
-    assert 0 <= lab["confidence"].min() and lab["confidence"].max() <= 1
+    assert lab["confidence"].min() >= 0 and lab["confidence"].max() <= 1
 
 
 def test_labels_depend_only_on_the_future_not_the_past_features() -> None:

@@ -52,15 +52,20 @@ def _columns(raw: pd.DataFrame, path: Path) -> dict[str, str]:
 
 def _parse_dates(values: pd.Series, path: Path, tz: str | None, daily: bool) -> pd.DatetimeIndex:
     text = values.astype(str)
+    blank = values.isna().to_numpy() | (text.str.strip() == "").to_numpy()
+    if blank.any():
+        line = int(blank.argmax()) + 2  # 1-based, after the header line
+        raise DataError(f"{path}: line {line}: empty date in {int(blank.sum())} row(s); fill or drop those rows")
     has_offset = text.str.contains(_OFFSET_RE, regex=True)
+    if has_offset.any() and not has_offset.all():  # checked outside the try: DataError is a ValueError
+        first = text[~has_offset].iloc[0]
+        raise DataError(f"{path}: some timestamps carry a UTC offset and some do not (first without: {first!r}); make them uniform")
     try:
         if has_offset.all():
             if daily:  # the local session date, at 00:00 UTC
                 local = pd.to_datetime(text.str.replace(_OFFSET_RE, "", regex=True), format="mixed")
                 return pd.DatetimeIndex(local).normalize().tz_localize("UTC")
             return pd.DatetimeIndex(pd.to_datetime(text, utc=True, format="mixed"))
-        if has_offset.any():
-            raise DataError(f"{path}: some timestamps carry a UTC offset and some do not; make them uniform")
         idx = pd.DatetimeIndex(pd.to_datetime(text, format="mixed"))
     except (ValueError, TypeError) as err:
         bad = next((s for s in text if pd.isna(pd.to_datetime(s, errors="coerce", format="mixed"))), None)
@@ -103,7 +108,9 @@ def read_csv_frames(
     if "symbol" in cols:
         groups = {str(k): g for k, g in raw.groupby(cols["symbol"], sort=False)}
         if symbol is not None:
-            groups = {k: v for k, v in groups.items() if k == symbol}
+            if symbol not in groups:
+                raise SymbolNotFound(f"{p}: no rows for {symbol}; the file holds {', '.join(groups)}")
+            groups = {symbol: groups[symbol]}
     else:
         groups = {symbol or p.stem.split(".")[0].upper(): raw}
     return {sym: _to_frame(g, cols, sym, tf.name, adjust, actions) for sym, g in groups.items()}
