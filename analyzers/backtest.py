@@ -71,4 +71,6 @@ def run_backtest(
     rets.index = pd.DatetimeIndex(rets.index)
     trades = strat.analyzers.trades.get_analysis()
     closed = int(trades.get("total", {}).get("closed", 0)) if trades else 0
-    return BacktestResult(name, rets, float(cerebro.broker.getvalue()), performance(rets, trades=closed))
+    return BacktestResult(
+        name, rets, float(cerebro.broker.getvalue()), performance(rets, trades=closed)
+    )

@@ -52,7 +52,9 @@ def main() -> None:
         t = time.perf_counter()
         feeds = [StoreData.from_store(store, s) for s in frames]
         load = time.perf_counter() - t
-        print(f"store -> backtrader feeds: {len(feeds)} symbols x {args.bars} bars in {load:.3f} s (goal < 1 s)")
+        print(
+            f"store -> backtrader feeds: {len(feeds)} symbols x {args.bars} bars in {load:.3f} s (goal < 1 s)"
+        )
 
         read = {s: store.read(s) for s in frames}
         pandas_feeds = [bt.feeds.PandasData(dataname=f, name=s) for s, f in read.items()]
@@ -62,14 +64,22 @@ def main() -> None:
     n_bars = len(frames) * args.bars
     print(f"SMA crossover, StoreData:  {t_store:.2f} s ({n_bars / t_store:,.0f} bars/s)")
     print(f"SMA crossover, PandasData: {t_pandas:.2f} s ({n_bars / t_pandas:,.0f} bars/s)")
-    print(f"speed ratio StoreData / PandasData: {t_pandas / t_store:.2f}x (goal >= 0.95); same final value")
+    print(
+        f"speed ratio StoreData / PandasData: {t_pandas / t_store:.2f}x (goal >= 0.95); same final value"
+    )
 
-    big = generate_market(SyntheticConfig(n_symbols=args.index_constituents, n_bars=args.bars, seed=2))
+    big = generate_market(
+        SyntheticConfig(n_symbols=args.index_constituents, n_bars=args.bars, seed=2)
+    )
     t = time.perf_counter()
-    res = build_index(big, IndexConfig(name="BIG", method="equal", constituents=tuple(big), rebalance="Q"))
+    res = build_index(
+        big, IndexConfig(name="BIG", method="equal", constituents=tuple(big), rebalance="Q")
+    )
     dt = time.perf_counter() - t
-    print(f"index build: {len(big)} constituents x {args.bars} bars (equal, quarterly) in {dt:.2f} s; "
-          f"{len(res.frame)} index bars")
+    print(
+        f"index build: {len(big)} constituents x {args.bars} bars (equal, quarterly) in {dt:.2f} s; "
+        f"{len(res.frame)} index bars"
+    )
 
 
 if __name__ == "__main__":

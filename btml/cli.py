@@ -19,8 +19,12 @@ def _fail(err: Exception) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--store", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Store folder (default: $BTML_STORE or ./data_storage).")
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Store folder (default: $BTML_STORE or ./data_storage).",
+)
 @click.version_option(package_name="backtrader-ml")
 @click.pass_context
 def main(ctx: click.Context, store: Path | None) -> None:
@@ -32,7 +36,9 @@ def main(ctx: click.Context, store: Path | None) -> None:
 
 
 @main.command()
-@click.option("--synthetic", is_flag=True, help="Use the synthetic market instead of the real sample.")
+@click.option(
+    "--synthetic", is_flag=True, help="Use the synthetic market instead of the real sample."
+)
 @pass_config
 def demo(config: Config, synthetic: bool) -> None:
     """Run the whole system offline on the embedded default and print a summary."""

@@ -26,7 +26,9 @@ class AlpacaCredentials:
 
     def __post_init__(self) -> None:
         if not self.key_id or not self.secret_key:
-            raise ConfigError("Alpaca credentials need both APCA_API_KEY_ID and APCA_API_SECRET_KEY")
+            raise ConfigError(
+                "Alpaca credentials need both APCA_API_KEY_ID and APCA_API_SECRET_KEY"
+            )
 
     def __repr__(self) -> str:
         return "AlpacaCredentials(key_id='***', secret_key='***')"
@@ -56,7 +58,9 @@ class SourceSettings:
         if not 0 < self.timeout_s <= 300:
             raise ConfigError(f"timeout_s must be in (0, 300], got {self.timeout_s}")
         if self.alpaca_feed not in ALPACA_FEEDS:
-            raise ConfigError(f"alpaca_feed must be one of {ALPACA_FEEDS}, got {self.alpaca_feed!r}")
+            raise ConfigError(
+                f"alpaca_feed must be one of {ALPACA_FEEDS}, got {self.alpaca_feed!r}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,7 +72,9 @@ class Config:
     sources: SourceSettings = field(default_factory=SourceSettings)
 
 
-def load_config(store: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    store: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
     """Build the config: ``store`` flag, else ``BTML_STORE``, else ``./data_storage``."""
     env = os.environ if env is None else env
     path = Path(store or env.get("BTML_STORE") or DEFAULT_STORE)

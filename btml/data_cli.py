@@ -26,15 +26,28 @@ def data() -> None:
 @data.command()
 @click.argument("symbols", nargs=-1)
 @click.option("--universe", help="A named universe instead of SYMBOLS (see `btml data universes`).")
-@click.option("--source", "source_name", type=click.Choice(["yahoo", "alpaca", "ccxt"]), default="yahoo",
-              show_default=True)
+@click.option(
+    "--source",
+    "source_name",
+    type=click.Choice(["yahoo", "alpaca", "ccxt"]),
+    default="yahoo",
+    show_default=True,
+)
 @click.option("--timeframe", default="1Day", show_default=True, help="1m, 5m, 15m, 1h, 4h or 1Day.")
 @click.option("--start", default="2015-01-01", show_default=True, help="First date (UTC).")
 @click.option("--end", default=None, help="End date, exclusive (UTC; default now).")
 @click.option("--exchange", default=None, help="ccxt exchange id (default binance).")
 @pass_config
-def download(config: Config, symbols: tuple[str, ...], universe: str | None, source_name: str,
-             timeframe: str, start: str, end: str | None, exchange: str | None) -> None:
+def download(
+    config: Config,
+    symbols: tuple[str, ...],
+    universe: str | None,
+    source_name: str,
+    timeframe: str,
+    start: str,
+    end: str | None,
+    exchange: str | None,
+) -> None:
     """Download SYMBOLS (or --universe) into the store; only missing ranges are fetched.
 
     Exits 1 if any symbol failed; the others are stored, and a rerun fetches only what is missing.
@@ -51,28 +64,50 @@ def download(config: Config, symbols: tuple[str, ...], universe: str | None, sou
         opts = {"exchange": exchange} if source_name == "ccxt" and exchange else {}
         source = make_source(source_name, config, **opts)
         with click.progressbar(length=len(syms), label=f"{source_name} {timeframe}") as bar:
-            report = run(ParquetStore(config.store), source, syms, timeframe=timeframe, start=start,
-                         end=end, on_symbol=lambda _s: bar.update(1))
+            report = run(
+                ParquetStore(config.store),
+                source,
+                syms,
+                timeframe=timeframe,
+                start=start,
+                end=end,
+                on_symbol=lambda _s: bar.update(1),
+            )
     except BtmlError as err:
         _fail(err)
     for line in report.lines():
         click.echo(line)
     if not report.ok:
-        click.echo(f"error: {len(report.failed)} of {len(syms)} symbol(s) failed; rerun to fetch what is missing",
-                   err=True)
+        click.echo(
+            f"error: {len(report.failed)} of {len(syms)} symbol(s) failed; rerun to fetch what is missing",
+            err=True,
+        )
         sys.exit(1)
 
 
 @data.command(name="import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--symbol", default=None, help="Symbol for a one-symbol file (default: file name) or to pick one.")
+@click.option(
+    "--symbol",
+    default=None,
+    help="Symbol for a one-symbol file (default: file name) or to pick one.",
+)
 @click.option("--tz", default=None, help="Timezone of naive timestamps, e.g. America/New_York.")
 @click.option("--timeframe", default="1Day", show_default=True)
 @click.option("--adjust", is_flag=True, help="Scale OHLC by Adj Close / Close.")
-@click.option("--repair", is_flag=True, help="Sort rows and drop duplicate timestamps instead of failing.")
+@click.option(
+    "--repair", is_flag=True, help="Sort rows and drop duplicate timestamps instead of failing."
+)
 @pass_config
-def import_(config: Config, file: Path, symbol: str | None, tz: str | None, timeframe: str,
-            adjust: bool, repair: bool) -> None:
+def import_(
+    config: Config,
+    file: Path,
+    symbol: str | None,
+    tz: str | None,
+    timeframe: str,
+    adjust: bool,
+    repair: bool,
+) -> None:
     """Import a CSV FILE (wide or long ``Ticker,Date,...``) into the store."""
     from feeds.sources.csv_source import read_csv_frames
     from feeds.store import ParquetStore
@@ -93,10 +128,21 @@ def import_(config: Config, file: Path, symbol: str | None, tz: str | None, time
 @click.option("--symbols", "n_symbols", default=10, show_default=True, help="Number of symbols.")
 @click.option("--bars", "n_bars", default=2520, show_default=True, help="Bars per symbol.")
 @click.option("--seed", default=0, show_default=True)
-@click.option("--planted", default=0.0, show_default=True, help="Strength of the planted predictable component.")
-@click.option("--random-walk", is_flag=True, help="A pure random walk: no factors, clustering, jumps or plant.")
+@click.option(
+    "--planted",
+    default=0.0,
+    show_default=True,
+    help="Strength of the planted predictable component.",
+)
+@click.option(
+    "--random-walk",
+    is_flag=True,
+    help="A pure random walk: no factors, clustering, jumps or plant.",
+)
 @pass_config
-def synth(config: Config, n_symbols: int, n_bars: int, seed: int, planted: float, random_walk: bool) -> None:
+def synth(
+    config: Config, n_symbols: int, n_bars: int, seed: int, planted: float, random_walk: bool
+) -> None:
     """Generate a synthetic market and store it (symbols SYN000, SYN001, ...)."""
     from feeds.sources.synthetic import SyntheticConfig, generate_market
     from feeds.store import ParquetStore
@@ -105,7 +151,9 @@ def synth(config: Config, n_symbols: int, n_bars: int, seed: int, planted: float
         if random_walk:
             cfg = SyntheticConfig.pure_random_walk(n_symbols=n_symbols, n_bars=n_bars, seed=seed)
         else:
-            cfg = SyntheticConfig(n_symbols=n_symbols, n_bars=n_bars, seed=seed, planted_strength=planted)
+            cfg = SyntheticConfig(
+                n_symbols=n_symbols, n_bars=n_bars, seed=seed, planted_strength=planted
+            )
         store = ParquetStore(config.store)
         frames = generate_market(cfg)
         with click.progressbar(list(frames.items()), label="storing") as items:
@@ -128,8 +176,10 @@ def list_(config: Config) -> None:
     for s in good:
         first = s.first.date() if s.first is not None else "-"
         last = s.last.date() if s.last is not None else "-"
-        click.echo(f"{s.asset_class:<7} {s.timeframe:<5} {s.symbol:<12} {s.rows:>7} rows  {first} .. {last}  "
-                   f"{s.source}")
+        click.echo(
+            f"{s.asset_class:<7} {s.timeframe:<5} {s.symbol:<12} {s.rows:>7} rows  {first} .. {last}  "
+            f"{s.source}"
+        )
     for err in bad:
         click.echo(f"error: {err}", err=True)
     if bad:

@@ -16,9 +16,11 @@ from pathlib import Path
 import pandas as pd
 
 from analyzers.backtest import BacktestResult, CostConfig, run_backtest
+from feeds.index import IndexConfig, build_from_store
 from feeds.sample import load_sample
 from feeds.store import ParquetStore
 from feeds.validate import ValidationReport, validate
+from mlmodels.features import WARMUP, compute_features
 from strategies.baselines import BuyAndHold, SmaCross, SmaCrossConfig
 
 DEMO_SYMBOLS = ("AAPL", "IBM", "MSFT")
@@ -52,7 +54,9 @@ def run_demo(
         log("generating a synthetic market (3 symbols, 10 years daily)")
         frames = _synthetic_frames()
     else:
-        log("loading the embedded real sample (split/dividend-adjusted): " + ", ".join(DEMO_SYMBOLS))
+        log(
+            "loading the embedded real sample (split/dividend-adjusted): " + ", ".join(DEMO_SYMBOLS)
+        )
         sample = load_sample(adjusted=True)
         frames = {s: sample[s] for s in DEMO_SYMBOLS}
     for sym, frame in frames.items():
@@ -60,12 +64,33 @@ def run_demo(
         out.reports.append(report)
         out.files.append(store.write(checked, merge=False))
         log(f"  validated and stored {report.summary()}")
-    feeds = {sym: store.read(sym, "1Day", asset_class=f.attrs.get("asset_class")) for sym, f in frames.items()}
+    feeds = {
+        sym: store.read(sym, "1Day", asset_class=f.attrs.get("asset_class"))
+        for sym, f in frames.items()
+    }
+    index_cfg = IndexConfig(
+        name="DEMOIDX", method="equal", constituents=tuple(frames), rebalance="Q"
+    )
+    index, path = build_from_store(store, index_cfg)
+    out.files.append(path)
+    log(
+        f"built index DEMOIDX (equal weight, quarterly) of {', '.join(frames)}: {len(index.frame)} bars"
+    )
+    n_feat = {sym: compute_features(f, index.frame).shape[1] for sym, f in feeds.items()}
+    log(f"computed {max(n_feat.values())} causal features per symbol (warm-up {WARMUP} bars)")
     costs = CostConfig()
-    log(f"backtesting with commission {costs.commission:.2%}, slippage {costs.slippage:.2%}, fills at next open")
+    log(
+        f"backtesting with commission {costs.commission:.2%}, slippage {costs.slippage:.2%}, fills at next open"
+    )
     out.results.append(run_backtest("buy-and-hold", feeds, BuyAndHold, costs=costs))
     out.results.append(
-        run_backtest("sma-cross 10/30", feeds, SmaCross, costs=costs, strategy_kwargs={"config": SmaCrossConfig()})
+        run_backtest(
+            "sma-cross 10/30",
+            feeds,
+            SmaCross,
+            costs=costs,
+            strategy_kwargs={"config": SmaCrossConfig()},
+        )
     )
     out.seconds = time.perf_counter() - t0
     return out

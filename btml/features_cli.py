@@ -39,17 +39,34 @@ def _load_frames(config: Config, symbols: tuple[str, ...], index_name: str | Non
 
 @features.command()
 @click.argument("symbols", nargs=-1, required=True)
-@click.option("--method", type=click.Choice(["corr", "importance", "pca"]), default="corr", show_default=True)
-@click.option("--index", "index_name", default=None, help="Stored index for the index-relative features.")
+@click.option(
+    "--method", type=click.Choice(["corr", "importance", "pca"]), default="corr", show_default=True
+)
+@click.option(
+    "--index", "index_name", default=None, help="Stored index for the index-relative features."
+)
 @click.option("--threshold", default=0.8, show_default=True, help="Correlation threshold.")
 @click.option("--top-k", default=38, show_default=True, help="Features kept by importance.")
 @click.option("--variance", default=0.95, show_default=True, help="Variance PCA keeps.")
 @click.option("--timeframe", default="1Day", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("selection.json"),
-              show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("selection.json"),
+    show_default=True,
+)
 @pass_config
-def select(config: Config, symbols: tuple[str, ...], method: str, index_name: str | None, threshold: float,
-           top_k: int, variance: float, timeframe: str, out: Path) -> None:
+def select(
+    config: Config,
+    symbols: tuple[str, ...],
+    method: str,
+    index_name: str | None,
+    threshold: float,
+    top_k: int,
+    variance: float,
+    timeframe: str,
+    out: Path,
+) -> None:
     """Fit a feature selection on the training split (first 70 %) of stored SYMBOLS."""
     from mlmodels.dataset import DatasetConfig, build_dataset
     from mlmodels.selection import select_features
@@ -63,27 +80,47 @@ def select(config: Config, symbols: tuple[str, ...], method: str, index_name: st
         import pandas as pd
 
         x = pd.DataFrame(rows, columns=list(ds.feature_names))
-        sel = select_features(x, ds.targets["direction"][split.train], method=method, threshold=threshold,
-                              top_k=top_k, variance=variance)
+        sel = select_features(
+            x,
+            ds.targets["direction"][split.train],
+            method=method,
+            threshold=threshold,
+            top_k=top_k,
+            variance=variance,
+        )
         sel.save(out)
     except BtmlError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
     for row in sel.report:
         click.echo(f"{'keep' if row['kept'] else 'drop'} {row['feature']:<22} {row['why']}")
-    click.echo(f"{method}: {len(sel.inputs)} -> {len(sel.outputs)} features, fit on {len(split.train)} "
-               f"training samples before {split.test_start.date()}; wrote {out}")
+    click.echo(
+        f"{method}: {len(sel.inputs)} -> {len(sel.outputs)} features, fit on {len(split.train)} "
+        f"training samples before {split.test_start.date()}; wrote {out}"
+    )
 
 
 @features.command(name="check-leakage")
 @click.argument("symbols", nargs=-1)
-@click.option("--file", "table", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="A feature table (Parquet/CSV, datetime index or column, plus a close column) to scan.")
-@click.option("--index", "index_name", default=None, help="Stored index for the index-relative features.")
+@click.option(
+    "--file",
+    "table",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A feature table (Parquet/CSV, datetime index or column, plus a close column) to scan.",
+)
+@click.option(
+    "--index", "index_name", default=None, help="Stored index for the index-relative features."
+)
 @click.option("--timeframe", default="1Day", show_default=True)
 @pass_config
-def check_leakage(config: Config, symbols: tuple[str, ...], table: Path | None, index_name: str | None,
-                  timeframe: str) -> None:
+def check_leakage(
+    config: Config,
+    symbols: tuple[str, ...],
+    table: Path | None,
+    index_name: str | None,
+    timeframe: str,
+) -> None:
     """Check the feature pipeline on stored SYMBOLS (truncation) and/or a feature --file.
 
     Exits 1 when any feature looks at the future.
@@ -100,7 +137,10 @@ def check_leakage(config: Config, symbols: tuple[str, ...], table: Path | None, 
             tab = _read_table(table)
             if "close" not in tab.columns:
                 raise click.UsageError(f"{table}: needs a close column to compare against returns")
-            findings += [(table.name, f) for f in future_correlation_check(tab.drop(columns=["close"]), tab["close"])]
+            findings += [
+                (table.name, f)
+                for f in future_correlation_check(tab.drop(columns=["close"]), tab["close"])
+            ]
     except BtmlError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
@@ -116,7 +156,9 @@ def _read_table(path: Path):  # type: ignore[no-untyped-def]
 
     tab = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     if not isinstance(tab.index, pd.DatetimeIndex):
-        col = next((c for c in tab.columns if str(c).lower() in ("datetime", "date", "timestamp")), None)
+        col = next(
+            (c for c in tab.columns if str(c).lower() in ("datetime", "date", "timestamp")), None
+        )
         if col is not None:
             tab = tab.set_index(pd.to_datetime(tab.pop(col), utc=True))
     return tab

@@ -19,21 +19,55 @@ def index() -> None:
 
 @index.command()
 @click.argument("name")
-@click.option("--method", type=click.Choice(["price", "cap", "equal", "fixed"]), default="equal", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["price", "cap", "equal", "fixed"]),
+    default="equal",
+    show_default=True,
+)
 @click.option("--constituents", default=None, help="Comma-separated symbols, e.g. AAPL,MSFT,IBM.")
-@click.option("--membership", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Point-in-time membership CSV: date,symbol[,weight|shares].")
-@click.option("--weights", "weights_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="CSV of symbol,weight (fixed/cap) or date,symbol,shares (cap).")
-@click.option("--rebalance", type=click.Choice(["M", "Q"]), default=None, help="Rebalance monthly or quarterly.")
+@click.option(
+    "--membership",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Point-in-time membership CSV: date,symbol[,weight|shares].",
+)
+@click.option(
+    "--weights",
+    "weights_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CSV of symbol,weight (fixed/cap) or date,symbol,shares (cap).",
+)
+@click.option(
+    "--rebalance",
+    type=click.Choice(["M", "Q"]),
+    default=None,
+    help="Rebalance monthly or quarterly.",
+)
 @click.option("--start", default=None, help="First date (UTC).")
 @click.option("--end", default=None, help="End date, exclusive (UTC).")
 @click.option("--timeframe", default="1Day", show_default=True)
-@click.option("--carry-limit", default=5, show_default=True, help="Bars a missing constituent bar may be carried.")
+@click.option(
+    "--carry-limit",
+    default=5,
+    show_default=True,
+    help="Bars a missing constituent bar may be carried.",
+)
 @pass_config
-def build(config: Config, name: str, method: str, constituents: str | None, membership: str | None,
-          weights_file: str | None, rebalance: str | None, start: str | None, end: str | None,
-          timeframe: str, carry_limit: int) -> None:
+def build(
+    config: Config,
+    name: str,
+    method: str,
+    constituents: str | None,
+    membership: str | None,
+    weights_file: str | None,
+    rebalance: str | None,
+    start: str | None,
+    end: str | None,
+    timeframe: str,
+    carry_limit: int,
+) -> None:
     """Build index NAME from stored constituents and store it under raw/index."""
     import pandas as pd
 
@@ -43,10 +77,16 @@ def build(config: Config, name: str, method: str, constituents: str | None, memb
     try:
         weights, shares = read_weights(weights_file) if weights_file else (None, None)
         cfg = IndexConfig(
-            name=name, method=method,
-            constituents=tuple(s.strip() for s in constituents.split(",") if s.strip()) if constituents else (),
+            name=name,
+            method=method,
+            constituents=tuple(s.strip() for s in constituents.split(",") if s.strip())
+            if constituents
+            else (),
             membership=read_membership(membership) if membership else None,
-            weights=weights, shares=shares, rebalance=rebalance, carry_limit=carry_limit,
+            weights=weights,
+            shares=shares,
+            rebalance=rebalance,
+            carry_limit=carry_limit,
             start=pd.Timestamp(start, tz="UTC") if start else None,
             end=pd.Timestamp(end, tz="UTC") if end else None,
         )
@@ -57,9 +97,11 @@ def build(config: Config, name: str, method: str, constituents: str | None, memb
     f = result.frame
     for note in result.notes:
         click.echo(f"note: {note}")
-    click.echo(f"{name}: {method}, {len(result.weights.columns)} constituents, {len(f)} bars "
-               f"{f.index[0].date()} .. {f.index[-1].date()}, level {f['close'].iloc[0]:.2f} -> "
-               f"{f['close'].iloc[-1]:.2f} -> {path}")
+    click.echo(
+        f"{name}: {method}, {len(result.weights.columns)} constituents, {len(f)} bars "
+        f"{f.index[0].date()} .. {f.index[-1].date()}, level {f['close'].iloc[0]:.2f} -> "
+        f"{f['close'].iloc[-1]:.2f} -> {path}"
+    )
 
 
 @index.command(name="list")

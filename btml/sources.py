@@ -21,5 +21,7 @@ def make_source(name: str, config: Config, **options: Any) -> Source:
         }
         return get_source("alpaca", **kwargs, **options)
     if name == "ccxt":
-        return get_source("ccxt", exchange=options.pop("exchange", None) or s.ccxt_exchange, **options)
+        return get_source(
+            "ccxt", exchange=options.pop("exchange", None) or s.ccxt_exchange, **options
+        )
     return get_source(name, **options)

@@ -56,6 +56,7 @@ def download(
     report = DownloadReport()
     for sym in symbols:
         try:
+
             def fetch(a: pd.Timestamp, b: pd.Timestamp, sym: str = sym) -> pd.DataFrame:
                 frame = source.fetch(sym, timeframe=timeframe, start=a, end=b)
                 if asset_class:

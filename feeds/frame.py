@@ -62,7 +62,10 @@ def make_frame(
         )
     cols = list(OHLCV_COLUMNS) + [k for k in keep if k in lower]
     out = pd.DataFrame(
-        {c: pd.to_numeric(data[lower[c]], errors="coerce").to_numpy(dtype=np.float64) for c in cols},
+        {
+            c: pd.to_numeric(data[lower[c]], errors="coerce").to_numpy(dtype=np.float64)
+            for c in cols
+        },
         index=data.index.copy(),
     )
     idx = out.index

@@ -29,11 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from pathlib import Path
 
 from feeds.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import make_frame
@@ -67,7 +66,9 @@ class IndexConfig:
         if bool(self.constituents) == (self.membership is not None):
             raise ConfigError("give either constituents or a membership table, not both or neither")
         if self.rebalance is not None and self.rebalance not in REBALANCE:
-            raise ConfigError(f"rebalance must be M (monthly) or Q (quarterly), got {self.rebalance!r}")
+            raise ConfigError(
+                f"rebalance must be M (monthly) or Q (quarterly), got {self.rebalance!r}"
+            )
         if self.method == "fixed" and not self.weights and self.membership is None:
             raise ConfigError("method 'fixed' needs weights (e.g. {'AAPL': 0.6, 'MSFT': 0.4})")
         if self.carry_limit < 0:
@@ -105,7 +106,9 @@ def read_membership(path: str) -> pd.DataFrame:
     raw.columns = [str(c).strip().lower() for c in raw.columns]
     missing = {"date", "symbol"} - set(raw.columns)
     if missing:
-        raise DataError(f"{path}: membership file needs columns date,symbol (missing {', '.join(sorted(missing))})")
+        raise DataError(
+            f"{path}: membership file needs columns date,symbol (missing {', '.join(sorted(missing))})"
+        )
     try:
         raw["date"] = pd.to_datetime(raw["date"], utc=True)
     except (ValueError, TypeError) as err:
@@ -113,28 +116,42 @@ def read_membership(path: str) -> pd.DataFrame:
     return raw
 
 
-def _panel(frames: Mapping[str, pd.DataFrame], symbols: list[str], cfg: IndexConfig) -> dict[str, pd.DataFrame]:
+def _panel(
+    frames: Mapping[str, pd.DataFrame], symbols: list[str], cfg: IndexConfig
+) -> dict[str, pd.DataFrame]:
     missing = [s for s in symbols if s not in frames]
     if missing:
-        raise DataError(f"index {cfg.name}: no data for constituent(s) {', '.join(missing)}; download or import them first")
-    cal = pd.DatetimeIndex(sorted(set().union(*(frames[s].index for s in symbols))), name="datetime")
+        raise DataError(
+            f"index {cfg.name}: no data for constituent(s) {', '.join(missing)}; download or import them first"
+        )
+    cal = pd.DatetimeIndex(
+        sorted(set().union(*(frames[s].index for s in symbols))), name="datetime"
+    )
     if cfg.start is not None:
         cal = cal[cal >= cfg.start]
     if cfg.end is not None:
         cal = cal[cal < cfg.end]
     if len(cal) < 2:
-        raise DataError(f"index {cfg.name}: fewer than 2 bars in the range {cfg.start} .. {cfg.end}")
+        raise DataError(
+            f"index {cfg.name}: fewer than 2 bars in the range {cfg.start} .. {cfg.end}"
+        )
     out = {}
     for col in ("open", "high", "low", "close", "volume"):
         out[col] = pd.DataFrame({s: frames[s][col].reindex(cal) for s in symbols}, index=cal)
-    splits = {s: frames[s]["stock_splits"].reindex(cal) if "stock_splits" in frames[s] else None for s in symbols}
+    splits = {
+        s: frames[s]["stock_splits"].reindex(cal) if "stock_splits" in frames[s] else None
+        for s in symbols
+    }
     out["split"] = pd.DataFrame(
-        {s: (v.fillna(0.0).replace(0.0, 1.0) if v is not None else 1.0) for s, v in splits.items()}, index=cal
+        {s: (v.fillna(0.0).replace(0.0, 1.0) if v is not None else 1.0) for s, v in splits.items()},
+        index=cal,
     )
     return out
 
 
-def _members(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, has_bar: np.ndarray) -> np.ndarray:
+def _members(
+    cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, has_bar: np.ndarray
+) -> np.ndarray:
     """Boolean (T, N): is symbol j a member on bar t."""
     if cfg.membership is None:
         # a constituent is a member from its first bar to its last (it cannot be held before)
@@ -154,7 +171,13 @@ def _members(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, has_ba
     return member
 
 
-def _check_gaps(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, member: np.ndarray, has_bar: np.ndarray) -> None:
+def _check_gaps(
+    cfg: IndexConfig,
+    symbols: list[str],
+    cal: pd.DatetimeIndex,
+    member: np.ndarray,
+    has_bar: np.ndarray,
+) -> None:
     need = member & ~has_bar
     for j in np.flatnonzero(need.any(axis=0)):
         run = 0
@@ -172,8 +195,16 @@ def _check_gaps(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, mem
                 )
 
 
-def _target_weights(cfg: IndexConfig, symbols: list[str], t: int, cal: pd.DatetimeIndex, close_prev: np.ndarray,
-                    member: np.ndarray, shares: np.ndarray | None, given: np.ndarray | None) -> np.ndarray:
+def _target_weights(
+    cfg: IndexConfig,
+    symbols: list[str],
+    t: int,
+    cal: pd.DatetimeIndex,
+    close_prev: np.ndarray,
+    member: np.ndarray,
+    shares: np.ndarray | None,
+    given: np.ndarray | None,
+) -> np.ndarray:
     if cfg.method == "price":
         w = np.where(member, close_prev, 0.0)
     elif cfg.method == "cap" and shares is not None:
@@ -191,17 +222,23 @@ def _given_weights(cfg: IndexConfig, symbols: list[str], notes: list[str]) -> np
         return None
     unknown = sorted(set(cfg.weights) - set(symbols))
     if unknown:
-        raise DataError(f"index {cfg.name}: weights name symbol(s) not in the index: {', '.join(unknown)}")
+        raise DataError(
+            f"index {cfg.name}: weights name symbol(s) not in the index: {', '.join(unknown)}"
+        )
     w = np.array([float(cfg.weights.get(s, 0.0)) for s in symbols])
     total = w.sum()
     if total <= 0:
         raise ConfigError(f"index {cfg.name}: weights sum to {total}; they must be positive")
     if abs(total - 1.0) > 1e-9:
-        notes.append(f"weights summed to {total:.6g}; each was divided by that sum so they add to 1")
+        notes.append(
+            f"weights summed to {total:.6g}; each was divided by that sum so they add to 1"
+        )
     return w / total
 
 
-def _point_in_time(table: pd.DataFrame, value: str, symbols: list[str], cal: pd.DatetimeIndex) -> np.ndarray:
+def _point_in_time(
+    table: pd.DataFrame, value: str, symbols: list[str], cal: pd.DatetimeIndex
+) -> np.ndarray:
     """A (T, N) array of ``value`` from a ``date,symbol,value`` table, carried forward in time."""
     wide = table.pivot_table(index="date", columns="symbol", values=value, aggfunc="last")
     wide = wide.reindex(columns=symbols)
@@ -209,7 +246,9 @@ def _point_in_time(table: pd.DataFrame, value: str, symbols: list[str], cal: pd.
     return full.fillna(0.0).to_numpy(dtype=np.float64)
 
 
-def _resets(cfg: IndexConfig, cal: pd.DatetimeIndex, member: np.ndarray, drifting: bool) -> np.ndarray:
+def _resets(
+    cfg: IndexConfig, cal: pd.DatetimeIndex, member: np.ndarray, drifting: bool
+) -> np.ndarray:
     """(T,) bool: recompute target weights before bar t's return."""
     reset = np.ones(len(cal), dtype=bool)
     if not drifting:
@@ -224,7 +263,9 @@ def _resets(cfg: IndexConfig, cal: pd.DatetimeIndex, member: np.ndarray, driftin
     return reset
 
 
-def build_index(frames: Mapping[str, pd.DataFrame], cfg: IndexConfig, timeframe: str = "1Day") -> IndexResult:
+def build_index(
+    frames: Mapping[str, pd.DataFrame], cfg: IndexConfig, timeframe: str = "1Day"
+) -> IndexResult:
     """Build the index described by ``cfg`` from constituent OHLCV ``frames`` (by symbol)."""
     notes: list[str] = []
     if cfg.membership is not None:
@@ -246,7 +287,9 @@ def build_index(frames: Mapping[str, pd.DataFrame], cfg: IndexConfig, timeframe:
     elif cfg.membership is not None and "shares" in cfg.membership:
         shares_t = _point_in_time(cfg.membership, "shares", symbols, cal)
     if cfg.method == "cap" and shares_t is None and given is None and given_t is None:
-        raise ConfigError(f"index {cfg.name}: method 'cap' needs a shares table or starting weights")
+        raise ConfigError(
+            f"index {cfg.name}: method 'cap' needs a shares table or starting weights"
+        )
     drifting = cfg.method in ("equal", "fixed") or (cfg.method == "cap" and shares_t is None)
     if cfg.method == "fixed" and cfg.rebalance is None:
         drifting = False  # restored every bar
@@ -254,9 +297,19 @@ def build_index(frames: Mapping[str, pd.DataFrame], cfg: IndexConfig, timeframe:
     return _chain(cfg, symbols, cal, p, member, reset, given, given_t, shares_t, notes, timeframe)
 
 
-def _chain(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, p: dict[str, pd.DataFrame],
-           member: np.ndarray, reset: np.ndarray, given: np.ndarray | None, given_t: np.ndarray | None,
-           shares_t: np.ndarray | None, notes: list[str], timeframe: str) -> IndexResult:
+def _chain(
+    cfg: IndexConfig,
+    symbols: list[str],
+    cal: pd.DatetimeIndex,
+    p: dict[str, pd.DataFrame],
+    member: np.ndarray,
+    reset: np.ndarray,
+    given: np.ndarray | None,
+    given_t: np.ndarray | None,
+    shares_t: np.ndarray | None,
+    notes: list[str],
+    timeframe: str,
+) -> IndexResult:
     close = p["close"].ffill().to_numpy()
     bars = {k: p[k].to_numpy() for k in ("open", "high", "low")}
     for k in bars:  # a carried bar is flat at the last close
@@ -279,7 +332,13 @@ def _chain(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, p: dict[
         else:
             w = np.where(valid, w, 0.0)
             s = w.sum()
-            w = w / s if s > 0 else _target_weights(cfg, symbols, t, cal, np.nan_to_num(prev), valid, shares_t, given)
+            w = (
+                w / s
+                if s > 0
+                else _target_weights(
+                    cfg, symbols, t, cal, np.nan_to_num(prev), valid, shares_t, given
+                )
+            )
         weights[t] = w
         safe_prev = np.where(valid, prev, 1.0)
         rel = {k: np.where(valid, bars[k][t] * split[t] / safe_prev, 1.0) for k in bars}
@@ -293,10 +352,21 @@ def _chain(cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, p: dict[
             w = w * rc / (1.0 + r)
     data = pd.DataFrame({"open": o, "high": h, "low": lo, "close": level, "volume": vol}, index=cal)
     frame = make_frame(
-        data, symbol=cfg.name, source="index", timeframe=timeframe, adjustment="adjusted", asset_class="index",
-        extra_attrs={"method": cfg.method, "members": ",".join(symbols), "rebalance": cfg.rebalance or ""},
+        data,
+        symbol=cfg.name,
+        source="index",
+        timeframe=timeframe,
+        adjustment="adjusted",
+        asset_class="index",
+        extra_attrs={
+            "method": cfg.method,
+            "members": ",".join(symbols),
+            "rebalance": cfg.rebalance or "",
+        },
     )
-    return IndexResult(frame=frame, weights=pd.DataFrame(weights, index=cal, columns=symbols), notes=notes)
+    return IndexResult(
+        frame=frame, weights=pd.DataFrame(weights, index=cal, columns=symbols), notes=notes
+    )
 
 
 def read_weights(path: str) -> tuple[dict[str, float] | None, pd.DataFrame | None]:
@@ -314,10 +384,13 @@ def read_weights(path: str) -> tuple[dict[str, float] | None, pd.DataFrame | Non
     raise DataError(f"{path}: weights file needs columns symbol,weight or date,symbol,shares")
 
 
-def build_from_store(store: ParquetStore, cfg: IndexConfig, timeframe: str = "1Day") -> tuple[IndexResult, Path]:
+def build_from_store(
+    store: ParquetStore, cfg: IndexConfig, timeframe: str = "1Day"
+) -> tuple[IndexResult, Path]:
     """Read the constituents from ``store``, build the index and store it under ``raw/index``."""
     symbols = (
-        list(dict.fromkeys(cfg.membership["symbol"].astype(str))) if cfg.membership is not None
+        list(dict.fromkeys(cfg.membership["symbol"].astype(str)))
+        if cfg.membership is not None
         else list(cfg.constituents)
     )
     frames = {}

@@ -34,7 +34,7 @@ LOCK_TIMEOUT_S = 60.0
 
 def symbol_to_filename(symbol: str) -> str:
     """File stem for a symbol: ``/`` (crypto pairs) becomes ``_``; other characters are kept."""
-    if not symbol or symbol.strip() != symbol or any(c in symbol for c in "\\:*?\"<>|\0"):
+    if not symbol or symbol.strip() != symbol or any(c in symbol for c in '\\:*?"<>|\0'):
         raise ConfigError(f"invalid symbol {symbol!r} for the store")
     return symbol.upper().replace("/", "_")
 
@@ -82,15 +82,21 @@ class ParquetStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:  # a read-only mount, or a regular file where a folder should be
-            raise StoreError(f"{path.parent}: cannot create this folder ({err.strerror or err}); check the store path") from err
+            raise StoreError(
+                f"{path.parent}: cannot create this folder ({err.strerror or err}); check the store path"
+            ) from err
         try:
             lock = FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
             with lock:
                 yield
         except Timeout as err:
-            raise StoreError(f"{path}: another writer holds the lock for over {LOCK_TIMEOUT_S:.0f} s") from err
+            raise StoreError(
+                f"{path}: another writer holds the lock for over {LOCK_TIMEOUT_S:.0f} s"
+            ) from err
         except PermissionError as err:
-            raise StoreError(f"{path.parent}: not writable ({err.strerror}); check the store path's permissions") from err
+            raise StoreError(
+                f"{path.parent}: not writable ({err.strerror}); check the store path's permissions"
+            ) from err
 
     def write(self, frame: pd.DataFrame, *, merge: bool = True, repair: bool = False) -> Path:
         """Validate and store ``frame`` (its attrs name symbol, timeframe, asset class, source).
@@ -132,7 +138,9 @@ class ParquetStore:
         except OSError as err:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise StoreError(f"{path}: write failed ({err.strerror or err}); the previous file is unchanged") from err
+            raise StoreError(
+                f"{path}: write failed ({err.strerror or err}); the previous file is unchanged"
+            ) from err
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -158,7 +166,9 @@ class ParquetStore:
         raw = (table.schema.metadata or {}).get(_META_KEY)
         frame.attrs = json.loads(raw) if raw else {}
         if list(frame.columns[:5]) != list(OHLCV_COLUMNS):
-            raise CorruptFileError(path, f"{path}: not an OHLCV file (columns {list(frame.columns)})")
+            raise CorruptFileError(
+                path, f"{path}: not an OHLCV file (columns {list(frame.columns)})"
+            )
         return frame
 
     def read(
@@ -215,7 +225,12 @@ class ParquetStore:
         return good, bad
 
     def missing_ranges(
-        self, symbol: str, timeframe: str, start: pd.Timestamp, end: pd.Timestamp, asset_class: str | None = None
+        self,
+        symbol: str,
+        timeframe: str,
+        start: pd.Timestamp,
+        end: pd.Timestamp,
+        asset_class: str | None = None,
     ) -> builtins.list[tuple[pd.Timestamp, pd.Timestamp]]:
         """The parts of ``[start, end)`` not covered by what is stored (before and after it)."""
         path = self.find(symbol, timeframe, asset_class)

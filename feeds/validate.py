@@ -56,18 +56,40 @@ def _fail(symbol: str, rule: str, ts: object, msg: str, fix: str) -> ValidationE
     return ValidationError(symbol, rule, f"{symbol}{where}: {msg} [rule: {rule}]. {fix}", ts)
 
 
-def _check_index(frame: pd.DataFrame, symbol: str, repair: bool, report: ValidationReport) -> pd.DataFrame:
+def _check_index(
+    frame: pd.DataFrame, symbol: str, repair: bool, report: ValidationReport
+) -> pd.DataFrame:
     idx = frame.index
     if not isinstance(idx, pd.DatetimeIndex):
-        raise _fail(symbol, "timestamps", None, "index is not timestamps", "Index rows by datetime.")
+        raise _fail(
+            symbol, "timestamps", None, "index is not timestamps", "Index rows by datetime."
+        )
     if idx.tz is None:
-        raise _fail(symbol, "utc", None, "timestamps are naive", "Localise them to their zone, then convert to UTC.")
+        raise _fail(
+            symbol,
+            "utc",
+            None,
+            "timestamps are naive",
+            "Localise them to their zone, then convert to UTC.",
+        )
     if str(idx.tz) != "UTC":
-        raise _fail(symbol, "utc", None, f"timestamps are in {idx.tz}", "Convert them with .tz_convert('UTC').")
+        raise _fail(
+            symbol,
+            "utc",
+            None,
+            f"timestamps are in {idx.tz}",
+            "Convert them with .tz_convert('UTC').",
+        )
     if not idx.is_monotonic_increasing:
         if not repair:
             pos = int(np.argmax(np.diff(idx.asi8) < 0)) + 1
-            raise _fail(symbol, "increasing", idx[pos], "timestamps go backwards", "Sort them (repair=True / --repair).")
+            raise _fail(
+                symbol,
+                "increasing",
+                idx[pos],
+                "timestamps go backwards",
+                "Sort them (repair=True / --repair).",
+            )
         frame = frame.sort_index(kind="stable")
         report.repaired.append("sorted")
     dup = frame.index.duplicated(keep="last")
@@ -75,7 +97,10 @@ def _check_index(frame: pd.DataFrame, symbol: str, repair: bool, report: Validat
         if not repair:
             first = frame.index[dup][0]
             raise _fail(
-                symbol, "duplicates", first, f"{int(dup.sum())} duplicate timestamp(s)",
+                symbol,
+                "duplicates",
+                first,
+                f"{int(dup.sum())} duplicate timestamp(s)",
                 "Drop them (repair=True / --repair keeps the last row of each).",
             )
         frame = frame[~dup]
@@ -86,22 +111,50 @@ def _check_index(frame: pd.DataFrame, symbol: str, repair: bool, report: Validat
 def _check_values(frame: pd.DataFrame, symbol: str) -> None:
     missing = [c for c in OHLCV_COLUMNS if c not in frame.columns]
     if missing:
-        raise _fail(symbol, "columns", None, f"missing column(s) {', '.join(missing)}", "Provide open, high, low, close, volume.")
+        raise _fail(
+            symbol,
+            "columns",
+            None,
+            f"missing column(s) {', '.join(missing)}",
+            "Provide open, high, low, close, volume.",
+        )
     v = frame.loc[:, list(OHLCV_COLUMNS)].to_numpy(dtype=np.float64)
     o, h, lo, c, vol = v.T
     rules = (
-        ("nan", ~np.isfinite(v).all(axis=1), "NaN or infinite value", "Drop or fill those rows at the source."),
-        ("positive", (v[:, :4] <= 0).any(axis=1), "price <= 0", "Prices must be positive; drop the row or fix the source."),
+        (
+            "nan",
+            ~np.isfinite(v).all(axis=1),
+            "NaN or infinite value",
+            "Drop or fill those rows at the source.",
+        ),
+        (
+            "positive",
+            (v[:, :4] <= 0).any(axis=1),
+            "price <= 0",
+            "Prices must be positive; drop the row or fix the source.",
+        ),
         ("high>=low", h < lo, "high < low", "The bar is corrupt: fix or drop it."),
-        ("low<=open,close", (lo > o) | (lo > c), "low above open or close", "The bar is corrupt: fix or drop it."),
-        ("open,close<=high", (o > h) | (c > h), "open or close above high", "The bar is corrupt: fix or drop it."),
+        (
+            "low<=open,close",
+            (lo > o) | (lo > c),
+            "low above open or close",
+            "The bar is corrupt: fix or drop it.",
+        ),
+        (
+            "open,close<=high",
+            (o > h) | (c > h),
+            "open or close above high",
+            "The bar is corrupt: fix or drop it.",
+        ),
         ("volume>=0", vol < 0, "negative volume", "Volume must be >= 0."),
     )
     for rule, bad, what, fix in rules:
         if bad.any():
             i = int(np.argmax(bad))
             row = dict(zip(OHLCV_COLUMNS, v[i].tolist(), strict=True))
-            raise _fail(symbol, rule, frame.index[i], f"{what} in {int(bad.sum())} row(s), first {row}", fix)
+            raise _fail(
+                symbol, rule, frame.index[i], f"{what} in {int(bad.sum())} row(s), first {row}", fix
+            )
 
 
 def _gaps(frame: pd.DataFrame, timeframe: str | None, asset_class: str) -> tuple[int, float]:

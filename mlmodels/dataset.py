@@ -60,8 +60,11 @@ class Scaler:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Sequence[object]]) -> Scaler:
-        return cls(tuple(map(str, d["names"])), np.asarray(d["mean"], dtype=np.float64),
-                   np.asarray(d["std"], dtype=np.float64))
+        return cls(
+            tuple(map(str, d["names"])),
+            np.asarray(d["mean"], dtype=np.float64),
+            np.asarray(d["std"], dtype=np.float64),
+        )
 
 
 def reference_position_state(close: np.ndarray) -> np.ndarray:
@@ -86,13 +89,13 @@ class WindowDataset:
 
     feature_names: tuple[str, ...]
     window: int
-    rows: np.ndarray            # (R, F) float32, every symbol's feature rows back to back
-    sample_row: np.ndarray      # (S,) row in ``rows`` of each sample's decision time
-    sample_symbol: np.ndarray   # (S,) index into ``symbols``
-    times: pd.DatetimeIndex     # (S,) decision times
+    rows: np.ndarray  # (R, F) float32, every symbol's feature rows back to back
+    sample_row: np.ndarray  # (S,) row in ``rows`` of each sample's decision time
+    sample_symbol: np.ndarray  # (S,) index into ``symbols``
+    times: pd.DatetimeIndex  # (S,) decision times
     symbols: tuple[str, ...]
     targets: dict[str, np.ndarray]
-    position: np.ndarray        # (S, 3) float32
+    position: np.ndarray  # (S, 3) float32
     scaler: Scaler | None = None
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -131,13 +134,16 @@ class WindowDataset:
     def apply_scaler(self, scaler: Scaler) -> None:
         """Scale with statistics fit elsewhere (serving, or a later fold's test data)."""
         if scaler.names != self.feature_names:
-            raise DataError(f"scaler features {len(scaler.names)} differ from the dataset's {len(self.feature_names)}")
+            raise DataError(
+                f"scaler features {len(scaler.names)} differ from the dataset's {len(self.feature_names)}"
+            )
         self.scaler = scaler
         self.rows = scaler.transform(self.rows)
 
 
-def _symbol_block(sym: str, frame: pd.DataFrame, index: pd.DataFrame | None, cfg: DatasetConfig
-                  ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray, tuple[str, ...]]:
+def _symbol_block(
+    sym: str, frame: pd.DataFrame, index: pd.DataFrame | None, cfg: DatasetConfig
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray, tuple[str, ...]]:
     from mlmodels.features import WARMUP, compute_features
 
     need = WARMUP + cfg.window + cfg.labels.lookahead
@@ -157,8 +163,11 @@ def _symbol_block(sym: str, frame: pd.DataFrame, index: pd.DataFrame | None, cfg
     return feats.to_numpy(dtype=np.float32), t, labels.iloc[t], pos_state[t], tuple(feats.columns)
 
 
-def build_dataset(frames: Mapping[str, pd.DataFrame], cfg: DatasetConfig | None = None,
-                  index: pd.DataFrame | None = None) -> WindowDataset:
+def build_dataset(
+    frames: Mapping[str, pd.DataFrame],
+    cfg: DatasetConfig | None = None,
+    index: pd.DataFrame | None = None,
+) -> WindowDataset:
     """Build a dataset from canonical OHLCV ``frames`` (and an optional market index frame)."""
     cfg = cfg or DatasetConfig()
     blocks, rows_off, skipped = [], 0, {}
@@ -176,7 +185,9 @@ def build_dataset(frames: Mapping[str, pd.DataFrame], cfg: DatasetConfig | None 
         blocks.append((sym, feats, t + rows_off, frame.index[t], lab, pos))
         rows_off += len(feats)
     if not blocks:
-        raise DataError("no symbol has enough history for the dataset: " + "; ".join(skipped.values()))
+        raise DataError(
+            "no symbol has enough history for the dataset: " + "; ".join(skipped.values())
+        )
     assert names is not None
     return WindowDataset(
         feature_names=tuple(names),
@@ -186,7 +197,10 @@ def build_dataset(frames: Mapping[str, pd.DataFrame], cfg: DatasetConfig | None 
         sample_symbol=np.concatenate([np.full(len(b[2]), k) for k, b in enumerate(blocks)]),
         times=pd.DatetimeIndex(np.concatenate([b[3].asi8 for b in blocks])).tz_localize("UTC"),
         symbols=tuple(b[0] for b in blocks),
-        targets={c: np.concatenate([b[4][c].to_numpy() for b in blocks]).astype(np.float32) for c in LABEL_COLUMNS},
+        targets={
+            c: np.concatenate([b[4][c].to_numpy() for b in blocks]).astype(np.float32)
+            for c in LABEL_COLUMNS
+        },
         position=np.concatenate([b[5] for b in blocks]).astype(np.float32),
         skipped=skipped,
     )

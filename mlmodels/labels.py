@@ -28,7 +28,15 @@ import pandas as pd
 from feeds.errors import ConfigError
 
 LABEL_COLUMNS: tuple[str, ...] = (
-    "ret_1", "ret_4", "ret_24", "direction", "action", "size", "volatility", "risk", "confidence",
+    "ret_1",
+    "ret_4",
+    "ret_24",
+    "direction",
+    "action",
+    "size",
+    "volatility",
+    "risk",
+    "confidence",
 )
 
 
@@ -47,7 +55,10 @@ class LabelConfig:
     def __post_init__(self) -> None:
         if len(self.horizons) != 3 or any(h < 1 for h in self.horizons):
             raise ConfigError(f"horizons must be three positive bar counts, got {self.horizons}")
-        if self.direction_horizon not in self.horizons or self.position_horizon not in self.horizons:
+        if (
+            self.direction_horizon not in self.horizons
+            or self.position_horizon not in self.horizons
+        ):
             raise ConfigError("direction_horizon and position_horizon must be among horizons")
         if not 0 <= self.dead_zone <= 5:
             raise ConfigError(f"dead_zone must be in [0, 5], got {self.dead_zone}")
@@ -84,7 +95,11 @@ def make_labels(ohlcv: pd.DataFrame, cfg: LabelConfig | None = None) -> pd.DataF
         r[: n - h] = logc[h:] - logc[: n - h] if n > h else r[:0]
         out[f"ret_{h}"] = r
     sigma = pd.Series(g).rolling(cfg.vol_window, min_periods=2).std().to_numpy()
-    sigma = np.where(np.isfinite(sigma) & (sigma > 0), sigma, np.nanmedian(sigma) if np.isfinite(sigma).any() else 0.01)
+    sigma = np.where(
+        np.isfinite(sigma) & (sigma > 0),
+        sigma,
+        np.nanmedian(sigma) if np.isfinite(sigma).any() else 0.01,
+    )
     rd = out[f"ret_{cfg.direction_horizon}"]
     band = cfg.dead_zone * sigma * np.sqrt(cfg.direction_horizon)
     direction = np.where(rd > band, 2.0, np.where(rd < -band, 0.0, 1.0))
@@ -98,9 +113,16 @@ def make_labels(ohlcv: pd.DataFrame, cfg: LabelConfig | None = None) -> pd.DataF
     vol = _forward_window(g, cfg.risk_horizon, "std")
     risk = np.maximum(0.0, 1.0 - _forward_window(low, cfg.risk_horizon, "min") / c)
     labels = pd.DataFrame(
-        {**{f"ret_{h}": out[f"ret_{h}"] for h in cfg.horizons}, "direction": direction, "action": action,
-         "size": size, "volatility": vol, "risk": risk, "confidence": confidence},
+        {
+            **{f"ret_{h}": out[f"ret_{h}"] for h in cfg.horizons},
+            "direction": direction,
+            "action": action,
+            "size": size,
+            "volatility": vol,
+            "risk": risk,
+            "confidence": confidence,
+        },
         index=ohlcv.index,
     )
-    labels.iloc[n - cfg.lookahead:] = np.nan  # every label needs the full lookahead
+    labels.iloc[n - cfg.lookahead :] = np.nan  # every label needs the full lookahead
     return labels

@@ -51,15 +51,17 @@ def truncation_check(
             if name not in found:
                 i = int(np.argmax(~same[:, j]))
                 found[name] = LeakFinding(
-                    name, "truncation",
+                    name,
+                    "truncation",
                     f"value at {ohlcv.index[i]} is {a[i, j]:.6g} with all data but {b[i, j]:.6g} "
                     f"when data ends at {ohlcv.index[cut - 1]}",
                 )
     return list(found.values())
 
 
-def future_correlation_check(features: pd.DataFrame, close: pd.Series, *, threshold: float = 0.3
-                             ) -> list[LeakFinding]:
+def future_correlation_check(
+    features: pd.DataFrame, close: pd.Series, *, threshold: float = 0.3
+) -> list[LeakFinding]:
     """Columns of ``features`` that correlate with the next bar's return beyond ``threshold``."""
     c = close.reindex(features.index).astype(float)
     ret = np.log(c).diff()
@@ -73,6 +75,11 @@ def future_correlation_check(features: pd.DataFrame, close: pd.Series, *, thresh
         fut = abs(float(np.corrcoef(f[ok], nxt[ok])[0, 1]))
         now = abs(float(np.corrcoef(f[ok], ret[ok])[0, 1]))
         if fut > threshold and fut > now:
-            out.append(LeakFinding(str(name), "future-correlation",
-                                   f"|corr| with the next bar's return {fut:.3f} (with this bar's {now:.3f})"))
+            out.append(
+                LeakFinding(
+                    str(name),
+                    "future-correlation",
+                    f"|corr| with the next bar's return {fut:.3f} (with this bar's {now:.3f})",
+                )
+            )
     return out

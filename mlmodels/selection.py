@@ -44,17 +44,22 @@ class Selection:
         missing = [c for c in self.inputs if c not in features.columns]
         if missing:
             raise DataError(f"selection needs feature(s) the data lacks: {', '.join(missing)}")
-        x = features.loc[:, list(self.inputs)]
         if self.method != "pca":
-            return x
+            return features.loc[:, list(self.outputs)]
+        x = features.loc[:, list(self.inputs)]
         z = (x.to_numpy(dtype=np.float64) - np.asarray(self.mean)) / np.asarray(self.scale)
         pcs = z @ np.asarray(self.components).T
         return pd.DataFrame(pcs, index=features.index, columns=list(self.outputs))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         p = Path(path)
-        p.write_text(json.dumps(self.__dict__ | {"inputs": list(self.inputs), "outputs": list(self.outputs)},
-                                indent=1, default=float))
+        p.write_text(
+            json.dumps(
+                self.__dict__ | {"inputs": list(self.inputs), "outputs": list(self.outputs)},
+                indent=1,
+                default=float,
+            )
+        )
         return p
 
     @classmethod
@@ -62,16 +67,21 @@ class Selection:
         try:
             d = json.loads(Path(path).read_text())
             return cls(
-                method=d["method"], inputs=tuple(d["inputs"]), outputs=tuple(d["outputs"]),
-                report=d.get("report", []), mean=tuple(d.get("mean", ())), scale=tuple(d.get("scale", ())),
+                method=d["method"],
+                inputs=tuple(d["inputs"]),
+                outputs=tuple(d["outputs"]),
+                report=d.get("report", []),
+                mean=tuple(d.get("mean", ())),
+                scale=tuple(d.get("scale", ())),
                 components=tuple(tuple(c) for c in d.get("components", ())),
             )
         except (OSError, ValueError, KeyError) as err:
             raise DataError(f"{path}: not a valid selection file ({err})") from err
 
 
-def correlation_filter(x: pd.DataFrame, threshold: float = 0.8, order: list[str] | None = None
-                       ) -> tuple[list[str], list[dict[str, object]]]:
+def correlation_filter(
+    x: pd.DataFrame, threshold: float = 0.8, order: list[str] | None = None
+) -> tuple[list[str], list[dict[str, object]]]:
     """Keep features in ``order`` unless |corr| with a kept one exceeds ``threshold``."""
     if not 0 < threshold < 1:
         raise ConfigError(f"threshold must be in (0, 1), got {threshold}")
@@ -84,15 +94,23 @@ def correlation_filter(x: pd.DataFrame, threshold: float = 0.8, order: list[str]
         hit = next((k for k in kept if corr[i, k] > threshold), None)
         if hit is None:
             kept.append(i)
-            report.append({"feature": name, "kept": True, "why": "no kept feature above the threshold"})
+            report.append(
+                {"feature": name, "kept": True, "why": "no kept feature above the threshold"}
+            )
         else:
-            report.append({"feature": name, "kept": False,
-                           "why": f"|corr| {corr[i, hit]:.3f} > {threshold} with {order[hit]}"})
+            report.append(
+                {
+                    "feature": name,
+                    "kept": False,
+                    "why": f"|corr| {corr[i, hit]:.3f} > {threshold} with {order[hit]}",
+                }
+            )
     return [order[k] for k in kept], report
 
 
-def importance_ranking(x: pd.DataFrame, y: np.ndarray, *, model: str = "gbm", n_repeats: int = 5,
-                       seed: int = 0) -> pd.Series:
+def importance_ranking(
+    x: pd.DataFrame, y: np.ndarray, *, model: str = "gbm", n_repeats: int = 5, seed: int = 0
+) -> pd.Series:
     """Permutation importance of each feature for predicting ``y`` (chronological 80/20 inside x)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.inspection import permutation_importance
@@ -101,18 +119,30 @@ def importance_ranking(x: pd.DataFrame, y: np.ndarray, *, model: str = "gbm", n_
         raise DataError(f"importance ranking needs at least 50 training rows, got {len(x)}")
     cut = int(len(x) * 0.8)
     if model == "gbm":
-        est = HistGradientBoostingClassifier(max_iter=100, max_depth=3, learning_rate=0.05, random_state=seed)
+        est = HistGradientBoostingClassifier(
+            max_iter=100, max_depth=3, learning_rate=0.05, random_state=seed
+        )
     elif model == "rf":
         est = RandomForestClassifier(n_estimators=100, max_depth=6, n_jobs=1, random_state=seed)
     else:
         raise ConfigError(f"model must be 'gbm' or 'rf', got {model!r}")
     est.fit(x.iloc[:cut], y[:cut])
-    imp = permutation_importance(est, x.iloc[cut:], y[cut:], n_repeats=n_repeats, random_state=seed, n_jobs=1)
+    imp = permutation_importance(
+        est, x.iloc[cut:], y[cut:], n_repeats=n_repeats, random_state=seed, n_jobs=1
+    )
     return pd.Series(imp.importances_mean, index=x.columns).sort_values(ascending=False)
 
 
-def select_features(x: pd.DataFrame, y: np.ndarray | None = None, *, method: str = "corr",
-                    threshold: float = 0.8, top_k: int = 38, variance: float = 0.95, seed: int = 0) -> Selection:
+def select_features(
+    x: pd.DataFrame,
+    y: np.ndarray | None = None,
+    *,
+    method: str = "corr",
+    threshold: float = 0.8,
+    top_k: int = 38,
+    variance: float = 0.95,
+    seed: int = 0,
+) -> Selection:
     """Fit a selection on training rows ``x`` (and direction labels ``y`` for ``importance``)."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -123,7 +153,7 @@ def select_features(x: pd.DataFrame, y: np.ndarray | None = None, *, method: str
     if method == "importance":
         if y is None:
             raise ConfigError("importance selection needs labels y")
-        y = np.asarray(y)[-len(x):] if len(y) != len(x) else np.asarray(y)
+        y = np.asarray(y)[-len(x) :] if len(y) != len(x) else np.asarray(y)
         ranking = importance_ranking(x, y, seed=seed)
         kept, report = correlation_filter(x, threshold, order=list(ranking.index))
         kept = kept[:top_k]
@@ -149,5 +179,12 @@ def _pca(x: pd.DataFrame, variance: float) -> Selection:
         {"feature": n, "kept": True, "why": f"explains {v:.2%} of training variance"}
         for n, v in zip(names, pca.explained_variance_ratio_, strict=True)
     ]
-    return Selection("pca", tuple(x.columns), names, report, tuple(mean), tuple(scale),
-                     tuple(tuple(map(float, c)) for c in pca.components_))
+    return Selection(
+        "pca",
+        tuple(x.columns),
+        names,
+        report,
+        tuple(mean),
+        tuple(scale),
+        tuple(tuple(map(float, c)) for c in pca.components_),
+    )

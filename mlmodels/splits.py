@@ -30,8 +30,14 @@ class Split:
     test_end: pd.Timestamp
 
 
-def _purge(train: np.ndarray, times_pos: np.ndarray, lookahead: int, eval_start_pos: int, eval_end_pos: int,
-           embargo: int) -> np.ndarray:
+def _purge(
+    train: np.ndarray,
+    times_pos: np.ndarray,
+    lookahead: int,
+    eval_start_pos: int,
+    eval_end_pos: int,
+    embargo: int,
+) -> np.ndarray:
     """Keep train samples whose label ends before the eval period and that are not embargoed."""
     t = times_pos[train]
     label_end = t + lookahead
@@ -41,8 +47,12 @@ def _purge(train: np.ndarray, times_pos: np.ndarray, lookahead: int, eval_start_
 
 
 def chronological_split(
-    times: pd.DatetimeIndex | np.ndarray, *, lookahead: int, fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    embargo: int = 0, min_samples: int = 10,
+    times: pd.DatetimeIndex | np.ndarray,
+    *,
+    lookahead: int,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    embargo: int = 0,
+    min_samples: int = 10,
 ) -> Split:
     """Split samples by calendar into train / validation / test (70/15/15 by default), purged."""
     if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):
@@ -66,7 +76,11 @@ def chronological_split(
 
 def _calendar(times: pd.DatetimeIndex | np.ndarray) -> tuple[pd.DatetimeIndex, np.ndarray]:
     t = pd.DatetimeIndex(times)
-    cal = pd.DatetimeIndex(np.unique(t.asi8)).tz_localize(t.tz) if t.tz else pd.DatetimeIndex(np.unique(t.asi8))
+    cal = (
+        pd.DatetimeIndex(np.unique(t.asi8)).tz_localize(t.tz)
+        if t.tz
+        else pd.DatetimeIndex(np.unique(t.asi8))
+    )
     return cal, np.searchsorted(cal.asi8, t.asi8)
 
 
@@ -113,7 +127,11 @@ class WalkForward:
         for k in range(self.n_splits):
             a = first_test + k * self.test_size
             b = min(a + self.test_size, n)
-            lo = 0 if self.train == "expanding" else max(0, a - self.lookahead - (self.train_size or 0))
+            lo = (
+                0
+                if self.train == "expanding"
+                else max(0, a - self.lookahead - (self.train_size or 0))
+            )
             window = idx[(pos >= lo) & (pos < a)]
             window = _purge(window, pos, self.lookahead, a, b - 1, self.embargo)
             v0 = lo + int((a - lo) * (1 - self.val_fraction))

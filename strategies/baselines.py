@@ -23,7 +23,7 @@ class SmaCrossConfig:
     target_percent: float = 0.95
 
     def __post_init__(self) -> None:
-        if not 1 <= self.fast:
+        if not self.fast >= 1:
             raise ConfigError(f"fast must be >= 1, got {self.fast}")
         if not self.fast < self.slow:
             raise ConfigError(f"slow must be > fast ({self.fast}), got {self.slow}")

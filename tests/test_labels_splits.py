@@ -15,8 +15,10 @@ from mlmodels.splits import WalkForward, chronological_split
 
 def _ohlcv(close: np.ndarray) -> pd.DataFrame:
     idx = pd.bdate_range("2020-01-01", periods=len(close), tz="UTC", name="datetime")
-    return pd.DataFrame({"open": close, "high": close * 1.01, "low": close * 0.98, "close": close,
-                         "volume": 1.0}, index=idx)
+    return pd.DataFrame(
+        {"open": close, "high": close * 1.01, "low": close * 0.98, "close": close, "volume": 1.0},
+        index=idx,
+    )
 
 
 def test_forward_returns_volatility_and_risk_are_exact() -> None:
@@ -28,7 +30,9 @@ def test_forward_returns_volatility_and_risk_are_exact() -> None:
         assert lab[f"ret_{h}"].iloc[t] == pytest.approx(np.log(close[t + h] / close[t]))
     g = np.diff(np.log(close))
     assert lab["volatility"].iloc[t] == pytest.approx(np.std(g[t : t + 24], ddof=1))
-    assert lab["risk"].iloc[t] == pytest.approx(max(0.0, 1 - (close[t + 1 : t + 25] * 0.98).min() / close[t]))
+    assert lab["risk"].iloc[t] == pytest.approx(
+        max(0.0, 1 - (close[t + 1 : t + 25] * 0.98).min() / close[t])
+    )
     assert lab.iloc[-24:].isna().all().all() and lab.iloc[:-24].notna().all().all()
 
 
@@ -85,13 +89,26 @@ def test_too_few_samples_for_a_split() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(n_bars=st.integers(600, 1500), n_splits=st.integers(1, 4), test_size=st.integers(20, 100),
-       embargo=st.integers(0, 10), rolling=st.booleans(), lookahead=st.integers(1, 30))
-def test_walk_forward_never_trains_on_or_across_the_test(n_bars, n_splits, test_size, embargo, rolling,
-                                                         lookahead) -> None:
+@given(
+    n_bars=st.integers(600, 1500),
+    n_splits=st.integers(1, 4),
+    test_size=st.integers(20, 100),
+    embargo=st.integers(0, 10),
+    rolling=st.booleans(),
+    lookahead=st.integers(1, 30),
+)
+def test_walk_forward_never_trains_on_or_across_the_test(
+    n_bars, n_splits, test_size, embargo, rolling, lookahead
+) -> None:
     times = _times(n_bars, 2)
-    wf = WalkForward(n_splits=n_splits, test_size=test_size, lookahead=lookahead, embargo=embargo,
-                     train="rolling" if rolling else "expanding", train_size=300 if rolling else None)
+    wf = WalkForward(
+        n_splits=n_splits,
+        test_size=test_size,
+        lookahead=lookahead,
+        embargo=embargo,
+        train="rolling" if rolling else "expanding",
+        train_size=300 if rolling else None,
+    )
     cal = pd.DatetimeIndex(np.unique(times.asi8)).tz_localize("UTC")
     pos = np.searchsorted(cal.asi8, times.asi8)
     folds = list(wf.split(times))

@@ -33,7 +33,9 @@ def _columns(raw: pd.DataFrame, path: Path) -> dict[str, str]:
     lower = {str(c).strip().lower().replace("_", " "): str(c) for c in raw.columns}
     date_col = next((lower[n] for n in _DATE_NAMES if n in lower), None)
     if date_col is None:
-        raise DataError(f"{path}: no date column (looked for {', '.join(_DATE_NAMES)}); have {list(raw.columns)}")
+        raise DataError(
+            f"{path}: no date column (looked for {', '.join(_DATE_NAMES)}); have {list(raw.columns)}"
+        )
     missing = [c for c in OHLCV_COLUMNS if c not in lower]
     if missing:
         raise DataError(
@@ -55,11 +57,17 @@ def _parse_dates(values: pd.Series, path: Path, tz: str | None, daily: bool) -> 
     blank = values.isna().to_numpy() | (text.str.strip() == "").to_numpy()
     if blank.any():
         line = int(blank.argmax()) + 2  # 1-based, after the header line
-        raise DataError(f"{path}: line {line}: empty date in {int(blank.sum())} row(s); fill or drop those rows")
+        raise DataError(
+            f"{path}: line {line}: empty date in {int(blank.sum())} row(s); fill or drop those rows"
+        )
     has_offset = text.str.contains(_OFFSET_RE, regex=True)
-    if has_offset.any() and not has_offset.all():  # checked outside the try: DataError is a ValueError
+    if (
+        has_offset.any() and not has_offset.all()
+    ):  # checked outside the try: DataError is a ValueError
         first = text[~has_offset].iloc[0]
-        raise DataError(f"{path}: some timestamps carry a UTC offset and some do not (first without: {first!r}); make them uniform")
+        raise DataError(
+            f"{path}: some timestamps carry a UTC offset and some do not (first without: {first!r}); make them uniform"
+        )
     try:
         if has_offset.all():
             if daily:  # the local session date, at 00:00 UTC
@@ -68,7 +76,9 @@ def _parse_dates(values: pd.Series, path: Path, tz: str | None, daily: bool) -> 
             return pd.DatetimeIndex(pd.to_datetime(text, utc=True, format="mixed"))
         idx = pd.DatetimeIndex(pd.to_datetime(text, format="mixed"))
     except (ValueError, TypeError) as err:
-        bad = next((s for s in text if pd.isna(pd.to_datetime(s, errors="coerce", format="mixed"))), None)
+        bad = next(
+            (s for s in text if pd.isna(pd.to_datetime(s, errors="coerce", format="mixed"))), None
+        )
         raise DataError(f"{path}: unparseable date {bad!r}; use ISO dates like 2020-01-31") from err
     date_only = bool((idx == idx.normalize()).all())
     if daily and date_only:
@@ -79,7 +89,11 @@ def _parse_dates(values: pd.Series, path: Path, tz: str | None, daily: bool) -> 
             "say which zone they are in with tz=... / --tz (for example America/New_York or UTC)"
         )
     local = idx.tz_localize(tz)
-    return (local.tz_localize(None).normalize().tz_localize("UTC")) if daily else local.tz_convert("UTC")
+    return (
+        (local.tz_localize(None).normalize().tz_localize("UTC"))
+        if daily
+        else local.tz_convert("UTC")
+    )
 
 
 def read_csv_frames(
@@ -109,7 +123,9 @@ def read_csv_frames(
         groups = {str(k): g for k, g in raw.groupby(cols["symbol"], sort=False)}
         if symbol is not None:
             if symbol not in groups:
-                raise SymbolNotFound(f"{p}: no rows for {symbol}; the file holds {', '.join(groups)}")
+                raise SymbolNotFound(
+                    f"{p}: no rows for {symbol}; the file holds {', '.join(groups)}"
+                )
             groups = {symbol: groups[symbol]}
     else:
         groups = {symbol or p.stem.split(".")[0].upper(): raw}
@@ -124,7 +140,9 @@ def _to_frame(
     if adjust:
         if "adj close" not in cols:
             raise DataError(f"{symbol}: adjust=True needs an 'Adj Close' column")
-        factor = pd.to_numeric(g[cols["adj close"]], errors="coerce") / pd.to_numeric(g[cols["close"]], errors="coerce")
+        factor = pd.to_numeric(g[cols["adj close"]], errors="coerce") / pd.to_numeric(
+            g[cols["close"]], errors="coerce"
+        )
         for c in ("open", "high", "low", "close"):
             data[c] = pd.to_numeric(data[c], errors="coerce") * factor
         adjustment = "adjusted"
@@ -134,7 +152,9 @@ def _to_frame(
             if extra in cols:
                 data[name] = g[cols[extra]].to_numpy(dtype=np.float64)
                 keep += (name,)
-    return make_frame(data, symbol=symbol, source="csv", timeframe=timeframe, adjustment=adjustment, keep=keep)
+    return make_frame(
+        data, symbol=symbol, source="csv", timeframe=timeframe, adjustment=adjustment, keep=keep
+    )
 
 
 class CsvSource:
