@@ -1,0 +1,225 @@
+"""``btml train`` and ``btml models ...``: train presets, list, show, benchmark, explain."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from btml.config import Config
+from feeds.errors import BtmlError
+
+pass_config = click.make_pass_decorator(Config)
+
+
+def _fail(err: Exception) -> None:
+    click.echo(f"error: {err}", err=True)
+    sys.exit(1)
+
+
+@click.command()
+@click.option(
+    "--arch",
+    default="tiny",
+    show_default=True,
+    help="Preset: seed-full, efficient-hybrid, simplex-lstm, task-ensemble, tiny.",
+)
+@click.option("--symbols", default=None, help="Comma-separated stored symbols.")
+@click.option(
+    "--universe", default=None, help="A named universe instead of --symbols (must be stored)."
+)
+@click.option(
+    "--index", "index_name", default=None, help="Stored index for the index-relative features."
+)
+@click.option(
+    "--features",
+    "selection_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Selection file from `btml features select`.",
+)
+@click.option("--name", default=None, help="Registry name (default: the preset).")
+@click.option("--epochs", default=100, show_default=True)
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--lr", default=5e-4, show_default=True)
+@click.option("--patience", default=15, show_default=True)
+@click.option("--window", default=60, show_default=True)
+@click.option("--curriculum", is_flag=True, help="Direction first, then price, then all heads.")
+@click.option(
+    "--uncertainty", is_flag=True, help="Learned uncertainty weighting of the task losses."
+)
+@click.option("--resume", is_flag=True, help="Continue the interrupted run of this name.")
+@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--timeframe", default="1Day", show_default=True)
+@pass_config
+def train(
+    config: Config,
+    arch: str,
+    symbols: str | None,
+    universe: str | None,
+    index_name: str | None,
+    selection_file: str | None,
+    name: str | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    patience: int,
+    window: int,
+    curriculum: bool,
+    uncertainty: bool,
+    resume: bool,
+    threads: int | None,
+    seed: int,
+    timeframe: str,
+) -> None:
+    """Train a multi-task model on stored data and register it (70/15/15 chronological split)."""
+    import os
+
+    from feeds.store import ParquetStore
+    from feeds.universes import get_universe
+    from mlmodels.dataset import DatasetConfig
+    from mlmodels.losses import Curriculum, LossConfig
+    from mlmodels.pipeline import train_model
+    from mlmodels.registry import ModelRegistry
+    from mlmodels.selection import Selection
+    from mlmodels.trainer import TrainConfig
+
+    try:
+        syms = (
+            [s.strip() for s in symbols.split(",")]
+            if symbols
+            else list(get_universe(universe or ""))
+        )
+        store = ParquetStore(config.store)
+        frames = {s: store.read(s, timeframe) for s in syms}
+        index = store.read(index_name, timeframe) if index_name else None
+        name = name or arch
+        tcfg = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            patience=patience,
+            seed=seed,
+            threads=threads or os.cpu_count(),
+            loss=LossConfig(uncertainty=uncertainty),
+            curriculum=Curriculum() if curriculum else None,
+        )
+        dcfg = DatasetConfig(
+            window=window,
+            skip_short=True,
+            selection=Selection.load(selection_file) if selection_file else None,
+        )
+        with click.progressbar(length=epochs, label=f"training {name} ({arch})") as bar:
+
+            def on_epoch(epoch: int, row: dict[str, float]) -> None:
+                bar.update(1)
+                click.echo(
+                    f"  epoch {epoch}: train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+                    f"val direction CE {row['val_direction']:.4f}"
+                )
+
+            _, card = train_model(
+                frames,
+                arch,
+                name=name,
+                registry=ModelRegistry(config.store / "models"),
+                train_cfg=tcfg,
+                data_cfg=dcfg,
+                index=index,
+                index_name=index_name,
+                work_dir=config.store / "runs" / name,
+                resume=resume,
+                timeframe=timeframe,
+                on_epoch=on_epoch,
+            )
+    except BtmlError as err:
+        _fail(err)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ninterrupted: the last checkpoint in {config.store / 'runs' / (name or arch)} is valid; "
+            "continue with --resume",
+            err=True,
+        )
+        sys.exit(130)
+    t = card.metrics["test"]
+    b = card.metrics["baselines_test"]
+    click.echo(
+        f"registered {card.ref} ({card.parameters:,} parameters, best epoch {card.training['best_epoch']})"
+    )
+    click.echo(
+        f"test: direction accuracy {t['direction_accuracy']:.3f} (majority {b['majority_direction_accuracy']:.3f}, "
+        f"logistic {b['logistic_direction_accuracy']:.3f}), IC 1-bar {t['price_1_ic']:.3f}"
+    )
+
+
+@click.group()
+def models() -> None:
+    """The model registry: list, show, benchmark, explain."""
+
+
+@models.command(name="list")
+@pass_config
+def list_(config: Config) -> None:
+    """List registered models and versions."""
+    from mlmodels.registry import ModelRegistry
+
+    reg = ModelRegistry(config.store / "models")
+    names = reg.names()
+    if not names:
+        click.echo(f"no models in {reg.root}; train one with `btml train`")
+    for n in names:
+        for v in reg.versions(n):
+            c = reg.card(f"{n}:{v}")
+            acc = c.metrics.get("test", {}).get("direction_accuracy", float("nan"))
+            click.echo(
+                f"{c.ref:<24} {c.arch:<17} {c.parameters:>11,} params  test dir acc {acc:.3f}  {c.created_at[:19]}"
+            )
+
+
+@models.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole model card as JSON.")
+@pass_config
+def show(config: Config, ref: str, as_json: bool) -> None:
+    """Show the model card of REF (NAME or NAME:VERSION)."""
+    from mlmodels.registry import ModelRegistry
+
+    try:
+        card = ModelRegistry(config.store / "models").card(ref)
+    except BtmlError as err:
+        _fail(err)
+    if as_json:
+        click.echo(card.to_json())
+        return
+    click.echo(
+        f"{card.ref}: {card.arch}, {card.parameters:,} parameters, window {card.window}, "
+        f"{len(card.features)} features, horizons {card.horizons}"
+    )
+    click.echo(
+        f"symbols {', '.join(card.symbols)}; index {card.index or '-'}; data {card.data_hash[:12]}"
+    )
+    for split, (a, b) in card.date_ranges.items():
+        click.echo(f"  {split:<5} {a[:10]} .. {b[:10]}")
+    for split in ("val", "test"):
+        m = card.metrics.get(split, {})
+        keys = (
+            "direction_accuracy",
+            "direction_f1",
+            "direction_logloss",
+            "price_1_ic",
+            "confidence_brier",
+        )
+        click.echo(f"  {split}: " + "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m))
+    click.echo(
+        "  baselines (test): "
+        + json.dumps(
+            {
+                k: round(v, 4)
+                for k, v in card.metrics.get("baselines_test", {}).items()
+                if "direction" in k
+            }
+        )
+    )
+    click.echo(f"code {card.code_version}; created {card.created_at}")

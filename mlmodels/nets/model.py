@@ -1,0 +1,246 @@
+"""The multi-task model: xLSTM and/or Transformer paths, attention fusion, shared heads.
+
+Architectures are presets (``ARCHITECTURES``); every preset takes ``(x, pos)`` with ``x`` of
+shape (B, T, F) (scaled features, T = window) and ``pos`` (B, 3) position state, and returns the
+dict described in :mod:`mlmodels.nets.heads`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from feeds.errors import ConfigError
+from mlmodels.nets.heads import AttentionFusion, MultiTaskHeads, PositionEncoder
+from mlmodels.nets.transformer import TransformerPath
+from mlmodels.nets.xlstm import XLSTMStack
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """One architecture's sizes. ``n_features`` and ``window`` are set from the data."""
+
+    arch: str
+    n_features: int = 60
+    window: int = 60
+    xlstm_hidden: int = 0
+    xlstm_layers: int = 0
+    xlstm_heads: int = 4
+    slstm_at: tuple[int, ...] = (0,)
+    tf_d_model: int = 0
+    tf_layers: int = 0
+    tf_heads: int = 4
+    fusion_d: int = 128
+    head_hidden: int = 128
+    dropout: float = 0.3
+    ensemble: bool = False
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.n_features < 1 or self.window < 2:
+            raise ConfigError(
+                f"n_features must be >= 1 and window >= 2, got {self.n_features}, {self.window}"
+            )
+        if not (self.xlstm_layers or self.tf_layers):
+            raise ConfigError(f"{self.arch}: needs an xLSTM or a Transformer path")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.tf_layers and self.tf_d_model % self.tf_heads:
+            raise ConfigError(
+                f"tf_d_model {self.tf_d_model} must be divisible by tf_heads {self.tf_heads}"
+            )
+
+    def with_data(self, n_features: int, window: int) -> ModelConfig:
+        return dataclasses.replace(self, n_features=n_features, window=window)
+
+    def to_dict(self) -> dict[str, object]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"model config has unknown field(s) {sorted(unknown)}")
+        kw = dict(d)
+        kw["slstm_at"] = tuple(kw.get("slstm_at", (0,)))  # type: ignore[arg-type]
+        return cls(**kw)  # type: ignore[arg-type]
+
+
+ARCHITECTURES: dict[str, ModelConfig] = {
+    c.arch: c
+    for c in (
+        ModelConfig(
+            arch="seed-full",
+            xlstm_hidden=512,
+            xlstm_layers=3,
+            xlstm_heads=4,
+            slstm_at=(1,),
+            tf_d_model=256,
+            tf_layers=3,
+            tf_heads=8,
+            fusion_d=512,
+            head_hidden=1024,
+        ),
+        ModelConfig(
+            arch="efficient-hybrid",
+            xlstm_hidden=256,
+            xlstm_layers=2,
+            slstm_at=(1,),
+            tf_d_model=128,
+            tf_layers=2,
+            tf_heads=4,
+            fusion_d=256,
+            head_hidden=512,
+        ),
+        ModelConfig(
+            arch="simplex-lstm",
+            xlstm_hidden=256,
+            xlstm_layers=2,
+            slstm_at=(1,),
+            fusion_d=256,
+            head_hidden=256,
+        ),
+        ModelConfig(
+            arch="task-ensemble",
+            xlstm_hidden=128,
+            xlstm_layers=2,
+            slstm_at=(1,),
+            tf_d_model=128,
+            tf_layers=2,
+            tf_heads=4,
+            fusion_d=128,
+            head_hidden=128,
+            ensemble=True,
+        ),
+        ModelConfig(
+            arch="tiny",
+            xlstm_hidden=48,
+            xlstm_layers=1,
+            xlstm_heads=4,
+            slstm_at=(0,),
+            tf_d_model=48,
+            tf_layers=1,
+            tf_heads=4,
+            fusion_d=48,
+            head_hidden=48,
+            dropout=0.1,
+        ),
+    )
+}
+
+
+def get_architecture(name: str) -> ModelConfig:
+    """The preset called ``name``."""
+    if name in ARCHITECTURES:
+        return ARCHITECTURES[name]
+    close = difflib.get_close_matches(name, list(ARCHITECTURES), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown architecture {name!r}: known are {', '.join(ARCHITECTURES)}{hint}")
+
+
+class MultiTaskModel(nn.Module):
+    """xLSTM path + Transformer path -> attention fusion (+ position state) -> heads."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        sizes: list[int] = []
+        self.xlstm: XLSTMStack | None = None
+        self.transformer: TransformerPath | None = None
+        if cfg.xlstm_layers:
+            self.xlstm = XLSTMStack(
+                cfg.n_features,
+                cfg.xlstm_hidden,
+                cfg.xlstm_layers,
+                num_heads=cfg.xlstm_heads,
+                slstm_at=cfg.slstm_at,
+                dropout=cfg.dropout,
+            )
+            sizes.append(cfg.xlstm_hidden)
+        if cfg.tf_layers:
+            self.transformer = TransformerPath(
+                cfg.n_features,
+                cfg.tf_d_model,
+                cfg.tf_layers,
+                cfg.tf_heads,
+                dropout=cfg.dropout,
+                max_len=max(cfg.window, 64),
+            )
+            sizes.append(cfg.tf_d_model)
+        self.pos = PositionEncoder(cfg.fusion_d)
+        self.fusion = AttentionFusion(sizes, cfg.fusion_d, num_heads=4, dropout=cfg.dropout)
+        self.heads = MultiTaskHeads(cfg.fusion_d, cfg.head_hidden, cfg.dropout)
+
+    def summaries(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        if self.xlstm is not None:
+            out.append(self.xlstm(x)[1])
+        if self.transformer is not None:
+            out.append(self.transformer(x)[1])
+        return out
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        z = self.fusion(self.summaries(x), self.pos(pos))
+        return self.heads(z)
+
+
+class TaskEnsemble(nn.Module):
+    """Specialists: direction/action/confidence from a 2-layer xLSTM, price from a 2-layer
+    Transformer, volatility/risk from a 1-layer MLP over the last bar; same output contract."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.xlstm = XLSTMStack(
+            cfg.n_features,
+            cfg.xlstm_hidden,
+            cfg.xlstm_layers,
+            num_heads=cfg.xlstm_heads,
+            slstm_at=cfg.slstm_at,
+            dropout=cfg.dropout,
+        )
+        self.transformer = TransformerPath(
+            cfg.n_features,
+            cfg.tf_d_model,
+            cfg.tf_layers,
+            cfg.tf_heads,
+            dropout=cfg.dropout,
+            max_len=max(cfg.window, 64),
+        )
+        self.pos = PositionEncoder(cfg.fusion_d)
+        d = cfg.fusion_d
+        self.dir_in = nn.Linear(cfg.xlstm_hidden, d)
+        self.price_in = nn.Linear(cfg.tf_d_model, d)
+        self.risk_in = nn.Sequential(nn.Linear(cfg.n_features, d), nn.GELU())
+        self.dir_heads = MultiTaskHeads(d, cfg.head_hidden, cfg.dropout)
+        self.price_heads = MultiTaskHeads(d, cfg.head_hidden, cfg.dropout)
+        self.risk_heads = MultiTaskHeads(d, cfg.head_hidden, cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.pos(pos)
+        a = self.dir_heads(self.dir_in(self.xlstm(x)[1]) + p)
+        b = self.price_heads(self.price_in(self.transformer(x)[1]))
+        c = self.risk_heads(self.risk_in(x[:, -1]))
+        return {
+            "price": b["price"],
+            "direction": a["direction"],
+            "action": a["action"],
+            "size": a["size"],
+            "confidence": a["confidence"],
+            "volatility": c["volatility"],
+            "risk": c["risk"],
+        }
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Instantiate the network for ``cfg``."""
+    return TaskEnsemble(cfg) if cfg.ensemble else MultiTaskModel(cfg)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,208 @@
+"""Model cards and the model registry.
+
+Layout: ``{root}/{name}/v{N}/weights.pt`` (a plain ``state_dict``, loaded with
+``torch.load(weights_only=True)``: no pickled code runs) beside ``model_card.json``, which
+holds everything needed to rebuild, reproduce and serve the model: architecture preset and
+config, feature list (and selection), scaler statistics, window, horizons, label definitions,
+the training data hash and date ranges, metrics per split, and the code version. Versions
+increase from 1; ``name`` alone means the latest. Serving reads the card; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from feeds.errors import ConfigError, DataError, SymbolNotFound
+from mlmodels.dataset import Scaler
+from mlmodels.labels import LabelConfig
+from mlmodels.nets.model import ModelConfig, build_model
+
+CARD_FILE = "model_card.json"
+WEIGHTS_FILE = "weights.pt"
+CARD_SCHEMA = 1
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        v = version("backtrader-ml")
+    except PackageNotFoundError:
+        v = "0+unknown"
+    try:
+        root = Path(__file__).resolve().parent.parent
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{v}+g{sha}" if sha else v
+
+
+def data_hash(*arrays: np.ndarray) -> str:
+    """sha256 over the arrays' bytes (the training inputs and targets)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """What a checkpoint is and how it was made."""
+
+    name: str
+    version: int = 0
+    arch: str
+    model_config: dict[str, Any]
+    features: list[str]
+    selection: dict[str, Any] | None = None
+    scaler: dict[str, Any]
+    window: int
+    horizons: list[int] = field(default_factory=lambda: [1, 4, 24])
+    labels: dict[str, Any] = field(default_factory=dict)
+    price_scale: list[float] = field(default_factory=list)
+    symbols: list[str] = field(default_factory=list)
+    index: str | None = None
+    timeframe: str = "1Day"
+    data_hash: str = ""
+    date_ranges: dict[str, list[str]] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    parameters: int = 0
+    code_version: str = ""
+    created_at: str = ""
+    schema: int = CARD_SCHEMA
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+    def model_cfg(self) -> ModelConfig:
+        return ModelConfig.from_dict(self.model_config)
+
+    def label_cfg(self) -> LabelConfig:
+        d = dict(self.labels)
+        d["horizons"] = tuple(d.get("horizons", (1, 4, 24)))
+        return LabelConfig(**d)
+
+    def scaler_obj(self) -> Scaler:
+        return Scaler.from_dict(self.scaler)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, default=float)
+
+    @classmethod
+    def from_file(cls, path: Path) -> ModelCard:
+        try:
+            d = json.loads(path.read_text())
+            if d.get("schema") != CARD_SCHEMA:
+                raise DataError(f"{path}: model card schema {d.get('schema')} is not {CARD_SCHEMA}")
+            return cls(**d)
+        except (OSError, ValueError, TypeError) as err:
+            raise DataError(f"{path}: not a valid model card ({err})") from err
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """``name`` or ``name:version`` -> (name, version or None for the latest)."""
+    name, _, ver = ref.partition(":")
+    if not name:
+        raise ConfigError(f"model reference {ref!r} has no name")
+    if ver and not ver.lstrip("v").isdigit():
+        raise ConfigError(f"model version must be a number, got {ver!r} in {ref!r}")
+    return name, int(ver.lstrip("v")) if ver else None
+
+
+class ModelRegistry:
+    """Versioned models under ``root`` (default ``{store}/models``)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def versions(self, name: str) -> list[int]:
+        d = self.root / name
+        if not d.is_dir():
+            return []
+        return sorted(
+            int(p.name[1:])
+            for p in d.glob("v*")
+            if p.name[1:].isdigit() and (p / CARD_FILE).exists()
+        )
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.glob("*") if p.is_dir() and self.versions(p.name))
+
+    def path(self, ref: str) -> Path:
+        name, ver = parse_ref(ref)
+        vs = self.versions(name)
+        if not vs:
+            known = ", ".join(self.names()) or "none yet"
+            raise SymbolNotFound(
+                f"no model called {name!r} in {self.root} (known: {known}); train one with btml train"
+            )
+        if ver is None:
+            ver = vs[-1]
+        if ver not in vs:
+            raise SymbolNotFound(
+                f"model {name} has no version {ver}; versions: {', '.join(map(str, vs))}"
+            )
+        return self.root / name / f"v{ver}"
+
+    def register(self, model: nn.Module, card: ModelCard) -> ModelCard:
+        """Store weights and card as the next version of ``card.name``; returns the final card."""
+        if "/" in card.name or ":" in card.name or not card.name:
+            raise ConfigError(f"model name must be non-empty without '/' or ':', got {card.name!r}")
+        (self.root / card.name).mkdir(parents=True, exist_ok=True)
+        for _ in range(100):  # another process may take the same number: mkdir is the arbiter
+            ver = (self.versions(card.name) or [0])[-1] + 1
+            d = self.root / card.name / f"v{ver}"
+            try:
+                d.mkdir()
+                break
+            except FileExistsError:
+                continue
+        card = dataclasses.replace(card, version=ver)
+        torch.save(model.state_dict(), d / WEIGHTS_FILE)
+        tmp = d / (CARD_FILE + ".tmp")
+        tmp.write_text(card.to_json())
+        os.replace(tmp, d / CARD_FILE)  # the card appears last: a version without one is invisible
+        return card
+
+    def card(self, ref: str) -> ModelCard:
+        return ModelCard.from_file(self.path(ref) / CARD_FILE)
+
+    def load(self, ref: str, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
+        """Rebuild the network from the card and load its weights (no pickled code)."""
+        d = self.path(ref)
+        card = ModelCard.from_file(d / CARD_FILE)
+        return load_weights(d / WEIGHTS_FILE, card, device), card
+
+
+def load_weights(path: Path, card: ModelCard, device: str = "cpu") -> nn.Module:
+    """Build ``card``'s network and load the state dict at ``path`` into it, strictly."""
+    model = build_model(card.model_cfg())
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError) as err:
+        raise DataError(
+            f"{path}: corrupt or foreign checkpoint for {card.name}:{card.version} ({err})"
+        ) from err
+    model.eval()
+    return model
