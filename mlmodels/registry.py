@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,6 +105,17 @@ class ModelCard:
 
     def scaler_obj(self) -> Scaler:
         return Scaler.from_dict(self.scaler)
+
+    def check_features(self, names: list[str] | tuple[str, ...]) -> None:
+        """Refuse data whose feature list differs from the one the model was trained on."""
+        if list(names) != list(self.features):
+            missing = [n for n in self.features if n not in names]
+            extra = [n for n in names if n not in self.features]
+            raise DataError(
+                f"model {self.ref} expects {len(self.features)} features, the data has {len(names)}"
+                f" (missing: {', '.join(missing) or '-'}; unexpected: {', '.join(extra) or '-'};"
+                " or a different order)"
+            )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, default=float)
@@ -200,7 +212,7 @@ def load_weights(path: Path, card: ModelCard, device: str = "cpu") -> nn.Module:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state, strict=True)
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError) as err:
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, pickle.UnpicklingError) as err:
         raise DataError(
             f"{path}: corrupt or foreign checkpoint for {card.name}:{card.version} ({err})"
         ) from err

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -169,7 +170,7 @@ class Trainer:
             self.opt.load_state_dict(ck["optimizer"])
             self.sched.load_state_dict(ck["scheduler"])
             self.loss.load_state_dict(ck["loss"])
-        except (RuntimeError, KeyError, EOFError, ValueError) as err:
+        except (RuntimeError, KeyError, EOFError, ValueError, pickle.UnpicklingError) as err:
             raise DataError(
                 f"{path}: not a checkpoint of this model ({err}); delete it to start over"
             ) from err

@@ -83,8 +83,8 @@ ARCHITECTURES: dict[str, ModelConfig] = {
             tf_d_model=256,
             tf_layers=3,
             tf_heads=8,
-            fusion_d=512,
-            head_hidden=1024,
+            fusion_d=1024,
+            head_hidden=2048,
         ),
         ModelConfig(
             arch="efficient-hybrid",
@@ -94,8 +94,8 @@ ARCHITECTURES: dict[str, ModelConfig] = {
             tf_d_model=128,
             tf_layers=2,
             tf_heads=4,
-            fusion_d=256,
-            head_hidden=512,
+            fusion_d=512,
+            head_hidden=896,
         ),
         ModelConfig(
             arch="simplex-lstm",
@@ -103,7 +103,7 @@ ARCHITECTURES: dict[str, ModelConfig] = {
             xlstm_layers=2,
             slstm_at=(1,),
             fusion_d=256,
-            head_hidden=256,
+            head_hidden=512,
         ),
         ModelConfig(
             arch="task-ensemble",
