@@ -223,3 +223,30 @@ def show(config: Config, ref: str, as_json: bool) -> None:
         )
     )
     click.echo(f"code {card.code_version}; created {card.created_at}")
+
+
+@models.command()
+@click.option("--arch", "archs", multiple=True, help="Preset(s) to run (default: all).")
+@click.option(
+    "--epochs", default=3, show_default=True, help="Training epochs for the out-of-sample metrics."
+)
+@click.option("--max-batches", default=30, show_default=True, help="Batches per epoch.")
+@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+def bench(archs: tuple[str, ...], epochs: int, max_batches: int, threads: int | None) -> None:
+    """Benchmark presets beside nn.LSTM of equal size: size, latency, training speed, OOS metrics."""
+    import os
+
+    import torch
+
+    from mlmodels.benchmark import benchmark_architectures
+    from mlmodels.nets.model import get_architecture
+
+    try:
+        for a in archs:
+            get_architecture(a)
+    except BtmlError as err:
+        _fail(err)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    benchmark_architectures(
+        list(archs) or None, epochs=epochs, max_batches=max_batches, log=click.echo
+    )

@@ -112,7 +112,9 @@ def baseline_metrics(ds: WindowDataset, train: np.ndarray, test: np.ndarray) -> 
         out[f"zero_price_{h}_rmse"] = float(np.sqrt((r**2).mean()))
     out["majority_direction_accuracy"] = float((y_te == prior.argmax()).mean())
     p_major = np.clip(prior, 1e-7, 1) / np.clip(prior, 1e-7, 1).sum()
-    out["majority_direction_logloss"] = float(log_loss(y_te, np.tile(p_major, (len(y_te), 1)), labels=[0, 1, 2]))
+    out["majority_direction_logloss"] = float(
+        log_loss(y_te, np.tile(p_major, (len(y_te), 1)), labels=[0, 1, 2])
+    )
     x_tr = ds.rows[ds.sample_row[train]]
     x_te = ds.rows[ds.sample_row[test]]
     logit = LogisticRegression(max_iter=500, C=0.1).fit(x_tr, y_tr)
@@ -122,9 +124,7 @@ def baseline_metrics(ds: WindowDataset, train: np.ndarray, test: np.ndarray) -> 
     probs = np.clip(probs, 1e-7, 1)
     probs = probs / probs.sum(axis=1, keepdims=True)
     out["logistic_direction_accuracy"] = float(accuracy_score(y_te, probs.argmax(axis=1)))
-    out["logistic_direction_logloss"] = float(
-        log_loss(y_te, probs, labels=[0, 1, 2])
-    )
+    out["logistic_direction_logloss"] = float(log_loss(y_te, probs, labels=[0, 1, 2]))
     for h in HORIZONS:
         ridge = Ridge(alpha=10.0).fit(x_tr, ds.targets[f"ret_{h}"][train])
         pr = ridge.predict(x_te)

@@ -38,6 +38,7 @@ class ModelConfig:
     head_hidden: int = 128
     dropout: float = 0.3
     ensemble: bool = False
+    rnn: str = "xlstm"
     extra: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -47,6 +48,10 @@ class ModelConfig:
             )
         if not (self.xlstm_layers or self.tf_layers):
             raise ConfigError(f"{self.arch}: needs an xLSTM or a Transformer path")
+        if self.rnn not in ("xlstm", "lstm"):
+            raise ConfigError(
+                f"rnn must be 'xlstm' or 'lstm' (the nn.LSTM baseline), got {self.rnn!r}"
+            )
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.tf_layers and self.tf_d_model % self.tf_heads:
@@ -143,6 +148,39 @@ def get_architecture(name: str) -> ModelConfig:
     raise ConfigError(f"unknown architecture {name!r}: known are {', '.join(ARCHITECTURES)}{hint}")
 
 
+class LSTMPath(nn.Module):
+    """``torch.nn.LSTM`` in place of the xLSTM stack: the baseline of equal size."""
+
+    def __init__(self, input_size: int, hidden: int, layers: int, dropout: float) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(
+            input_size, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        seq, _ = self.lstm(x)
+        return seq, seq[:, -1]
+
+
+def lstm_baseline(cfg: ModelConfig) -> ModelConfig:
+    """The same model with ``nn.LSTM`` whose hidden size matches the xLSTM stack's parameters."""
+    target = count_parameters(
+        XLSTMStack(
+            cfg.n_features,
+            cfg.xlstm_hidden,
+            cfg.xlstm_layers,
+            num_heads=cfg.xlstm_heads,
+            slstm_at=cfg.slstm_at,
+        )
+    )
+    layers = cfg.xlstm_layers
+    best = min(
+        range(8, 2049, 2),
+        key=lambda h: abs(count_parameters(nn.LSTM(cfg.n_features, h, layers)) - target),
+    )
+    return dataclasses.replace(cfg, arch=f"{cfg.arch}/lstm", rnn="lstm", xlstm_hidden=best)
+
+
 class MultiTaskModel(nn.Module):
     """xLSTM path + Transformer path -> attention fusion (+ position state) -> heads."""
 
@@ -150,9 +188,12 @@ class MultiTaskModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         sizes: list[int] = []
-        self.xlstm: XLSTMStack | None = None
+        self.xlstm: nn.Module | None = None
         self.transformer: TransformerPath | None = None
-        if cfg.xlstm_layers:
+        if cfg.xlstm_layers and cfg.rnn == "lstm":
+            self.xlstm = LSTMPath(cfg.n_features, cfg.xlstm_hidden, cfg.xlstm_layers, cfg.dropout)
+            sizes.append(cfg.xlstm_hidden)
+        elif cfg.xlstm_layers:
             self.xlstm = XLSTMStack(
                 cfg.n_features,
                 cfg.xlstm_hidden,
