@@ -135,6 +135,6 @@ def format_row(r: dict[str, Any]) -> str:
         ratio = f"  xLSTM/LSTM path {r['path_ratio_b1']:.2f}x (b1) {r['path_ratio_b64']:.2f}x (b64)"
     return (
         f"{r['model']:<24} {r['params']:>11,}  b1 {r['ms_b1']:7.1f} ms  b64 {r['ms_b64']:8.1f} ms  "
-        f"fit+eval {r["train_samples_s"]:7.0f} samples/s  acc {r['dir_acc']:.3f} (maj {r['majority_acc']:.3f})  "
+        f"fit+eval {r['train_samples_s']:7.0f} samples/s  acc {r['dir_acc']:.3f} (maj {r['majority_acc']:.3f})  "
         f"IC {r['ic_1']:+.3f}{ratio}"
     )

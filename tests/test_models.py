@@ -20,8 +20,12 @@ from mlmodels.registry import ModelCard, ModelRegistry, load_weights
 from mlmodels.splits import WalkForward, chronological_split
 from mlmodels.trainer import TrainConfig, Trainer
 
-SIZES = {"seed-full": (27.1e6 * 0.85, 27.1e6 * 1.15), "efficient-hybrid": (5e6, 6e6),
-         "simplex-lstm": (2e6, 3e6), "tiny": (1, 300e3)}
+SIZES = {
+    "seed-full": (27.1e6 * 0.85, 27.1e6 * 1.15),
+    "efficient-hybrid": (5e6, 6e6),
+    "simplex-lstm": (2e6, 3e6),
+    "tiny": (1, 300e3),
+}
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -29,12 +33,20 @@ def test_every_preset_keeps_the_output_contract(arch: str) -> None:
     torch.manual_seed(0)
     model = build_model(ARCHITECTURES[arch].with_data(12, 30)).eval()
     with torch.inference_mode():
-        out = model(torch.randn(3, 30, 12), torch.tensor([[1.0, 0.02, 5], [0, 0, 0], [-1, -0.1, 40]]))
-    assert out["price"].shape == (3, 3) and out["direction"].shape == (3, 3) and out["action"].shape == (3, 3)
+        out = model(
+            torch.randn(3, 30, 12), torch.tensor([[1.0, 0.02, 5], [0, 0, 0], [-1, -0.1, 40]])
+        )
+    assert (
+        out["price"].shape == (3, 3)
+        and out["direction"].shape == (3, 3)
+        and out["action"].shape == (3, 3)
+    )
     for k in ("size", "volatility", "risk", "confidence"):
         assert out[k].shape == (3,)
     assert (out["volatility"] > 0).all() and (out["risk"] > 0).all()
-    assert ((out["size"] >= 0) & (out["size"] <= 1)).all() and ((out["confidence"] >= 0) & (out["confidence"] <= 1)).all()
+    assert ((out["size"] >= 0) & (out["size"] <= 1)).all() and (
+        (out["confidence"] >= 0) & (out["confidence"] <= 1)
+    ).all()
     assert all(torch.isfinite(v).all() for v in out.values())
 
 
@@ -77,17 +89,37 @@ def test_registry_round_trip_versions_and_corrupt_files(small_ds, tmp_path) -> N
     ds, split = small_ds
     reg = ModelRegistry(tmp_path / "models")
     cfg = TrainConfig(epochs=1, batch_size=64, max_batches=3)
-    model, card = train_on_dataset(ds, split, "tiny", name="m", registry=reg, train_cfg=cfg,
-                                   data_cfg=DatasetConfig(window=16), work_dir=tmp_path / "run")
-    _, card2 = train_on_dataset(ds, split, "tiny", name="m", registry=reg, train_cfg=cfg,
-                                data_cfg=DatasetConfig(window=16), work_dir=tmp_path / "run2")
+    model, card = train_on_dataset(
+        ds,
+        split,
+        "tiny",
+        name="m",
+        registry=reg,
+        train_cfg=cfg,
+        data_cfg=DatasetConfig(window=16),
+        work_dir=tmp_path / "run",
+    )
+    _, card2 = train_on_dataset(
+        ds,
+        split,
+        "tiny",
+        name="m",
+        registry=reg,
+        train_cfg=cfg,
+        data_cfg=DatasetConfig(window=16),
+        work_dir=tmp_path / "run2",
+    )
     assert (card.version, card2.version) == (1, 2) and reg.versions("m") == [1, 2]
     loaded, lcard = reg.load("m:1")
     x = torch.from_numpy(ds.x(split.test[:4]))
     pos = torch.from_numpy(ds.position[split.test[:4]])
     with torch.inference_mode():
-        np.testing.assert_allclose(loaded(x, pos)["price"].numpy(), model(x, pos)["price"].numpy(), rtol=1e-6)
-    assert lcard.features == list(ds.feature_names) and lcard.scaler["names"] == list(ds.feature_names)
+        np.testing.assert_allclose(
+            loaded(x, pos)["price"].numpy(), model(x, pos)["price"].numpy(), rtol=1e-6
+        )
+    assert lcard.features == list(ds.feature_names) and lcard.scaler["names"] == list(
+        ds.feature_names
+    )
     assert set(lcard.date_ranges) == {"train", "val", "test"} and lcard.data_hash
     assert lcard.date_ranges["train"][1] < lcard.date_ranges["test"][0]
     assert reg.card("m").version == 2  # the latest by default
@@ -105,9 +137,16 @@ def test_registry_round_trip_versions_and_corrupt_files(small_ds, tmp_path) -> N
 
 def test_feature_list_mismatch_is_refused(small_ds, tmp_path) -> None:
     ds, split = small_ds
-    _, card = train_on_dataset(ds, split, "tiny", name="f", registry=None,
-                               train_cfg=TrainConfig(epochs=1, max_batches=1), data_cfg=DatasetConfig(window=16),
-                               work_dir=tmp_path)
+    _, card = train_on_dataset(
+        ds,
+        split,
+        "tiny",
+        name="f",
+        registry=None,
+        train_cfg=TrainConfig(epochs=1, max_batches=1),
+        data_cfg=DatasetConfig(window=16),
+        work_dir=tmp_path,
+    )
     card.check_features(list(ds.feature_names))
     with pytest.raises(DataError, match=r"expects 51 features, the data has 50 \(missing: ret_1"):
         card.check_features(list(ds.feature_names)[1:])
@@ -160,8 +199,15 @@ def _walk_forward_accuracy(cfg: SyntheticConfig) -> tuple[float, float, int]:
     dcfg = DatasetConfig(window=20, labels=LabelConfig(dead_zone=0.0))
     ds = build_dataset(frames, dcfg)
     fold = next(WalkForward(n_splits=1, test_size=250, lookahead=24).split(ds.times))
-    _, card = train_on_dataset(ds, fold, "tiny", name="sci", registry=None, data_cfg=dcfg,
-                               train_cfg=TrainConfig(epochs=6, batch_size=128, lr=3e-3, patience=3))
+    _, card = train_on_dataset(
+        ds,
+        fold,
+        "tiny",
+        name="sci",
+        registry=None,
+        data_cfg=dcfg,
+        train_cfg=TrainConfig(epochs=6, batch_size=128, lr=3e-3, patience=3),
+    )
     t, b = card.metrics["test"], card.metrics["baselines_test"]
     return t["direction_accuracy"], b["majority_direction_accuracy"], t["n"]
 
@@ -170,11 +216,13 @@ def _walk_forward_accuracy(cfg: SyntheticConfig) -> tuple[float, float, int]:
 def test_finds_a_planted_signal_and_nothing_in_a_random_walk() -> None:
     torch.set_num_threads(2)
     acc, majority, n = _walk_forward_accuracy(
-        SyntheticConfig.pure_random_walk(n_symbols=6, n_bars=1500, seed=3, planted_strength=0.3))
+        SyntheticConfig.pure_random_walk(n_symbols=6, n_bars=1500, seed=3, planted_strength=0.3)
+    )
     # AR(1) 0.3 makes the next sign right ~59.7 % of the time; require 5 points over the majority class
     assert acc >= majority + 0.05, (acc, majority)
     acc_rw, majority_rw, n_rw = _walk_forward_accuracy(
-        SyntheticConfig.pure_random_walk(n_symbols=6, n_bars=1500, seed=3))
+        SyntheticConfig.pure_random_walk(n_symbols=6, n_bars=1500, seed=3)
+    )
     sd = np.sqrt(0.25 / n_rw)
     assert abs(acc_rw - 0.5) <= 3 * sd and acc_rw <= majority_rw + 3 * sd, (acc_rw, majority_rw)
 
@@ -188,8 +236,23 @@ def test_train_cli_registers_and_lists(tmp_path) -> None:
         store.write(f)
     run = CliRunner().invoke
     base = ["--store", str(tmp_path / "s")]
-    res = run(main, [*base, "train", "--arch", "tiny", "--symbols", "SYN000,SYN001", "--epochs", "2",
-                     "--window", "16", "--name", "demo"])
+    res = run(
+        main,
+        [
+            *base,
+            "train",
+            "--arch",
+            "tiny",
+            "--symbols",
+            "SYN000,SYN001",
+            "--epochs",
+            "2",
+            "--window",
+            "16",
+            "--name",
+            "demo",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "registered demo:1" in res.output and "majority" in res.output
     listed = run(main, [*base, "models", "list"])
