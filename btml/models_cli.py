@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
 from btml.config import Config
-from feeds.errors import BtmlError
+from feeds.errors import BtmlError, DataError
 
 pass_config = click.make_pass_decorator(Config)
 
@@ -250,3 +251,59 @@ def bench(archs: tuple[str, ...], epochs: int, max_batches: int, threads: int | 
     benchmark_architectures(
         list(archs) or None, epochs=epochs, max_batches=max_batches, log=click.echo
     )
+
+
+@models.command(name="explain")
+@click.argument("ref")
+@click.option("--symbol", required=True, help="Stored symbol to explain.")
+@click.option(
+    "--date",
+    "date",
+    required=True,
+    help="Decision date; the window ends at the last bar on or before it.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("explain.png"),
+    show_default=True,
+)
+@pass_config
+def explain_(config: Config, ref: str, symbol: str, date: str, out: Path) -> None:
+    """Picture of one prediction: attention over time, fusion weights, feature attribution."""
+    import pandas as pd
+    import torch
+
+    from feeds.store import ParquetStore
+    from mlmodels.explain import explain, plot_explanation
+    from mlmodels.features import compute_features
+    from mlmodels.registry import ModelRegistry
+    from mlmodels.selection import Selection
+
+    try:
+        model, card = ModelRegistry(config.store / "models").load(ref)
+        store = ParquetStore(config.store)
+        frame = store.read(symbol, card.timeframe)
+        index = store.read(card.index, card.timeframe) if card.index else None
+        feats = compute_features(frame, index)
+        if card.selection:
+            feats = Selection(
+                **{
+                    **card.selection,
+                    "inputs": tuple(card.selection["inputs"]),
+                    "outputs": tuple(card.selection["outputs"]),
+                }
+            ).transform(feats)
+        card.check_features(list(feats.columns))
+        end = int(feats.index.searchsorted(pd.Timestamp(date, tz="UTC"), side="right")) - 1
+        window = feats.iloc[end - card.window + 1 : end + 1]
+        if end < 0 or len(window) < card.window or window.isna().any().any():
+            raise DataError(
+                f"{symbol}: no complete {card.window}-bar feature window ends on or before {date}"
+            )
+        x = torch.from_numpy(card.scaler_obj().transform(window.to_numpy()))[None]
+        exp = explain(model, x, torch.zeros(1, 3), tuple(feats.columns))
+        path = plot_explanation(exp, out, f"{card.ref} on {symbol} at {window.index[-1].date()}")
+    except BtmlError as err:
+        _fail(err)
+    click.echo(f"wrote {path}")

@@ -262,3 +262,43 @@ def test_train_cli_registers_and_lists(tmp_path) -> None:
     missing = run(main, [*base, "models", "show", "nope"])
     assert missing.exit_code == 1 and "no model called 'nope'" in missing.output
     assert isinstance(ModelCard, type)
+    png = tmp_path / "why.png"
+    exp = run(
+        main,
+        [
+            *base,
+            "models",
+            "explain",
+            "demo:1",
+            "--symbol",
+            "SYN001",
+            "--date",
+            "2016-06-30",
+            "--out",
+            str(png),
+        ],
+    )
+    assert exp.exit_code == 0, exp.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    early = run(
+        main, [*base, "models", "explain", "demo:1", "--symbol", "SYN001", "--date", "2015-01-05"]
+    )
+    assert early.exit_code == 1 and "no complete 16-bar feature window" in early.output
+
+
+def test_explanation_parts(small_ds) -> None:
+    from mlmodels.explain import explain
+
+    ds, split = small_ds
+    model = _tiny(ds)
+    i = split.test[:1]
+    exp = explain(
+        model, torch.from_numpy(ds.x(i)), torch.from_numpy(ds.position[i]), ds.feature_names
+    )
+    assert exp.attention is not None and exp.attention.shape == (ds.window,)
+    assert exp.attention.sum() == pytest.approx(1.0, abs=1e-5)
+    assert set(exp.fusion) == {"xlstm", "transformer"} and sum(
+        exp.fusion.values()
+    ) == pytest.approx(1.0, abs=1e-5)
+    assert exp.grad_x_input["return_1"].shape == (len(ds.feature_names),)
+    assert np.abs(exp.grad_x_input["return_1"]).sum() > 0
