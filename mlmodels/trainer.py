@@ -94,8 +94,11 @@ def batch_tensors(
     if not torch.isfinite(x).all():
         bad = int(np.flatnonzero(~np.isfinite(ds.x(idx)).all(axis=(1, 2)))[0])
         i = int(idx[bad])
+        rows, feats = np.nonzero(~np.isfinite(ds.window_view(i)))
+        back = ds.window - 1 - int(rows[0])
         raise DataError(
-            f"non-finite input in the window of {ds.symbols[ds.sample_symbol[i]]} at {ds.times[i]}"
+            f"non-finite input in the window of {ds.symbols[ds.sample_symbol[i]]} at {ds.times[i]}: "
+            f"feature {ds.feature_names[int(feats[0])]} {back} bar(s) before it"
         )
     pos = torch.from_numpy(ds.position[idx]).to(device)
     y = {c: torch.from_numpy(ds.targets[c][idx]).to(device) for c in LABEL_COLUMNS}
