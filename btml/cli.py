@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
 
+from btml.common import fail, pass_config
 from btml.config import Config, load_config
 from feeds.errors import BtmlError
-
-pass_config = click.make_pass_decorator(Config)
-
-
-def _fail(err: Exception) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -32,7 +25,7 @@ def main(ctx: click.Context, store: Path | None) -> None:
     try:
         ctx.obj = load_config(store)
     except BtmlError as err:  # e.g. only one of the two Alpaca keys set
-        _fail(err)
+        fail(err)
 
 
 @main.command()
@@ -47,7 +40,7 @@ def demo(config: Config, synthetic: bool) -> None:
     try:
         result = run_demo(config.store, synthetic=synthetic, log=click.echo)
     except BtmlError as err:
-        _fail(err)
+        fail(err)
     click.echo("")
     click.echo(summary_table(result))
     click.echo("")

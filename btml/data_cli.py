@@ -7,15 +7,9 @@ from pathlib import Path
 
 import click
 
+from btml.common import fail, pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
-
-pass_config = click.make_pass_decorator(Config)
-
-
-def _fail(err: Exception) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(1)
 
 
 @click.group()
@@ -74,7 +68,7 @@ def download(
                 on_symbol=lambda _s: bar.update(1),
             )
     except BtmlError as err:
-        _fail(err)
+        fail(err)
     for line in report.lines():
         click.echo(line)
     if not report.ok:
@@ -121,7 +115,7 @@ def import_(
             path = store.write(frame)
             click.echo(f"{report.summary()} -> {path}")
     except BtmlError as err:
-        _fail(err)
+        fail(err)
 
 
 @data.command()
@@ -160,7 +154,7 @@ def synth(
             for _sym, frame in items:
                 store.write(frame, merge=False)
     except BtmlError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"stored {len(frames)} synthetic symbols x {n_bars} bars in {config.store}")
 
 
@@ -199,7 +193,7 @@ def validate_(config: Config, symbols: tuple[str, ...], timeframe: str) -> None:
     try:
         timeframe = get_timeframe(timeframe).name  # "1d" lists the files stored under 1Day
     except BtmlError as tf_err:
-        _fail(tf_err)
+        fail(tf_err)
     store = ParquetStore(config.store)
     good, bad = store.list()
     targets = list(symbols) or [s.symbol for s in good if s.timeframe == timeframe]

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import click
 
+from btml.common import pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
-
-pass_config = click.make_pass_decorator(Config)
 
 
 @click.group()
@@ -90,8 +89,7 @@ def select(
         )
         sel.save(out)
     except BtmlError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        fail(err)
     for row in sel.report:
         click.echo(f"{'keep' if row['kept'] else 'drop'} {row['feature']:<22} {row['why']}")
     click.echo(
@@ -142,8 +140,7 @@ def check_leakage(
                 for f in future_correlation_check(tab.drop(columns=["close"]), tab["close"])
             ]
     except BtmlError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        fail(err)
     for where, f in findings:
         click.echo(f"LEAK {where}: {f.feature} ({f.check}): {f.detail}")
     if findings:

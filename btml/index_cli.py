@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
+from btml.common import pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
-
-pass_config = click.make_pass_decorator(Config)
 
 
 @click.group()
@@ -92,8 +89,7 @@ def build(
         )
         result, path = build_from_store(ParquetStore(config.store), cfg, timeframe)
     except BtmlError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        fail(err)
     f = result.frame
     for note in result.notes:
         click.echo(f"note: {note}")

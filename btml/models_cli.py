@@ -8,15 +8,9 @@ from pathlib import Path
 
 import click
 
+from btml.common import fail, pass_config
 from btml.config import Config
 from feeds.errors import BtmlError, DataError
-
-pass_config = click.make_pass_decorator(Config)
-
-
-def _fail(err: Exception) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(1)
 
 
 @click.command()
@@ -136,7 +130,7 @@ def train(
                 on_epoch=on_epoch,
             )
     except BtmlError as err:
-        _fail(err)
+        fail(err)
     except KeyboardInterrupt:
         click.echo(
             f"\ninterrupted: the last checkpoint in {config.store / 'runs' / (name or arch)} is valid; "
@@ -190,7 +184,7 @@ def show(config: Config, ref: str, as_json: bool) -> None:
     try:
         card = ModelRegistry(config.store / "models").card(ref)
     except BtmlError as err:
-        _fail(err)
+        fail(err)
     if as_json:
         click.echo(card.to_json())
         return
@@ -246,7 +240,7 @@ def bench(archs: tuple[str, ...], epochs: int, max_batches: int, threads: int | 
         for a in archs:
             get_architecture(a)
     except BtmlError as err:
-        _fail(err)
+        fail(err)
     torch.set_num_threads(threads or os.cpu_count() or 1)
     benchmark_architectures(
         list(archs) or None, epochs=epochs, max_batches=max_batches, log=click.echo
@@ -305,5 +299,5 @@ def explain_(config: Config, ref: str, symbol: str, date: str, out: Path) -> Non
         exp = explain(model, x, torch.zeros(1, 3), tuple(feats.columns))
         path = plot_explanation(exp, out, f"{card.ref} on {symbol} at {window.index[-1].date()}")
     except BtmlError as err:
-        _fail(err)
+        fail(err)
     click.echo(f"wrote {path}")
