@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from btml.common import pass_config
+from btml.common import fail, pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from btml.common import pass_config
+from btml.common import fail, pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
 
