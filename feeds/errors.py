@@ -17,6 +17,9 @@ will not fix, and passing faults (network, a busy server), which a rerun may fix
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class BtmlError(Exception):
     """Base of every error this project raises on purpose."""
@@ -66,3 +69,11 @@ class TransientError(BtmlError):
 
 class SourceUnavailable(TransientError, ConnectionError):
     """A data source could not be reached or answered with a server error."""
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> ConfigError:
+    """The error for a name missing from a registry: lists the known names, suggests the closest."""
+    names = list(known)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"unknown {kind} {name!r}: known are {', '.join(names)}{hint}")

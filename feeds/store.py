@@ -25,6 +25,7 @@ from filelock import FileLock, Timeout
 
 from feeds.errors import ConfigError, CorruptFileError, StoreError, SymbolNotFound
 from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, guess_asset_class
+from feeds.sources.base import to_utc
 from feeds.timeframes import get_timeframe
 from feeds.validate import validate
 
@@ -187,7 +188,7 @@ class ParquetStore:
                 f"{symbol} ({timeframe}) is not in the store at {self.root}; "
                 f"download it with `btml data download {symbol}` or check `btml data list`"
             )
-        return self._read_file(path, _utc(start), _utc(end))
+        return self._read_file(path, to_utc(start), to_utc(end))
 
     def describe(self, path: Path) -> StoredSeries:
         """Read one file's metadata (no data pages)."""
@@ -262,7 +263,7 @@ class ParquetStore:
         Returns the path (None when nothing was stored yet and nothing new came) and the number
         of new rows written.
         """
-        s, e = _utc(start), _utc(end)
+        s, e = to_utc(start), to_utc(end)
         assert s is not None and e is not None
         new = 0
         path = self.find(symbol, timeframe, asset_class)
@@ -277,10 +278,3 @@ class ParquetStore:
                 path = self.write(part)
                 new += len(part)
         return path, new
-
-
-def _utc(ts: object | None) -> pd.Timestamp | None:
-    if ts is None:
-        return None
-    t = pd.Timestamp(ts)  # type: ignore[arg-type]
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 import backtrader as bt
 import pandas as pd
 
-from feeds.errors import ConfigError
+from feeds.errors import ConfigError, unknown_name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,9 +48,7 @@ def get_timeframe(name: str) -> Timeframe:
     key = _ALIASES.get(name.lower(), name) if name not in TIMEFRAMES else name
     if key in TIMEFRAMES:
         return TIMEFRAMES[key]
-    close = difflib.get_close_matches(name, list(TIMEFRAMES), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown timeframe {name!r}: known are {', '.join(TIMEFRAMES)}{hint}")
+    raise unknown_name("timeframe", name, TIMEFRAMES)
 
 
 def resample(frame: pd.DataFrame, target: str) -> pd.DataFrame:

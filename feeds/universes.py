@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-
-from feeds.errors import ConfigError
+from feeds.errors import unknown_name
 
 _SMALL = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "JNJ", "XOM", "PG")
 _MEDIUM_MORE = (
@@ -165,6 +163,4 @@ def get_universe(name: str) -> tuple[str, ...]:
     """The symbols of the universe ``name``."""
     if name in UNIVERSES:
         return UNIVERSES[name]
-    close = difflib.get_close_matches(name, list(UNIVERSES), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown universe {name!r}: known are {', '.join(UNIVERSES)}{hint}")
+    raise unknown_name("universe", name, UNIVERSES)

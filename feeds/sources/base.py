@@ -8,13 +8,12 @@ returns an empty frame as if that were data.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-from feeds.errors import ConfigError
+from feeds.errors import unknown_name
 
 
 @runtime_checkable
@@ -69,7 +68,5 @@ SOURCE_NAMES: tuple[str, ...] = ("yahoo", "alpaca", "ccxt", "csv", "synthetic")
 def get_source(name: str, **settings: object) -> Source:
     """Create the source registered as ``name`` with its settings."""
     if name not in SOURCE_NAMES:
-        close = difflib.get_close_matches(name, SOURCE_NAMES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"unknown source {name!r}: known are {', '.join(SOURCE_NAMES)}{hint}")
+        raise unknown_name("source", name, SOURCE_NAMES)
     return _registry()[name](**settings)

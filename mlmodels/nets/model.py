@@ -8,13 +8,12 @@ dict described in :mod:`mlmodels.nets.heads`.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from feeds.errors import ConfigError
+from feeds.errors import ConfigError, unknown_name
 from mlmodels.nets.heads import AttentionFusion, MultiTaskHeads, PositionEncoder
 from mlmodels.nets.transformer import TransformerPath
 from mlmodels.nets.xlstm import XLSTMStack
@@ -143,9 +142,7 @@ def get_architecture(name: str) -> ModelConfig:
     """The preset called ``name``."""
     if name in ARCHITECTURES:
         return ARCHITECTURES[name]
-    close = difflib.get_close_matches(name, list(ARCHITECTURES), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"unknown architecture {name!r}: known are {', '.join(ARCHITECTURES)}{hint}")
+    raise unknown_name("architecture", name, ARCHITECTURES)
 
 
 class LSTMPath(nn.Module):
