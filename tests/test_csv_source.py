@@ -14,17 +14,7 @@ from feeds.frame import OHLCV_COLUMNS
 from feeds.sources.base import Source, get_source
 from feeds.sources.csv_source import CsvSource, read_csv_frames
 from feeds.validate import validate
-
-# Real rows from the Quandl WIKI sample (bokeh-sampledata), long layout, interleaved tickers.
-LONG_CSV = """\
-Ticker,Date,Open,High,Low,Close,Volume,Adj Close
-AAPL,2000-03-01,118.56,132.06,118.5,130.31,9616100,4.186662803811
-IBM,2000-03-01,102.0,105.5,100.06,100.25,10807800,73.667718762847
-AAPL,2000-03-02,127.0,127.94,120.69,122.0,2779100,3.9196750983419
-IBM,2000-03-02,100.5,105.44,99.5,103.12,11192900,75.776709813713
-AAPL,2000-03-03,124.87,128.23,120.0,128.0,2887200,4.1124460048178
-IBM,2000-03-03,107.25,110.0,106.06,108.0,10162800,79.362729440274
-"""
+from tests.conftest import LONG_CSV
 
 
 def _write(tmp_path: Path, text: str, name: str = "data.csv") -> Path:
