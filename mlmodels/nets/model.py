@@ -111,7 +111,7 @@ ARCHITECTURES: dict[str, ModelConfig] = {
         ),
         ModelConfig(
             arch="task-ensemble",
-            xlstm_hidden=128,
+            xlstm_hidden=192,
             xlstm_layers=2,
             slstm_at=(1,),
             tf_d_model=128,
