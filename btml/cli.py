@@ -54,12 +54,14 @@ from btml.data_cli import data  # noqa: E402
 from btml.features_cli import features  # noqa: E402
 from btml.index_cli import index  # noqa: E402
 from btml.models_cli import models, train  # noqa: E402
+from btml.serve_cli import serve  # noqa: E402
 
 main.add_command(data)
 main.add_command(index)
 main.add_command(features)
 main.add_command(train)
 main.add_command(models)
+main.add_command(serve)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

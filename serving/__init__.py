@@ -1,0 +1,25 @@
+"""Serving: the TorchServe handler, archives, the server lifecycle and the signal clients."""
+
+from serving.client import (
+    CircuitBreaker,
+    InProcessClient,
+    RestClient,
+    RestConfig,
+    ServingUnavailable,
+    SignalClient,
+)
+from serving.payload import BadRequest
+from serving.signal import FLAT, PositionState, Signal
+
+__all__ = [
+    "FLAT",
+    "BadRequest",
+    "CircuitBreaker",
+    "InProcessClient",
+    "PositionState",
+    "RestClient",
+    "RestConfig",
+    "ServingUnavailable",
+    "Signal",
+    "SignalClient",
+]

@@ -1,0 +1,150 @@
+"""The TorchServe handler: one class serving any registered model, reused in-process.
+
+``initialize`` reads the model card and weights from the model directory (the unpacked ``.mar``
+or a registry version folder), ``preprocess`` decodes and checks each request
+(``serving.payload``) and applies the card's scaler, ``inference`` runs the network under
+``torch.inference_mode``, ``postprocess`` turns each window's heads into a ``Signal`` dict.
+
+``handle`` works on TorchServe's batch (a list of requests, which dynamic batching may fill
+with several clients' requests): valid requests are concatenated into one forward pass; an
+invalid one gets HTTP 400 with its message while the others are answered normally.
+
+The feature scaling (``Scaler``) and the networks (``load_weights``) are the training code's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from mlmodels.dataset import Scaler
+from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, load_weights
+from serving.payload import BadRequest, Batch, decode
+from serving.signal import Signal
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_WINDOWS = 4096
+
+
+class SignalHandler(BaseHandler):  # type: ignore[misc]
+    """Serve one model version's signals (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.card: ModelCard | None = None
+        self.net: torch.nn.Module | None = None
+        self.scaler: Scaler | None = None
+        self.max_windows = DEFAULT_MAX_WINDOWS
+
+    def initialize(self, context: Any) -> None:
+        """Load the card, weights and scaler from ``context.system_properties['model_dir']``."""
+        props = context.system_properties
+        model_dir = Path(props["model_dir"])
+        cfg = (getattr(context, "model_yaml_config", None) or {}).get("handler", {}) or {}
+        threads = int(cfg.get("threads") or os.environ.get("BTML_SERVE_THREADS") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        self.max_windows = int(cfg.get("max_windows", DEFAULT_MAX_WINDOWS))
+        self.card = ModelCard.from_file(model_dir / CARD_FILE)
+        manifest = getattr(context, "manifest", None) or {}
+        weights = manifest.get("model", {}).get("serializedFile") or WEIGHTS_FILE
+        self.net = load_weights(model_dir / weights, self.card)
+        self.scaler = self.card.scaler_obj()
+        self.model = self.net
+        self.context = context
+        self.initialized = True
+        log.info("btml handler ready: %s, %d threads", self.card.ref, torch.get_num_threads())
+
+    def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
+        """Answer every request of TorchServe's batch; bad ones get 400 and their message."""
+        batches: list[Batch | None] = []
+        out: list[Any] = []
+        for idx, request in enumerate(data):
+            try:
+                batches.append(self.preprocess_one(request))
+                out.append(None)
+            except BadRequest as err:
+                batches.append(None)
+                out.append(json.dumps({"code": 400, "type": "BadRequest", "message": str(err)}))
+                context.set_response_status(code=400, phrase="Bad Request", idx=idx)
+            context.set_response_content_type(idx, "application/json")
+            context.set_response_header(idx, "X-Btml-Batch-Requests", str(len(data)))
+        good = [b for b in batches if b is not None]
+        if good:
+            signals = self.postprocess(self.inference(self.preprocess(good)), good)
+            start = 0
+            for idx, b in enumerate(batches):
+                if b is not None:
+                    out[idx] = json.dumps(signals[start : start + len(b)])
+                    start += len(b)
+        return out
+
+    def preprocess_one(self, request: dict[str, Any]) -> Batch:
+        """Decode and check one request's body (binary or JSON) against the model card."""
+        card = self._card()
+        body = request.get("body")
+        if body is None:
+            body = request.get("data")
+        return decode(
+            body, window=card.window, features=card.features, max_windows=self.max_windows
+        )
+
+    def preprocess(self, batches: list[Batch]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """Concatenate the requests' windows, scale them with the card's scaler, as tensors."""
+        assert self.scaler is not None
+        windows = np.concatenate([b.windows for b in batches])
+        positions = np.concatenate([b.positions for b in batches])
+        x = torch.from_numpy(self.scaler.transform(windows))
+        return x, torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float32))
+
+    def inference(
+        self, data: tuple[torch.Tensor, torch.Tensor], *args: Any, **kwargs: Any
+    ) -> dict[str, torch.Tensor]:
+        """One forward pass of the network over all windows."""
+        assert self.net is not None
+        with torch.inference_mode():
+            return self.net(*data)  # type: ignore[no-any-return]
+
+    def postprocess(
+        self, out: dict[str, torch.Tensor], batches: list[Batch]
+    ) -> list[dict[str, Any]]:  # type: ignore[override]
+        """One ``Signal`` dict per window (probabilities from the logits), in request order."""
+        card = self._card()
+        price = out["price"].double().numpy()
+        direction = torch.softmax(out["direction"].double(), dim=-1).numpy()
+        action = torch.softmax(out["action"].double(), dim=-1).numpy()
+        scalars = {k: out[k].double().numpy() for k in ("size", "volatility", "risk", "confidence")}
+        symbols = [s for b in batches for s in b.symbols]
+        stamps = [t for b in batches for t in b.timestamps]
+        horizons = tuple(int(h) for h in card.horizons)
+        result = []
+        for i in range(len(price)):
+            sig = Signal(
+                model=card.name,
+                version=card.version,
+                returns=tuple(float(v) for v in price[i]),
+                horizons=horizons,
+                direction=(float(direction[i, 0]), float(direction[i, 1]), float(direction[i, 2])),
+                action=(float(action[i, 0]), float(action[i, 1]), float(action[i, 2])),
+                size=float(scalars["size"][i]),
+                volatility=float(scalars["volatility"][i]),
+                risk=float(scalars["risk"][i]),
+                confidence=float(scalars["confidence"][i]),
+                symbol=symbols[i],
+                timestamp=stamps[i],
+            )
+            result.append(sig.to_dict())
+        return result
+
+    def _card(self) -> ModelCard:
+        if self.card is None:
+            raise RuntimeError("the handler is not initialised; call initialize(context) first")
+        return self.card
