@@ -12,12 +12,19 @@ from btml.config import Config
 from feeds.errors import BtmlError
 
 
-def _server_cfg(config: Config, ports: tuple[int, int, int] | None = None, **kw: object):  # type: ignore[no-untyped-def]
+PORTS = (
+    "inference_port",
+    "management_port",
+    "metrics_port",
+    "grpc_inference_port",
+    "grpc_management_port",
+)
+
+
+def _server_cfg(config: Config, ports: tuple[int, ...] | None = None, **kw: object):  # type: ignore[no-untyped-def]
     from serving.server import ServerConfig
 
-    extra = {}
-    if ports:
-        extra = dict(zip(("inference_port", "management_port", "metrics_port"), ports, strict=True))
+    extra = dict(zip(PORTS, ports, strict=True)) if ports else {}
     return ServerConfig(home=config.store / "serving", **extra, **kw)  # type: ignore[arg-type]
 
 
@@ -103,6 +110,8 @@ def _archives_for(config: Config, refs: tuple[str, ...]) -> list[Path]:
 @click.option("--inference-port", default=8080, show_default=True)
 @click.option("--management-port", default=8081, show_default=True)
 @click.option("--metrics-port", default=8082, show_default=True)
+@click.option("--grpc-inference-port", default=7070, show_default=True)
+@click.option("--grpc-management-port", default=7071, show_default=True)
 @click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait for READY.")
 @click.option(
     "--enable-model-api",
@@ -117,6 +126,8 @@ def start_cmd(
     inference_port: int,
     management_port: int,
     metrics_port: int,
+    grpc_inference_port: int,
+    grpc_management_port: int,
     timeout: float,
     enable_model_api: bool,
 ) -> None:
@@ -127,7 +138,13 @@ def start_cmd(
     try:
         cfg = _server_cfg(
             config,
-            (inference_port, management_port, metrics_port),
+            (
+                inference_port,
+                management_port,
+                metrics_port,
+                grpc_inference_port,
+                grpc_management_port,
+            ),
             startup_timeout_s=timeout,
             enable_model_api=enable_model_api,
         )

@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class ServerConfig:
     inference_port: int = 8080
     management_port: int = 8081
     metrics_port: int = 8082
+    grpc_inference_port: int = 7070
+    grpc_management_port: int = 7071
     netty_threads: int = 0  # 0 = the number of cores
     job_queue_size: int = 100
     response_timeout_s: int = 60
@@ -66,6 +68,15 @@ class ServerConfig:
             )
         if self.job_queue_size < 1 or self.response_timeout_s < 1 or self.max_request_mb < 1:
             raise ConfigError("job_queue_size, response_timeout_s and max_request_mb must be >= 1")
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "inference": self.inference_port,
+            "management": self.management_port,
+            "metrics": self.metrics_port,
+            "grpc-inference": self.grpc_inference_port,
+            "grpc-management": self.grpc_management_port,
+        }
 
     @property
     def model_store(self) -> Path:
@@ -94,6 +105,10 @@ class ServerConfig:
             "inference_address": self.inference_url,
             "management_address": self.management_url,
             "metrics_address": f"http://127.0.0.1:{self.metrics_port}",
+            "grpc_inference_address": "127.0.0.1",
+            "grpc_management_address": "127.0.0.1",
+            "grpc_inference_port": str(self.grpc_inference_port),
+            "grpc_management_port": str(self.grpc_management_port),
             "model_store": str(store),
             "load_models": ",".join(archives) or "",
             "enable_model_api": str(self.enable_model_api).lower(),
@@ -201,11 +216,7 @@ def check_python_deps() -> None:
 
 
 def check_ports_free(cfg: ServerConfig) -> None:
-    for what, port in (
-        ("inference", cfg.inference_port),
-        ("management", cfg.management_port),
-        ("metrics", cfg.metrics_port),
-    ):
+    for what, port in cfg.ports().items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -359,13 +370,25 @@ def _version_ready(cfg: ServerConfig, name: str, ver: int) -> bool:
 
 def set_default(cfg: ServerConfig, name: str, version: int) -> None:
     """Make ``version`` the one ``/predictions/{name}`` serves."""
+    state = read_state(cfg)
+    if state is not None:
+        cfg = _at_state_ports(cfg, state)
     r = _mgmt(cfg, "PUT", f"/models/{name}/{version}/set-default")
     if r.status_code != 200:
         raise ServingError(f"setting {name}:{version} as default failed: {r.text.strip()}")
-    state = read_state(cfg)
     if state is not None:
         state.defaults[name] = version
         cfg.state_file.write_text(json.dumps(asdict(state)))
+
+
+def _at_state_ports(cfg: ServerConfig, state: ServerState) -> ServerConfig:
+    """``cfg`` with the ports the running server was started on (a later command may not know)."""
+    return replace(
+        cfg,
+        inference_port=state.inference_port,
+        management_port=state.management_port,
+        metrics_port=state.metrics_port,
+    )
 
 
 def status(cfg: ServerConfig) -> dict[str, Any]:
@@ -373,6 +396,7 @@ def status(cfg: ServerConfig) -> dict[str, Any]:
     state = read_state(cfg)
     if state is None:
         return {"running": False, "home": str(cfg.home)}
+    cfg = _at_state_ports(cfg, state)
     models: dict[str, Any] = {}
     for name in state.models:
         try:
