@@ -11,7 +11,6 @@ from btml.common import fail, pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
 
-
 PORTS = (
     "inference_port",
     "management_port",
