@@ -131,3 +131,39 @@ def train_model(
         data_cfg=data_cfg,
         **kwargs,
     )  # type: ignore[arg-type]
+
+
+def register_untrained(
+    registry: ModelRegistry,
+    arch: str,
+    name: str,
+    *,
+    features: list[str],
+    window: int,
+    seed: int = 0,
+) -> ModelCard:
+    """Register preset ``arch`` with seeded random weights and a seeded scaler, untrained.
+
+    For serving tests and benchmarks, which need fixed weights of the real networks (latency
+    and parity do not depend on training); the card's metrics stay empty, so nobody mistakes
+    it for a trained model.
+    """
+    torch.manual_seed(seed)
+    cfg = get_architecture(arch).with_data(len(features), window)
+    model = build_model(cfg).eval()
+    rng = np.random.default_rng(seed)
+    card = ModelCard(
+        name=name,
+        arch=arch,
+        model_config=cfg.to_dict(),
+        features=list(features),
+        scaler={
+            "names": list(features),
+            "mean": rng.normal(0, 0.1, len(features)).tolist(),
+            "std": rng.uniform(0.5, 2.0, len(features)).tolist(),
+        },
+        window=window,
+        parameters=count_parameters(model),
+        training={"untrained": True, "seed": seed},
+    )
+    return registry.register(model, card)

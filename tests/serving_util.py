@@ -6,10 +6,9 @@ import socket
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mlmodels.features import FEATURES
-from mlmodels.nets.model import ARCHITECTURES, build_model
+from mlmodels.pipeline import register_untrained
 from mlmodels.registry import ModelCard, ModelRegistry
 from serving.server import ServerConfig
 
@@ -24,26 +23,8 @@ def feature_names(n: int = N_FEATURES) -> list[str]:
 def register_preset(
     reg: ModelRegistry, arch: str, name: str, seed: int = 0, window: int = WINDOW
 ) -> ModelCard:
-    """Register ``arch`` with seeded random weights and a scaler (no training: serving tests
-    need fixed weights, not good ones)."""
-    torch.manual_seed(seed)
-    cfg = ARCHITECTURES[arch].with_data(N_FEATURES, window)
-    model = build_model(cfg).eval()
-    rng = np.random.default_rng(seed)
-    names = feature_names()
-    card = ModelCard(
-        name=name,
-        arch=arch,
-        model_config=cfg.to_dict(),
-        features=names,
-        scaler={
-            "names": names,
-            "mean": rng.normal(0, 0.1, N_FEATURES).tolist(),
-            "std": rng.uniform(0.5, 2.0, N_FEATURES).tolist(),
-        },
-        window=window,
-    )
-    return reg.register(model, card)
+    """``arch`` with seeded random weights: serving tests need fixed weights, not good ones."""
+    return register_untrained(reg, arch, name, features=feature_names(), window=window, seed=seed)
 
 
 def free_ports(n: int = 3) -> list[int]:
