@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from mlmodels.registry import ModelRegistry
-from serving.client import CircuitBreaker, InProcessClient, RestClient, RestConfig, ServingUnavailable
+from serving.client import (
+    CircuitBreaker,
+    InProcessClient,
+    RestClient,
+    RestConfig,
+    ServingUnavailable,
+)
 from serving.payload import BadRequest, decode, encode_binary, encode_json
 from serving.signal import PositionState, Signal
 from tests.serving_util import N_FEATURES, WINDOW, feature_names, register_preset, windows
@@ -42,7 +48,10 @@ def test_binary_and_json_payloads_round_trip() -> None:
         (json.dumps({"rows": []}).encode(), "needs a 'windows' key"),
         (json.dumps({"windows": [[1, 2], [3]]}).encode(), "equally long lists"),
         (json.dumps({"windows": [[1.0, 2.0]]}).encode(), "must be 3-dimensional"),
-        (encode_binary(windows(1, window=5)), "expected windows of 16 bars x 51 features, received 5 bars"),
+        (
+            encode_binary(windows(1, window=5)),
+            "expected windows of 16 bars x 51 features, received 5 bars",
+        ),
         (encode_binary(windows(11)), "11 windows in one request; at most 10"),
         (encode_binary(windows(0)), "no windows"),
         (encode_binary(windows(2), symbols=["only one"]), "1 symbols for 2 windows"),
@@ -87,7 +96,9 @@ def test_signal_dict_round_trip_and_accessors() -> None:
     )  # fmt: skip
     assert Signal.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     assert s.p_up == 0.5 and s.best_action == "buy" and s.expected_return(4) == -0.02
-    with pytest.raises(ValueError, match=r"horizon 2 is not predicted; this model predicts \[1, 4, 24\]"):
+    with pytest.raises(
+        ValueError, match=r"horizon 2 is not predicted; this model predicts \[1, 4, 24\]"
+    ):
         s.expected_return(2)
 
 
