@@ -42,6 +42,7 @@ class BacktestResult:
     returns: pd.Series
     final_value: float
     stats: Performance
+    strategy: Any = None
 
 
 def run_backtest(
@@ -51,9 +52,15 @@ def run_backtest(
     *,
     costs: CostConfig | None = None,
     strategy_kwargs: Mapping[str, Any] | None = None,
+    analyzers: Mapping[str, tuple[type, Mapping[str, Any]]] | None = None,
     **cerebro_kwargs: Any,
 ) -> BacktestResult:
-    """Backtest ``strategy`` over ``frames`` (one feed each) and return its statistics."""
+    """Backtest ``strategy`` over ``frames`` (one feed each) and return its statistics.
+
+    ``analyzers`` adds ``{name: (AnalyzerClass, kwargs)}``; the finished strategy (with its
+    analyzers) is in the result's ``strategy``. ``cerebro_kwargs`` go to ``bt.Cerebro``
+    (``runonce``, ``preload``, ...).
+    """
     costs = costs or CostConfig()
     if not frames:
         raise ConfigError("run_backtest needs at least one frame")
@@ -66,11 +73,13 @@ def run_backtest(
     cerebro.addstrategy(strategy, **dict(strategy_kwargs or {}))
     cerebro.addanalyzer(bt.analyzers.TimeReturn, _name="timereturn")
     cerebro.addanalyzer(bt.analyzers.TradeAnalyzer, _name="trades")
+    for aname, (cls, kwargs) in (analyzers or {}).items():
+        cerebro.addanalyzer(cls, _name=aname, **dict(kwargs))
     strat = cerebro.run()[0]
     rets = pd.Series(strat.analyzers.timereturn.get_analysis(), dtype="float64")
     rets.index = pd.DatetimeIndex(rets.index)
     trades = strat.analyzers.trades.get_analysis()
     closed = int(trades.get("total", {}).get("closed", 0)) if trades else 0
     return BacktestResult(
-        name, rets, float(cerebro.broker.getvalue()), performance(rets, trades=closed)
+        name, rets, float(cerebro.broker.getvalue()), performance(rets, trades=closed), strat
     )

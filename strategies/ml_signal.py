@@ -1,0 +1,257 @@
+"""``MLSignalStrategy``: a backtrader strategy that trades on a served model's signals.
+
+Per timestamp, after the warm-up (feature warm-up plus the model's window, see
+``strategies.windows``), the strategy sends ONE batched request covering every data with a new
+bar: its feature window and its position state. Each signal becomes a desired weight through
+the entry rules and the sizer, then a final target through the risk rules
+(``strategies.risk.apply_risk``); orders go out with ``order_target_percent`` and fill at the
+next bar's open. Every decision, with the model version and the raw heads, is appended to
+``self.audit`` (``strategies.audit.Decision``).
+
+Entry rules (``MLSignalConfig``): long when P(up) >= ``entry_prob``, P(up) > P(down),
+confidence >= ``min_confidence`` and at least ``horizon_agreement`` of the predicted returns
+(1, 4, 24 bars) are positive; short likewise when ``allow_short``. An open position is closed
+when the opposite direction is more probable; otherwise it is held.
+
+Serving failures: ``serving_failure="abort"`` (default) stops the run with
+``ServingAborted``, never trading on a silent zero signal; ``"hold"`` / ``"flatten"`` apply the
+risk rules' serving-failure policy (no new entries; keep or close positions).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import backtrader as bt
+import numpy as np
+import pandas as pd
+
+from feeds.errors import BtmlError, ConfigError
+from serving.client import ServingUnavailable, SignalClient
+from serving.signal import Signal
+from strategies.audit import Decision
+from strategies.risk import DailyLossState, DrawdownState, RiskConfig, RiskInputs, apply_risk
+from strategies.sizing import ModelSizer, Sizer
+from strategies.windows import FeatureWindows
+
+SERVING_POLICIES = ("abort", "hold", "flatten")
+
+
+class ServingAborted(BtmlError):
+    """The model server failed during a run whose policy is to abort."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MLSignalConfig:
+    """Everything ``MLSignalStrategy`` needs, checked at construction."""
+
+    client: SignalClient
+    windows: FeatureWindows
+    entry_prob: float = 0.4
+    min_confidence: float = 0.0
+    horizon_agreement: int = 2
+    allow_short: bool = False
+    sizer: Sizer = field(default_factory=ModelSizer)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    serving_failure: str = "abort"
+    rebalance_band: float = 0.02
+    returns_lookback: int = 60
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.entry_prob <= 1:
+            raise ConfigError(f"entry_prob must be in [0, 1], got {self.entry_prob}")
+        if not 0 <= self.min_confidence <= 1:
+            raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0 <= self.horizon_agreement <= 3:
+            raise ConfigError(f"horizon_agreement must be 0..3, got {self.horizon_agreement}")
+        if self.serving_failure not in SERVING_POLICIES:
+            raise ConfigError(
+                f"serving_failure must be one of {', '.join(SERVING_POLICIES)}, "
+                f"got {self.serving_failure!r}"
+            )
+        if not 0 <= self.rebalance_band < 1:
+            raise ConfigError(f"rebalance_band must be in [0, 1), got {self.rebalance_band}")
+
+    @property
+    def warmup(self) -> int:
+        """Bars needed before the first signal: the features' warm-up plus the window."""
+        from mlmodels.features import WARMUP
+
+        return WARMUP + self.windows.window
+
+
+def desired_weight(sig: Signal, current: float, cfg: MLSignalConfig, size: float) -> float:
+    """The entry/exit rules of the module docstring; ``size`` is the sizer's weight (>= 0)."""
+    ups = sum(1 for r in sig.returns if r > 0)
+    downs = sum(1 for r in sig.returns if r < 0)
+    confident = sig.confidence >= cfg.min_confidence
+    if (
+        confident
+        and sig.p_up >= cfg.entry_prob
+        and sig.p_up > sig.p_down
+        and ups >= cfg.horizon_agreement
+    ):
+        return size
+    if (
+        cfg.allow_short
+        and confident
+        and sig.p_down >= cfg.entry_prob
+        and sig.p_down > sig.p_up
+        and downs >= cfg.horizon_agreement
+    ):
+        return -size
+    if (current > 0 and sig.p_down > sig.p_up) or (current < 0 and sig.p_up > sig.p_down):
+        return 0.0
+    return current if (current >= 0 or cfg.allow_short) else 0.0
+
+
+class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
+    """See the module docstring. ``params``: ``config`` (an ``MLSignalConfig``)."""
+
+    params = (("config", None),)
+
+    def __init__(self) -> None:
+        cfg = self.p.config
+        if not isinstance(cfg, MLSignalConfig):
+            raise ConfigError("MLSignalStrategy needs config=MLSignalConfig(...)")
+        self.cfg: MLSignalConfig = cfg
+        self.audit: list[Decision] = []
+        self.serving_failures = 0
+        self._seen: dict[Any, int] = {}
+        self._pending: dict[Any, Any] = {}
+        self._entry: dict[Any, tuple[float, int]] = {}  # data -> (entry price, bar index)
+        self._daily = DailyLossState()
+        self._drawdown = DrawdownState()
+
+    # -- backtrader hooks -------------------------------------------------------------------
+    def notify_order(self, order: Any) -> None:
+        if order.status in (
+            order.Completed,
+            order.Canceled,
+            order.Margin,
+            order.Rejected,
+            order.Expired,
+        ):
+            self._pending.pop(order.data, None)
+
+    def notify_trade(self, trade: Any) -> None:
+        if trade.isclosed:
+            self._entry.pop(trade.data, None)
+        elif trade.justopened:
+            self._entry[trade.data] = (float(trade.price), len(trade.data))
+
+    def next(self) -> None:
+        now = self.datetime.datetime(0)
+        equity = float(self.broker.getvalue())
+        day = pd.Timestamp(now).date()
+        self._daily = self._daily.update(day, equity, self.cfg.risk)
+        self._drawdown = self._drawdown.update(equity, self.cfg.risk)
+        batch = self._collect(now)
+        if not batch:
+            return
+        signals = self._ask(
+            [b[1] for b in batch], [b[2] for b in batch], [b[0] for b in batch], now
+        )
+        for (d, _, _), sig in zip(batch, signals, strict=True):
+            self._decide(d, sig, equity, now)
+
+    # -- steps ------------------------------------------------------------------------------
+    def _collect(self, now: Any) -> list[tuple[Any, np.ndarray, tuple[float, float, float]]]:
+        """Datas with a new bar at ``now`` and a full feature window."""
+        out = []
+        ts = pd.Timestamp(now, tz="UTC").value
+        for d in self.datas:
+            n = len(d)
+            if self._seen.get(d) == n:
+                continue
+            self._seen[d] = n
+            if d.datetime.datetime(0) != now:
+                continue
+            feats = self.cfg.windows.symbols.get(d._name)
+            win = feats.window_at(ts, self.cfg.windows.window) if feats else None
+            if win is not None:
+                out.append((d, win, self._position_state(d)))
+        return out
+
+    def _position_state(self, d: Any) -> tuple[float, float, float]:
+        pos = self.getposition(d)
+        if not pos.size:
+            return (0.0, 0.0, 0.0)
+        weight = pos.size * d.close[0] / max(float(self.broker.getvalue()), 1e-9)
+        scaled = max(-1.0, min(1.0, weight / self.cfg.risk.max_position))
+        price, bar = self._entry.get(d, (pos.price, len(d)))
+        pnl = math.copysign(1.0, pos.size) * math.log(d.close[0] / price) if price > 0 else 0.0
+        return (scaled, pnl, float(len(d) - bar))
+
+    def _ask(
+        self,
+        wins: list[np.ndarray],
+        pos: list[tuple[float, float, float]],
+        datas: list[Any],
+        now: Any,
+    ) -> list[Signal | None]:
+        try:
+            return list(
+                self.cfg.client.predict(
+                    np.stack(wins),
+                    np.asarray(pos, dtype=np.float32),
+                    symbols=[d._name for d in datas],
+                    timestamps=[pd.Timestamp(now, tz="UTC").isoformat()] * len(datas),
+                )
+            )
+        except ServingUnavailable as err:
+            self.serving_failures += 1
+            if self.cfg.serving_failure == "abort":
+                raise ServingAborted(
+                    f"model server failed at {now} ({err}); the run is aborted rather than "
+                    "trading without signals (set serving_failure='hold' or 'flatten' to go on)"
+                ) from err
+            return [None] * len(datas)
+
+    def _weights(self) -> dict[str, float]:
+        value = max(float(self.broker.getvalue()), 1e-9)
+        return {
+            d._name: self.getposition(d).size * d.close[0] / value
+            for d in self.datas
+            if self.getposition(d).size
+        }
+
+    def _returns(self, d: Any) -> np.ndarray:
+        n = min(len(d), self.cfg.returns_lookback + 1)
+        closes = np.asarray(d.close.get(size=n), dtype=np.float64)
+        return np.diff(np.log(closes)) if len(closes) > 1 else np.zeros(0)
+
+    def _decide(self, d: Any, sig: Signal | None, equity: float, now: Any) -> None:
+        weights = self._weights()
+        current = weights.get(d._name, 0.0)
+        if sig is None:
+            desired = current
+        else:
+            size = self.cfg.sizer.weight(sig, realised_vol=float(np.std(self._returns(d))) or None)
+            desired = desired_weight(sig, current, self.cfg, size)
+        held = [self.getdatabyname(n) for n in weights if n != d._name]
+        inputs = RiskInputs(
+            symbol=d._name,
+            desired=desired,
+            weights=weights,
+            returns=self._returns(d),
+            held_returns={k._name: self._returns(k) for k in held},
+            daily=self._daily,
+            drawdown=self._drawdown,
+            signal_ok=sig is not None,
+            serving_policy=self.cfg.serving_failure,
+        )
+        target, reason = apply_risk(inputs, self.cfg.risk)
+        self.audit.append(
+            Decision(
+                timestamp=pd.Timestamp(now, tz="UTC"), symbol=d._name, price=float(d.close[0]),
+                signal=sig, position=float(self.getposition(d).size), target=target, reason=reason,
+            )
+        )  # fmt: skip
+        if d in self._pending or abs(target - current) < self.cfg.rebalance_band and target != 0:
+            return
+        if target == 0 and not self.getposition(d).size:
+            return
+        self._pending[d] = self.order_target_percent(d, target=target)

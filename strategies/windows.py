@@ -1,0 +1,101 @@
+"""Feature windows for the ML strategy, precomputed causally before the run.
+
+Features are computed once per symbol over the whole frame with ``compute_features`` (causal:
+the row at ``t`` uses bars ``<= t`` only, which a truncation test proves), reduced to the model
+card's feature list, and looked up by bar time during the run. The window for bar ``t`` is the
+``window`` rows ending at ``t``; it exists once the features' warm-up and ``window`` bars have
+passed and no value in it is NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from feeds.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SymbolFeatures:
+    """One symbol's feature rows ``(T, F)`` float32, their bar times (UTC, int64 ns), and the
+    running count of rows holding a NaN (``bad[i]`` = such rows before row ``i``)."""
+
+    times: np.ndarray
+    values: np.ndarray
+    bad: np.ndarray
+
+    def window_at(self, ts_ns: int, window: int) -> np.ndarray | None:
+        """The ``(window, F)`` rows ending at bar time ``ts_ns``; None if that bar is unknown,
+        the window would start before the data, or any row in it holds a NaN."""
+        i = int(np.searchsorted(self.times, ts_ns, side="right")) - 1
+        a = i - window + 1
+        if i < 0 or a < 0 or self.times[i] != ts_ns or self.bad[i + 1] != self.bad[a]:
+            return None
+        return self.values[a : i + 1]
+
+
+class FeatureWindows:
+    """Precomputed, card-ordered feature rows for every symbol (see the module docstring)."""
+
+    def __init__(self, features: Mapping[str, SymbolFeatures], names: Sequence[str], window: int):
+        self.symbols = dict(features)
+        self.names = list(names)
+        self.window = window
+
+    @classmethod
+    def build(
+        cls,
+        frames: Mapping[str, pd.DataFrame],
+        names: Sequence[str],
+        window: int,
+        *,
+        index: pd.DataFrame | None = None,
+    ) -> FeatureWindows:
+        """Compute features for ``frames`` and keep ``names`` in that order.
+
+        Raises ``DataError`` before any run when the data cannot give the model's features
+        (a model trained with index features, run without an index, say). A symbol with too
+        little history is skipped with a warning that says how many bars it needs.
+        """
+        from mlmodels.features import WARMUP, compute_features
+
+        out: dict[str, SymbolFeatures] = {}
+        need = WARMUP + window
+        for sym, frame in frames.items():
+            if len(frame) < need:
+                log.warning(
+                    "%s: %d bars, the model needs at least %d (feature warm-up %d + window %d); "
+                    "skipped", sym, len(frame), need, WARMUP, window,
+                )  # fmt: skip
+                continue
+            table = compute_features(frame, index)
+            missing = [n for n in names if n not in table.columns]
+            if missing:
+                raise DataError(
+                    f"{sym}: the model needs {len(missing)} features the data does not give: "
+                    f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+                    + ("; it was trained with an index: pass index=" if index is None else "")
+                )
+            values = table[list(names)].to_numpy(dtype=np.float32)
+            bad = np.concatenate([[0], np.cumsum(~np.isfinite(values).all(axis=1))])
+            times = pd.DatetimeIndex(table.index).as_unit("ns").asi8
+            out[sym] = SymbolFeatures(times, values, bad)
+        if not out:
+            raise DataError(f"no symbol has the {need} bars the model needs")
+        return cls(out, names, window)
+
+    def warmup_end(self, symbol: str) -> pd.Timestamp | None:
+        """The first bar time with a full window (None for a skipped symbol)."""
+        f = self.symbols.get(symbol)
+        if f is None:
+            return None
+        for ts in f.times[self.window - 1 :]:
+            if f.window_at(int(ts), self.window) is not None:
+                return pd.Timestamp(int(ts), tz="UTC")
+        return None
