@@ -172,7 +172,7 @@ def apply_risk(inp: RiskInputs, cfg: RiskConfig) -> tuple[float, str]:
 
     def bind(new: float, why: str) -> None:
         nonlocal target, reason
-        if not math.isclose(new, target, abs_tol=1e-12):
+        if new != target:
             target, reason = new, (why if reason == "signal" else reason)
 
     bind(position_limit(target, cfg), "position-limit")

@@ -152,4 +152,4 @@ def test_rest_config_is_checked() -> None:
         RestConfig(model="m", read_timeout=0)
     with pytest.raises(ConfigError, match="breaker_failures >= 1"):
         RestConfig(model="m", breaker_failures=0)
-    assert N_FEATURES == len(FEATS)
+    assert len(FEATS) == N_FEATURES
