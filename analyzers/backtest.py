@@ -77,7 +77,7 @@ def run_backtest(
         cerebro.addanalyzer(cls, _name=aname, **dict(kwargs))
     strat = cerebro.run()[0]
     rets = pd.Series(strat.analyzers.timereturn.get_analysis(), dtype="float64")
-    rets.index = pd.DatetimeIndex(rets.index)
+    rets.index = pd.DatetimeIndex(rets.index).tz_localize("UTC")  # backtrader's clock is UTC
     trades = strat.analyzers.trades.get_analysis()
     closed = int(trades.get("total", {}).get("closed", 0)) if trades else 0
     return BacktestResult(

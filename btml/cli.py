@@ -50,6 +50,7 @@ def demo(config: Config, synthetic: bool) -> None:
     click.echo(f"done in {result.seconds:.1f} s")
 
 
+from btml.backtest_cli import backtest, tearsheet  # noqa: E402
 from btml.data_cli import data  # noqa: E402
 from btml.features_cli import features  # noqa: E402
 from btml.index_cli import index  # noqa: E402
@@ -62,6 +63,8 @@ main.add_command(features)
 main.add_command(train)
 main.add_command(models)
 main.add_command(serve)
+main.add_command(backtest)
+main.add_command(tearsheet)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -14,6 +14,8 @@ The feature scaling (``Scaler``) and the networks (``load_weights``) are the tra
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -22,7 +24,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from ts.torch_handler.base_handler import BaseHandler
+
+with contextlib.redirect_stdout(io.StringIO()):  # TorchServe prints optional-backend notices
+    from ts.torch_handler.base_handler import BaseHandler
 
 from mlmodels.dataset import Scaler
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, load_weights

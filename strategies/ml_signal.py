@@ -8,10 +8,10 @@ the entry rules and the sizer, then a final target through the risk rules
 next bar's open. Every decision, with the model version and the raw heads, is appended to
 ``self.audit`` (``strategies.audit.Decision``).
 
-Entry rules (``MLSignalConfig``): long when P(up) >= ``entry_prob``, P(up) > P(down),
-confidence >= ``min_confidence`` and at least ``horizon_agreement`` of the predicted returns
-(1, 4, 24 bars) are positive; short likewise when ``allow_short``. An open position is closed
-when the opposite direction is more probable; otherwise it is held.
+Entry rules (``MLSignalConfig``): long when P(up) - P(down) >= ``min_edge``, P(up) >=
+``entry_prob``, confidence >= ``min_confidence`` and at least ``horizon_agreement`` of the
+predicted returns (1, 4, 24 bars) are positive; short likewise when ``allow_short``. An open
+position is closed when the opposite direction is more probable; otherwise it is held.
 
 Serving failures: ``serving_failure="abort"`` (default) stops the run with
 ``ServingAborted``, never trading on a silent zero signal; ``"hold"`` / ``"flatten"`` apply the
@@ -49,7 +49,8 @@ class MLSignalConfig:
 
     client: SignalClient
     windows: FeatureWindows
-    entry_prob: float = 0.4
+    entry_prob: float = 0.0
+    min_edge: float = 0.01
     min_confidence: float = 0.0
     horizon_agreement: int = 2
     allow_short: bool = False
@@ -62,6 +63,8 @@ class MLSignalConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.entry_prob <= 1:
             raise ConfigError(f"entry_prob must be in [0, 1], got {self.entry_prob}")
+        if not 0 <= self.min_edge <= 1:
+            raise ConfigError(f"min_edge must be in [0, 1], got {self.min_edge}")
         if not 0 <= self.min_confidence <= 1:
             raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
         if not 0 <= self.horizon_agreement <= 3:
@@ -87,10 +90,12 @@ def desired_weight(sig: Signal, current: float, cfg: MLSignalConfig, size: float
     ups = sum(1 for r in sig.returns if r > 0)
     downs = sum(1 for r in sig.returns if r < 0)
     confident = sig.confidence >= cfg.min_confidence
+    edge = sig.p_up - sig.p_down
     if (
         confident
         and sig.p_up >= cfg.entry_prob
-        and sig.p_up > sig.p_down
+        and edge >= cfg.min_edge
+        and edge > 0
         and ups >= cfg.horizon_agreement
     ):
         return size
@@ -98,7 +103,8 @@ def desired_weight(sig: Signal, current: float, cfg: MLSignalConfig, size: float
         cfg.allow_short
         and confident
         and sig.p_down >= cfg.entry_prob
-        and sig.p_down > sig.p_up
+        and -edge >= cfg.min_edge
+        and edge < 0
         and downs >= cfg.horizon_agreement
     ):
         return -size
@@ -229,7 +235,9 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         if sig is None:
             desired = current
         else:
-            size = self.cfg.sizer.weight(sig, realised_vol=float(np.std(self._returns(d))) or None)
+            rets = self._returns(d)
+            vol = float(np.std(rets)) if len(rets) > 1 else None
+            size = self.cfg.sizer.weight(sig, realised_vol=vol or None)
             desired = desired_weight(sig, current, self.cfg, size)
         held = [self.getdatabyname(n) for n in weights if n != d._name]
         inputs = RiskInputs(
