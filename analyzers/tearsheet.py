@@ -154,6 +154,9 @@ def write_tearsheet(
         cut = page.rfind("</body>")
         page = page[:cut] + section + page[cut:] if cut >= 0 else page + section
         Path(tmp).write_text(page, encoding="utf-8")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a report is an ordinary file
         os.replace(tmp, out)
     finally:
         Path(tmp).unlink(missing_ok=True)

