@@ -63,7 +63,9 @@ def main() -> None:
         )  # fmt: skip
         start(cfg, [build_archive(reg, card.ref, cfg.model_store)])
         try:
-            print("| symbols | bars | SMA bars/s | ML via TorchServe bars/s | ratio | ML in-process bars/s | ratio |")
+            print(
+                "| symbols | bars | SMA bars/s | ML via TorchServe bars/s | ratio | ML in-process bars/s | ratio |"
+            )
             print("|---|---|---|---|---|---|---|")
             for n in args.symbols:
                 frames = generate_market(SyntheticConfig(n_symbols=n, n_bars=args.bars, seed=1))
