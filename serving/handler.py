@@ -25,13 +25,28 @@ from typing import Any
 import numpy as np
 import torch
 
-with contextlib.redirect_stdout(io.StringIO()):  # TorchServe prints optional-backend notices
-    from ts.torch_handler.base_handler import BaseHandler
-
 from mlmodels.dataset import Scaler
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, load_weights
 from serving.payload import BadRequest, Batch, decode
 from serving.signal import Signal
+
+
+def _import_base_handler() -> type:
+    """TorchServe's ``BaseHandler``, without its import-time warnings about optional backends
+    (OpenVINO, onnxruntime, TensorRT) that this handler does not use."""
+    ts_log = logging.getLogger("ts.torch_handler.base_handler")
+    level = ts_log.level
+    ts_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            from ts.torch_handler.base_handler import BaseHandler
+    finally:
+        ts_log.setLevel(level)
+    return BaseHandler  # type: ignore[no-any-return]
+
+
+BaseHandler = _import_base_handler()
+
 
 log = logging.getLogger(__name__)
 
