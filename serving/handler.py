@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_WINDOWS = 4096
 
 
-class SignalHandler(BaseHandler):  # type: ignore[misc]
+class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
     """Serve one model version's signals (see the module docstring)."""
 
     def __init__(self) -> None:
