@@ -134,3 +134,39 @@ def run_statistics(returns: pd.Series, periods: int = 252) -> dict[str, float]:
         "max_drawdown_duration": float(drawdown_duration(returns)),
         "calmar": calmar(returns, periods),
     }
+
+
+def deflated_sharpe(
+    returns: pd.Series, trial_sharpes: Sequence[float], n_trials: int | None = None
+) -> dict[str, float]:
+    """The deflated Sharpe ratio (Bailey and Lopez de Prado, 2014) of per-period ``returns``.
+
+    With the per-period Sharpe ``SR``, sample length ``T``, skewness ``g3`` and kurtosis ``g4``
+    of the returns, ``N`` trials whose per-period Sharpe ratios have variance ``V``::
+
+        SR0 = sqrt(V) * ((1 - gamma) * Z^-1(1 - 1/N) + gamma * Z^-1(1 - 1/(N e)))
+        DSR = Z((SR - SR0) * sqrt(T - 1) / sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2))
+
+    (``gamma`` the Euler-Mascheroni constant, ``Z`` the standard normal CDF): the probability
+    that the true Sharpe exceeds the best one expected from ``N`` unskilled trials. With one
+    trial ``SR0 = 0`` and DSR is the probabilistic Sharpe ratio against zero.
+    """
+    from scipy.stats import kurtosis, norm, skew
+
+    r = returns.dropna().to_numpy(dtype=float)
+    n = n_trials or max(1, len(trial_sharpes))
+    t = len(r)
+    if t < 3 or r.std(ddof=1) == 0:
+        return {"sharpe": 0.0, "sr0": 0.0, "dsr": 0.0, "trials": float(n), "periods": float(t)}
+    sr = float(r.mean() / r.std(ddof=1))
+    v = float(np.var(trial_sharpes, ddof=1)) if len(trial_sharpes) > 1 else 0.0
+    gamma = 0.5772156649015329
+    sr0 = 0.0
+    if n > 1 and v > 0:
+        sr0 = math.sqrt(v) * (
+            (1 - gamma) * norm.ppf(1 - 1 / n) + gamma * norm.ppf(1 - 1 / (n * math.e))
+        )
+    g3, g4 = float(skew(r)), float(kurtosis(r, fisher=False))
+    denom = math.sqrt(max(1e-12, 1 - g3 * sr + (g4 - 1) / 4 * sr**2))
+    dsr = float(norm.cdf((sr - sr0) * math.sqrt(t - 1) / denom))
+    return {"sharpe": sr, "sr0": sr0, "dsr": dsr, "trials": float(n), "periods": float(t)}

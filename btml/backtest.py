@@ -76,8 +76,9 @@ def _utc(t: Any) -> pd.Timestamp | None:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def oos_start(card: ModelCard, start: Any) -> pd.Timestamp:
-    """The backtest start: the card's test range by default; refuse a start inside training."""
+def oos_start(card: ModelCard, start: Any, allow_in_sample: bool = False) -> pd.Timestamp:
+    """The backtest start: the card's test range by default; refuse a start inside training
+    (unless ``allow_in_sample``, for stress runs that flag it)."""
     test = card.date_ranges.get("test")
     train = card.date_ranges.get("train")
     if start is None:
@@ -86,7 +87,7 @@ def oos_start(card: ModelCard, start: Any) -> pd.Timestamp:
         return pd.Timestamp(test[0])
     ts = _utc(start)
     assert ts is not None
-    if train and ts <= pd.Timestamp(train[1]):
+    if train and ts <= pd.Timestamp(train[1]) and not allow_in_sample:
         raise DataError(
             f"--start {ts.date()} is inside {card.ref}'s training range (to {train[1][:10]}); "
             "an in-sample backtest is not honest. Start after the training range."
@@ -136,6 +137,7 @@ def run_model(
     costs: CostConfig | None = None,
     ml: MLRunConfig | None = None,
     log: Callable[[str], None] = print,
+    allow_in_sample: bool = False,
 ) -> tuple[BacktestResult, ModelCard]:
     """Backtest model ``ref`` on ``frames`` (full history; traded from the OOS start)."""
     ml = ml or MLRunConfig()
@@ -143,7 +145,7 @@ def run_model(
     index = None
     if card.index:
         index = ParquetStore(store_path).read(card.index, card.timeframe)
-    begin = oos_start(card, start)
+    begin = oos_start(card, start, allow_in_sample)
     windows = FeatureWindows.build(frames, card.features, card.window, index=index)
     traded = clip_range({s: frames[s] for s in windows.symbols}, begin, end)
     log(

@@ -55,6 +55,7 @@ from btml.data_cli import data  # noqa: E402
 from btml.features_cli import features  # noqa: E402
 from btml.index_cli import index  # noqa: E402
 from btml.models_cli import models, train  # noqa: E402
+from btml.research_cli import stress, walkforward  # noqa: E402
 from btml.serve_cli import serve  # noqa: E402
 
 main.add_command(data)
@@ -65,6 +66,8 @@ main.add_command(models)
 main.add_command(serve)
 main.add_command(backtest)
 main.add_command(tearsheet)
+main.add_command(walkforward)
+main.add_command(stress)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -28,6 +28,8 @@ class Decision:
         target: the target position as a signed fraction of equity after sizing and risk rules.
         reason: why the target is what it is (``signal``, ``no-signal``, ``daily-loss-stop``,
             ``drawdown-halt``, ``serving-failure``, ...).
+        weight: the position before the decision as a signed fraction of equity.
+        risk_state: the risk states in force (``daily-stop``, ``drawdown``), comma-separated.
     """
 
     timestamp: pd.Timestamp
@@ -37,6 +39,8 @@ class Decision:
     position: float
     target: float
     reason: str
+    weight: float = 0.0
+    risk_state: str = ""
 
 
 def decisions_frame(decisions: Iterable[Decision]) -> pd.DataFrame:
@@ -55,6 +59,8 @@ def decisions_frame(decisions: Iterable[Decision]) -> pd.DataFrame:
             "position": d.position,
             "target": d.target,
             "reason": d.reason,
+            "weight": d.weight,
+            "risk_state": d.risk_state,
         }
         s = d.signal
         if s is not None:

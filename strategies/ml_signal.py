@@ -216,6 +216,12 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
                 ) from err
             return [None] * len(datas)
 
+    def _risk_state(self) -> str:
+        states = ["daily-stop"] if self._daily.stopped else []
+        if self._drawdown.breached(self.cfg.risk):
+            states.append("drawdown")
+        return ",".join(states)
+
     def _weights(self) -> dict[str, float]:
         value = max(float(self.broker.getvalue()), 1e-9)
         return {
@@ -256,6 +262,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             Decision(
                 timestamp=pd.Timestamp(now, tz="UTC"), symbol=d._name, price=float(d.close[0]),
                 signal=sig, position=float(self.getposition(d).size), target=target, reason=reason,
+                weight=current, risk_state=self._risk_state(),
             )
         )  # fmt: skip
         if d in self._pending or abs(target - current) < self.cfg.rebalance_band and target != 0:
