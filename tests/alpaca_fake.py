@@ -74,6 +74,7 @@ class FakeConfig:
     market_open: bool = True
     rate_limit_per_minute: int | None = None
     binary_frames: bool = True  # Alpaca's trade_updates stream sends binary frames
+    account_number: str = "PA3FAKE00001"  # paper accounts start with PA; live ones do not
 
     def __post_init__(self) -> None:
         if self.cash < 0:
@@ -175,6 +176,7 @@ class _Fault:
     after_processing: bool
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # answer normally, but only after this many seconds
 
 
 class AlpacaError(Exception):
@@ -319,6 +321,13 @@ class AlpacaFake:
         """Close the connection of the next ``times`` matching requests without answering."""
         with self._lock:
             self._faults.append(_Fault(method.upper(), path_prefix, times, None, after_processing))
+
+    def delay_next(self, method: str, path_prefix: str, seconds: float, times: int = 1) -> None:
+        """Process the next ``times`` matching requests, then wait ``seconds`` before answering
+        (a client with a shorter read timeout gives up: the order exists, the answer is lost)."""
+        fault = _Fault(method.upper(), path_prefix, times, 200, True, delay=seconds)
+        with self._lock:
+            self._faults.append(fault)
 
     def close_streams(self) -> None:
         """Close every websocket from the server side (an outage; also stops a client at once)."""
@@ -522,6 +531,9 @@ class AlpacaFake:
                 404, {"code": 40410000, "message": f"no route {request.method} {request.path}"}
             )
         reply = self._run(route[0][3], request, route[1].groupdict())
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+            fault = None
         return (
             self._fault_reply(fault, now)
             if fault is not None
@@ -592,7 +604,7 @@ class AlpacaFake:
         money |= dict.fromkeys(_ZERO.split(), 0.0)
         return {
             "id": _ACCOUNT_ID,
-            "account_number": "PA3FAKE00001",
+            "account_number": self.config.account_number,
             "status": "ACTIVE",
             "currency": "USD",
             **{k: _num(v) for k, v in money.items()},

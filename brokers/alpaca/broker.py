@@ -1,0 +1,489 @@
+"""``AlpacaBroker``: a backtrader broker on Alpaca (alpaca-py), journaled, that loses no order.
+
+Get it from the store (``store.getbroker()``) and give it to Cerebro; the strategy does not
+change. Orders: market, limit, stop, stop-limit (``exectype``), brackets
+(``buy_bracket``/``sell_bracket`` become one Alpaca bracket order), fractional quantities, stock
+and crypto symbols. Notifications (Submitted, Accepted, Partial, Completed, Canceled, Rejected,
+Expired) come from Alpaca's ``trade_updates`` stream and are delivered in ``next()``, on the
+strategy's thread.
+
+The write path of every order (see ``brokers.alpaca.journal``): the intent is journaled with a
+deterministic ``client_order_id`` (strategy, symbol, bar time, leg) *before* it is sent; the
+submit goes through ``TradingAPI.submit_idempotent`` (looked up, never duplicated, on a
+timeout/5xx/reset); the answer and every later update are journaled idempotently. An order
+whose fate stays unknown blocks new orders until a lookup settles it. After the stream
+reconnects, orders and positions are re-read (``brokers.alpaca.reconcile``) before any new
+order; a position mismatch halts trading (orders are rejected with the reason) until fixed.
+The ``signal=`` keyword of ``buy``/``sell``/``order_target_*`` (the ML strategy passes the
+signal's heads) is stored with the order.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import backtrader as bt
+from backtrader.order import BuyOrder, Order, SellOrder
+from backtrader.position import Position
+
+from brokers.alpaca.journal import Journal, OrderIntent, OrderRecord
+from brokers.alpaca.reconcile import PositionMismatch, reconcile, symbol_key
+from brokers.alpaca.rest import OrderRejected, OrderSpec, OrderUnknown, TradingAPI
+
+log = logging.getLogger(__name__)
+
+_EXEC = {
+    None: "market",
+    Order.Market: "market",
+    Order.Limit: "limit",
+    Order.Stop: "stop",
+    Order.StopLimit: "stop_limit",
+}
+
+
+class AlpacaCommInfo(bt.CommInfoBase):  # type: ignore[misc]
+    """Alpaca's costs (no commission on US equities and the default crypto tier here) and
+    sizes in fractions of a share (6 decimals) when ``fractional``."""
+
+    params = (
+        ("stocklike", True),
+        ("commtype", bt.CommInfoBase.COMM_PERC),
+        ("percabs", True),
+        ("commission", 0.0),
+        ("fractional", True),
+    )
+
+    def getsize(self, price: float, cash: float) -> float:
+        raw = self.p.leverage * cash / price if price > 0 else 0.0
+        return math.floor(raw * 1e6) / 1e6 if self.p.fractional else float(int(raw))
+
+
+@dataclass
+class _Pending:
+    """A bracket being collected from ``transmit=False`` orders."""
+
+    orders: list[Any]
+
+
+class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
+    """See the module docstring. Built by ``AlpacaStore.getbroker()``."""
+
+    params = (("store", None), ("account_ttl", 2.0))
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        store = self.p.store
+        if store is None:
+            raise ValueError("AlpacaBroker needs store=AlpacaStore(...); use store.getbroker()")
+        self.store = store
+        self.api: TradingAPI = store.api
+        self.journal: Journal = store.journal
+        self.cfg = store.config
+        self.comminfo = {None: AlpacaCommInfo(fractional=self.cfg.fractional)}
+        self.orders: dict[int, Any] = {}  # bt ref -> bt order
+        self._by_coid: dict[str, int] = {}
+        self._by_alpaca: dict[str, int] = {}
+        self._legs: dict[int, int] = {}  # child bt ref -> parent bt ref (brackets)
+        self._pending_bracket: dict[int, _Pending] = {}
+        self._legs_seen: dict[str, int] = {}  # (symbol|bar) -> orders placed for it
+        self.positions: dict[str, Position] = collections.defaultdict(Position)
+        self.notifs: collections.deque[Any] = collections.deque()
+        self.updates: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.halted: str | None = None
+        self._resync = threading.Event()
+        self._account: dict[str, Any] = {}
+        self._account_at = 0.0
+        self._last_check = 0.0
+        self.startingcash = self.cash = 0.0
+        self.startingvalue = self.value = 0.0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        self.comminfo.setdefault(None, AlpacaCommInfo(fractional=self.cfg.fractional))
+        self.store.start(broker=self)
+        self.store.updates.on_reconnect.append(self._resync.set)
+        self.resync()
+        self.store.adopt_positions = False  # adopt once, at start; later differences halt
+        if self.halted:
+            self.store.stop()
+            raise PositionMismatch(self.halted, {})
+        acct = self._refresh_account(force=True)
+        self.startingcash = self.cash = float(acct.get("cash") or 0.0)
+        self.startingvalue = self.value = float(acct.get("equity") or 0.0)
+
+    def stop(self) -> None:
+        super().stop()
+        self.store.stop()
+
+    def on_update(self, data: dict[str, Any]) -> None:
+        """``trade_updates`` payload (stream thread): journal it now, act on it in ``next()``."""
+        try:
+            self.journal.apply_update(data)
+        finally:
+            self.updates.put(data)
+
+    # -- account --------------------------------------------------------------------------------
+
+    def getcash(self) -> float:
+        self.cash = float(self._refresh_account().get("cash") or 0.0)
+        return self.cash
+
+    def getvalue(self, datas: Any = None) -> float:
+        if datas:
+            return float(sum(self.getposition(d).size * d.close[0] for d in datas))
+        self.value = float(self._refresh_account().get("equity") or 0.0)
+        return self.value
+
+    def getposition(self, data: Any, clone: bool = True) -> Position:
+        pos = self.positions[symbol_key(data._name)]
+        return pos.clone() if clone else pos
+
+    def _refresh_account(self, force: bool = False) -> dict[str, Any]:
+        if force or time.monotonic() - self._account_at > self.p.account_ttl:
+            self._account = self.api.account()
+            self._account_at = time.monotonic()
+        return self._account
+
+    # -- backtrader order API -------------------------------------------------------------------
+
+    def buy(self, owner: Any, data: Any, size: float, price: float | None = None,
+            plimit: float | None = None, exectype: Any = None, valid: Any = None,
+            tradeid: int = 0, oco: Any = None, trailamount: Any = None,
+            trailpercent: Any = None, parent: Any = None, transmit: bool = True,
+            **kwargs: Any) -> Any:  # fmt: skip
+        order = BuyOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                         exectype=exectype, valid=valid, tradeid=tradeid, trailamount=trailamount,
+                         trailpercent=trailpercent, parent=parent, transmit=transmit)  # fmt: skip
+        return self._place(order, kwargs)
+
+    def sell(self, owner: Any, data: Any, size: float, price: float | None = None,
+             plimit: float | None = None, exectype: Any = None, valid: Any = None,
+             tradeid: int = 0, oco: Any = None, trailamount: Any = None,
+             trailpercent: Any = None, parent: Any = None, transmit: bool = True,
+             **kwargs: Any) -> Any:  # fmt: skip
+        order = SellOrder(owner=owner, data=data, size=size, price=price, pricelimit=plimit,
+                          exectype=exectype, valid=valid, tradeid=tradeid, trailamount=trailamount,
+                          trailpercent=trailpercent, parent=parent, transmit=transmit)  # fmt: skip
+        return self._place(order, kwargs)
+
+    def cancel(self, order: Any) -> None:
+        known = self.orders.get(order.ref)
+        if known is None or not known.alive():
+            return
+        rec = self._record_of(known)
+        if rec is None or rec.alpaca_id is None:
+            return
+        if not self.api.cancel(rec.alpaca_id):
+            log.info("%s: cancel refused, the order is already final", rec.client_order_id)
+
+    def orderstatus(self, order: Any) -> int:
+        return int(self.orders[order.ref].status)
+
+    def notify(self, order: Any) -> None:
+        self.notifs.append(order.clone())
+
+    def get_notification(self) -> Any:
+        return self.notifs.popleft() if self.notifs else None
+
+    def next(self) -> None:
+        self.notifs.append(None)  # notification boundary, as backtrader's own brokers do
+        self._drain()
+        if self._resync.is_set():
+            self.resync()
+        elif time.monotonic() - self._last_check > self.cfg.position_check_every:
+            self.check_positions()
+
+    # -- placing --------------------------------------------------------------------------------
+
+    def _place(self, order: Any, info: dict[str, Any]) -> Any:
+        order.addinfo(**info)
+        order.addcomminfo(self.getcommissioninfo(order.data))
+        parent_ref = getattr(order.parent, "ref", order.ref)
+        if not order.transmit:
+            self._pending_bracket.setdefault(parent_ref, _Pending([])).orders.append(order)
+            return order
+        if parent_ref != order.ref:  # the last child of a bracket: send the whole bracket
+            parent, stop = self._pending_bracket.pop(parent_ref).orders
+            return self._send_bracket(parent, stop, order)
+        self._send(order, self._spec_fields(order))
+        return order
+
+    def _send(self, order: Any, fields: dict[str, Any], children: tuple[Any, ...] = ()) -> None:
+        self.orders[order.ref] = order
+        for child in children:
+            self.orders[child.ref] = child
+            self._legs[child.ref] = order.ref
+        order.submit(self)
+        self.notify(order)
+        for child in children:
+            child.submit(self)
+            self.notify(child)
+        reason = self._blocked()
+        if reason:
+            self._reject(order, reason, children)
+            return
+        rec = self._journal_intent(order, fields)
+        self._by_coid[rec.client_order_id] = order.ref
+        if rec.status != "pending_submit":  # a replay after restart: already at Alpaca
+            self._adopt_sent(order, rec, replay=True)
+            return
+        spec = OrderSpec(client_order_id=rec.client_order_id, **fields)
+        try:
+            body, how = self.api.submit_idempotent(spec)
+        except OrderRejected as err:
+            self.journal.mark_rejected(rec.client_order_id, err.message or str(err))
+            self._reject(order, str(err), children)
+            return
+        except OrderUnknown as err:
+            self.journal.mark_unknown(rec.client_order_id, str(err))
+            log.error("%s", err)
+            return
+        log.info("%s %s (%s)", rec.client_order_id, body.get("status"), how)
+        self._accepted(order, self.journal.mark_sent(rec.client_order_id, body), body, children)
+
+    def _send_bracket(self, parent: Any, stop: Any, limit: Any) -> Any:
+        fields = self._spec_fields(parent)
+        fields |= {"order_class": "bracket", "take_profit": limit.created.price,
+                   "stop_loss": stop.created.price}  # fmt: skip
+        self._send(parent, fields, children=(stop, limit))
+        return limit
+
+    def _spec_fields(self, order: Any) -> dict[str, Any]:
+        kind = _EXEC.get(order.exectype)
+        if kind is None:
+            raise OrderRejected(f"order type {order.getordername()} is not supported on Alpaca")
+        size = abs(float(order.created.size))
+        crypto = "/" in order.data._name
+        fields: dict[str, Any] = {
+            "symbol": order.data._name,
+            "side": "buy" if order.isbuy() else "sell",
+            "qty": round(size, 9),
+            "order_type": kind,
+            "time_in_force": "gtc" if crypto else ("gtc" if order.valid else "day"),
+        }
+        if kind in ("limit", "stop_limit"):
+            fields["limit_price"] = order.created.pricelimit or order.created.price
+        if kind in ("stop", "stop_limit"):
+            fields["stop_price"] = order.created.price
+        if kind == "limit":
+            fields["limit_price"] = order.created.price
+        return fields
+
+    def _journal_intent(self, order: Any, fields: dict[str, Any]) -> OrderRecord:
+        bar = order.data.datetime.datetime(0)
+        key = f"{order.data._name}|{bar.isoformat()}"
+        n = self._legs_seen.get(key, 0)
+        self._legs_seen[key] = n + 1
+        info = dict(order.info)
+        intent = OrderIntent(
+            strategy=self.cfg.strategy, symbol=fields["symbol"], bar_time=bar, side=fields["side"],
+            leg=str(n), qty=fields["qty"], order_type=fields["order_type"],
+            limit_price=fields.get("limit_price"), stop_price=fields.get("stop_price"),
+            time_in_force=fields["time_in_force"], order_class=fields.get("order_class", "simple"),
+            signal=info.get("signal"),
+        )  # fmt: skip
+        return self.journal.record_intent(intent)
+
+    def _blocked(self) -> str | None:
+        if self._resync.is_set():
+            self.resync()
+        if not self.halted and self.journal.unknown_orders():
+            self.resync()
+        if self.halted:
+            return f"trading halted: {self.halted}"
+        unknown = self.journal.unknown_orders()
+        if unknown:
+            return (
+                f"{len(unknown)} order(s) of unknown fate ({unknown[0].client_order_id}); "
+                "no new order until Alpaca answers the lookup"
+            )
+        return None
+
+    # -- state changes --------------------------------------------------------------------------
+
+    def _reject(self, order: Any, reason: str, children: tuple[Any, ...] = ()) -> None:
+        log.warning("order rejected: %s", reason)
+        order.addinfo(reject_reason=reason)
+        for o in (order, *children):
+            if o.alive():
+                o.reject(self)
+                self.notify(o)
+
+    def _accepted(
+        self, order: Any, rec: OrderRecord, body: dict[str, Any], children: tuple[Any, ...]
+    ) -> None:
+        if rec.alpaca_id:
+            self._by_alpaca[rec.alpaca_id] = order.ref
+        for leg in body.get("legs") or []:
+            kind = str(leg.get("type") or leg.get("order_type"))
+            child = next((c for c in children if _EXEC.get(c.exectype) == kind or
+                          (kind.startswith("stop") and c.exectype == Order.Stop)), None)  # fmt: skip
+            if child is not None and leg.get("id"):
+                self._by_alpaca[str(leg["id"])] = child.ref
+                self._by_coid[str(leg["client_order_id"])] = child.ref
+        if order.status == Order.Submitted:
+            order.accept(self)
+            self.notify(order)
+            for child in children:
+                child.accept(self)
+                self.notify(child)
+        self._apply_status(order, rec)
+
+    def _adopt_sent(self, order: Any, rec: OrderRecord, replay: bool = False) -> None:
+        """A backtrader order for a journal row that is already at Alpaca. On a ``replay`` (the
+        same bar after a restart) its earlier fills are already in the positions read at start."""
+        if rec.alpaca_id:
+            self._by_alpaca[rec.alpaca_id] = order.ref
+        if rec.status == "rejected":
+            self._reject(order, rec.error or "rejected")
+            return
+        order.accept(self)
+        self.notify(order)
+        self._apply_status(order, rec, move_position=not replay)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data = self.updates.get_nowait()
+            except queue.Empty:
+                return
+            self._on_event(data)
+
+    def _on_event(self, data: dict[str, Any]) -> None:
+        body = data.get("order") or {}
+        ref = self._by_coid.get(str(body.get("client_order_id"))) or self._by_alpaca.get(
+            str(body.get("id"))
+        )
+        order = self.orders.get(ref) if ref is not None else None
+        if order is None:
+            return  # an external order: journaled, no backtrader order to notify
+        event = data.get("event")
+        if event in ("fill", "partial_fill"):
+            self._execute(order, data)
+        elif event in ("new", "accepted") and order.status == Order.Submitted:
+            order.accept(self)
+            self.notify(order)
+        elif event in ("canceled", "expired", "rejected", "done_for_day"):
+            self._finish(order, str(event))
+
+    def _execute(self, order: Any, data: dict[str, Any]) -> None:
+        qty, price = float(data["qty"]), float(data["price"])
+        filled = float((data.get("order") or {}).get("filled_qty") or 0.0)
+        if filled and abs(order.executed.size) + qty > filled + 1e-9:
+            return  # this execution is already applied (the resync filled the gap)
+        self._apply_fill(order, qty if order.isbuy() else -qty, price)
+
+    def _apply_fill(
+        self, order: Any, size: float, price: float, move_position: bool = True
+    ) -> None:
+        if not order.alive():
+            return
+        data = order.data
+        pos = self.positions[symbol_key(data._name)]
+        if not move_position:  # already in the position: account for the order on a copy
+            pos = pos.clone()
+            pos.set(pos.size - size, pos.price)
+        old_price = pos.price
+        psize, pprice, opened, closed = pos.update(size, price)
+        ci = self.getcommissioninfo(data)
+        closedvalue = ci.getoperationcost(closed, old_price) if closed else 0.0
+        pnl = ci.profitandloss(-closed, old_price, price) if closed else 0.0
+        order.execute(data.datetime[0], size, price, closed, closedvalue,
+                      ci.getcommission(closed, price), opened, ci.getoperationcost(opened, price),
+                      ci.getcommission(opened, price), 0.0, pnl, psize, pprice)  # fmt: skip
+        if order.executed.remsize and abs(order.executed.remsize) > 1e-9:
+            order.partial()
+        else:
+            order.completed()
+        self.notify(order)
+        self._account_at = 0.0  # cash changed: refresh on the next read
+        if not order.alive():
+            self._bracket_done(order)
+
+    def _finish(self, order: Any, status: str) -> None:
+        if not order.alive():
+            return
+        if status == "expired":
+            order.expire()
+        elif status == "rejected":
+            order.reject(self)
+        else:
+            order.cancel()
+        self.notify(order)
+
+    def _bracket_done(self, order: Any) -> None:
+        """A filled bracket exit ends its sibling; Alpaca cancels it, the stream reports it."""
+        parent = self._legs.get(order.ref)
+        if parent is None:
+            return
+        for child_ref, p in self._legs.items():
+            sibling = self.orders[child_ref]
+            if p == parent and child_ref != order.ref and sibling.alive():
+                log.debug("bracket %d: exit %d done, %d will be canceled", parent, order.ref,
+                          child_ref)  # fmt: skip
+
+    def _apply_status(self, order: Any, rec: OrderRecord, move_position: bool = True) -> None:
+        """Bring a backtrader order up to a journal row (after a lookup or a resync)."""
+        have = abs(float(order.executed.size))
+        if rec.filled_qty > have + 1e-9 and rec.filled_avg_price:
+            total = rec.filled_qty * rec.filled_avg_price
+            done = have * (order.executed.price or 0.0)
+            gap = rec.filled_qty - have
+            size = gap if order.isbuy() else -gap
+            self._apply_fill(order, size, (total - done) / gap, move_position)
+        if rec.is_final and order.alive() and rec.status != "filled":
+            self._finish(order, rec.status)
+
+    def _record_of(self, order: Any) -> OrderRecord | None:
+        coid = next((c for c, r in self._by_coid.items() if r == order.ref), None)
+        return self.journal.get(coid) if coid else None
+
+    # -- reconciliation -------------------------------------------------------------------------
+
+    def resync(self) -> None:
+        """Re-read orders, fills and positions; settle unknown orders; halt on a mismatch."""
+        self._resync.clear()
+        try:
+            report = reconcile(self.api, self.journal, tolerance=self.cfg.position_tolerance,
+                               adopt=self.store.adopt_positions, baseline=self.store.baseline)  # fmt: skip
+        except PositionMismatch as err:
+            self.halted = str(err)
+            log.error("trading halted: %s", err)
+            return
+        self.halted = None
+        self._last_check = time.monotonic()
+        for coid, ref in list(self._by_coid.items()):
+            rec = self.journal.get(coid)
+            order = self.orders.get(ref)
+            if rec is None or order is None:
+                continue
+            if rec.alpaca_id:
+                self._by_alpaca[rec.alpaca_id] = ref
+            if order.status == Order.Submitted and rec.status not in ("pending_submit", "unknown"):
+                self._adopt_sent(order, rec)
+            else:
+                self._apply_status(order, rec)
+        self._load_positions(report.positions)
+
+    def check_positions(self) -> None:
+        """The periodic position check: a mismatch halts trading."""
+        self._resync.set()
+        self.resync()
+
+    def _load_positions(self, positions: dict[str, tuple[float, float]]) -> None:
+        keep = {k: p for k, p in self.positions.items() if p.size}
+        for key in set(keep) | set(positions):
+            qty, price = positions.get(key, (0.0, 0.0))
+            have = self.positions[key]
+            if abs(have.size - qty) > 1e-9:
+                log.info("position %s: %s -> %s (from Alpaca)", key, have.size, qty)
+                self.positions[key] = Position(qty, price)

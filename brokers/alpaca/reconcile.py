@@ -1,0 +1,207 @@
+"""Reconciliation: make the journal agree with Alpaca before any new order, or refuse to trade.
+
+:func:`reconcile` runs at start, after the ``trade_updates`` stream reconnects, and
+periodically. In order:
+
+1. every order of unknown fate (journaled, maybe sent) is looked up by ``client_order_id``:
+   found, it is adopted (``mark_sent``); absent, it never reached Alpaca and is marked rejected
+   (a stale intent is not sent after a restart: the strategy decides again on the next bar);
+2. Alpaca's open orders are read: journaled ones are brought up to date, unknown ones are
+   recorded as external (never dropped);
+3. journaled orders still open in the journal but no longer open at Alpaca (they ended while
+   we were away) are read back and updated;
+4. executions that the stream missed show as ``filled_qty`` above the journaled fills; each gap
+   becomes one fill at the exact price implied by the two averages, with a deterministic
+   execution id, so repeating the reconciliation adds nothing;
+5. positions at Alpaca are compared with the journal's fills (plus an adopted ``baseline`` for
+   holdings that predate the journal). Any difference beyond ``tolerance`` raises
+   :class:`PositionMismatch`, which lists every difference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from brokers.alpaca.journal import Journal, OrderRecord, net_position
+from feeds.errors import BtmlError
+
+log = logging.getLogger(__name__)
+
+
+class PositionMismatch(BtmlError):
+    """Alpaca's positions and the journal's disagree; trading must not go on."""
+
+    def __init__(self, text: str, differences: Mapping[str, tuple[float, float]]) -> None:
+        super().__init__(text)
+        self.differences = dict(differences)
+
+
+class _Api(Protocol):
+    def order_by_client_id(self, client_order_id: str) -> dict[str, Any] | None: ...
+    def orders(self, status: str = ..., after: datetime | None = ...) -> list[dict[str, Any]]: ...
+    def positions(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass
+class ReconcileReport:
+    """What one reconciliation found and did."""
+
+    adopted: list[str] = field(default_factory=list)
+    never_arrived: list[str] = field(default_factory=list)
+    external: list[str] = field(default_factory=list)
+    closed_while_away: list[str] = field(default_factory=list)
+    gap_fills: dict[str, float] = field(default_factory=dict)
+    positions: dict[str, tuple[float, float]] = field(default_factory=dict)
+    differences: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def symbol_key(symbol: str) -> str:
+    """Positions are keyed without the slash: Alpaca reports ``BTC/USD`` as ``BTCUSD``."""
+    return symbol.replace("/", "").upper()
+
+
+def reconcile(
+    api: _Api,
+    journal: Journal,
+    *,
+    tolerance: float = 1e-6,
+    adopt: bool = False,
+    baseline: dict[str, float] | None = None,
+) -> ReconcileReport:
+    """Steps 1-5 of the module docstring. ``adopt`` takes any position difference as a
+    baseline (holdings from before the journal) instead of refusing; ``baseline`` is updated."""
+    t0 = time.perf_counter()
+    report = ReconcileReport()
+    _settle_unknown(api, journal, report)
+    open_now = api.orders("open")
+    _adopt_open(journal, open_now, report)
+    _update_closed(api, journal, {str(o["client_order_id"]) for o in open_now}, report)
+    _fill_gaps(journal, report)
+    _compare_positions(api, journal, report, tolerance, adopt, baseline)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _settle_unknown(api: _Api, journal: Journal, report: ReconcileReport) -> None:
+    for rec in journal.unknown_orders():
+        found = api.order_by_client_id(rec.client_order_id)
+        if found is not None:
+            journal.mark_sent(rec.client_order_id, found)
+            report.adopted.append(rec.client_order_id)
+            log.info("%s: found at Alpaca (%s), adopted", rec.client_order_id, found.get("status"))
+        else:
+            journal.mark_rejected(rec.client_order_id, "never reached Alpaca (not re-sent)")
+            report.never_arrived.append(rec.client_order_id)
+            log.warning("%s: not at Alpaca; marked rejected, not re-sent", rec.client_order_id)
+
+
+def _adopt_open(journal: Journal, open_now: list[dict[str, Any]], report: ReconcileReport) -> None:
+    for order in open_now:
+        coid = str(order.get("client_order_id") or "")
+        if not coid:
+            continue
+        if journal.get(coid) is None:
+            journal.adopt_external(order)
+            report.external.append(coid)
+            log.warning("%s %s %s: an order we did not place (external), recorded",
+                        coid, order.get("side"), order.get("symbol"))  # fmt: skip
+        else:
+            journal.mark_sent(coid, order)
+
+
+def _update_closed(
+    api: _Api, journal: Journal, open_ids: set[str], report: ReconcileReport
+) -> None:
+    gone = [r for r in journal.open_orders() if r.client_order_id not in open_ids]
+    if not gone:
+        return
+    since = min(r.created_at for r in gone)
+    closed = {str(o["client_order_id"]): o for o in api.orders("closed", after=_before(since))}
+    for rec in gone:
+        body = closed.get(rec.client_order_id) or api.order_by_client_id(rec.client_order_id)
+        if body is None:
+            log.warning("%s: open in the journal, unknown at Alpaca", rec.client_order_id)
+            continue
+        journal.mark_sent(rec.client_order_id, body)
+        report.closed_while_away.append(rec.client_order_id)
+
+
+def _fill_gaps(journal: Journal, report: ReconcileReport) -> None:
+    for coid, gap in journal.missing_fills().items():
+        rec = journal.get(coid)
+        if rec is None or not rec.filled_avg_price:
+            continue
+        price = _gap_price(journal, rec, gap)
+        event = {
+            "event": "fill" if rec.status == "filled" else "partial_fill",
+            "execution_id": f"gap-{rec.alpaca_id or coid}-{rec.filled_qty:.9f}",
+            "qty": gap,
+            "price": price,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "order": {"client_order_id": coid, "id": rec.alpaca_id, "symbol": rec.symbol,
+                      "side": rec.side, "filled_qty": rec.filled_qty,
+                      "filled_avg_price": rec.filled_avg_price, "status": rec.status},
+        }  # fmt: skip
+        journal.apply_update(event)
+        report.gap_fills[coid] = gap
+        log.info("%s: %.6g filled while the stream was down, journaled", coid, gap)
+
+
+def _gap_price(journal: Journal, rec: OrderRecord, gap: float) -> float:
+    seen = journal.fills(client_order_id=rec.client_order_id)
+    done = sum(f.qty * f.price for f in seen)
+    total = rec.filled_qty * float(rec.filled_avg_price or 0.0)
+    return (total - done) / gap if gap > 0 else float(rec.filled_avg_price or 0.0)
+
+
+def _compare_positions(
+    api: _Api,
+    journal: Journal,
+    report: ReconcileReport,
+    tolerance: float,
+    adopt: bool,
+    baseline: dict[str, float] | None,
+) -> None:
+    base = baseline if baseline is not None else {}
+    broker: dict[str, tuple[float, float]] = {}
+    for p in api.positions():
+        qty = float(p["qty"]) * (-1.0 if p.get("side") == "short" and float(p["qty"]) > 0 else 1.0)
+        broker[symbol_key(str(p["symbol"]))] = (qty, float(p.get("avg_entry_price") or 0.0))
+    report.positions = broker
+    by_key: dict[str, list[Any]] = {}
+    for f in journal.fills():
+        by_key.setdefault(symbol_key(f.symbol), []).append(f)
+    for key in sorted(set(by_key) | set(broker) | set(base)):
+        ours = net_position(key, by_key.get(key, [])).qty + base.get(key, 0.0)
+        theirs = broker.get(key, (0.0, 0.0))[0]
+        if abs(theirs - ours) > tolerance:
+            report.differences[key] = (theirs, ours)
+    if not report.differences:
+        return
+    if adopt:
+        for key, (theirs, ours) in report.differences.items():
+            base[key] = base.get(key, 0.0) + theirs - ours
+            log.warning("%s: adopted %s held at Alpaca outside the journal", key, theirs - ours)
+        report.differences.clear()
+        return
+    lines = "; ".join(f"{k}: Alpaca {t:g}, journal {o:g}" for k, (t, o) in
+                      report.differences.items())  # fmt: skip
+    raise PositionMismatch(
+        f"positions disagree beyond {tolerance:g}: {lines}. Trading is refused; inspect with "
+        "`btml trade status`, fix the account or pass --adopt-positions to take Alpaca's "
+        "positions as the starting point",
+        report.differences,
+    )
+
+
+def _before(when: datetime) -> datetime:
+    from datetime import timedelta
+
+    moment = when if when.tzinfo else when.replace(tzinfo=UTC)
+    return moment - timedelta(seconds=1)

@@ -1,0 +1,139 @@
+"""``AlpacaStore``: the one place that owns the Alpaca clients, streams and the order journal.
+
+The familiar backtrader surface::
+
+    store = AlpacaStore(AlpacaConfig.from_env(paper=True))
+    cerebro.setbroker(store.getbroker())
+    cerebro.adddata(store.getdata("AAPL", timeframe="1m", backfill_bars=300))
+    cerebro.run()                       # the broker starts and stops the store
+
+One REST client (``TradingAPI``: timeouts, limiter, retries), one ``trade_updates`` stream,
+one market-data hub (one stock and one crypto websocket for every symbol, Alpaca refuses a
+second), one journal. :meth:`start` checks the mode: the account behind the keys must be the
+configured one (paper account numbers start with ``PA``), and live trading needs the explicit
+confirmation in the config.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from brokers.alpaca.config import AlpacaConfig
+from brokers.alpaca.journal import Journal
+from brokers.alpaca.rest import TradingAPI
+from brokers.alpaca.updates import TradeUpdates
+from feeds.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def check_mode(account: dict[str, Any], config: AlpacaConfig) -> None:
+    """Refuse keys whose account is not the configured mode, or an account that cannot trade."""
+    number = str(account.get("account_number") or "")
+    is_paper = number.upper().startswith("PA")
+    if is_paper != config.paper:
+        raise ConfigError(
+            f"the keys belong to a {'paper' if is_paper else 'live'} account but the store is "
+            f"configured for {config.mode} trading; use the matching keys or mode "
+            f"({'--paper' if is_paper else '--live'})"
+        )
+    if account.get("trading_blocked") or account.get("account_blocked"):
+        raise ConfigError("the Alpaca account is blocked from trading; see the Alpaca dashboard")
+    status = str(account.get("status") or "ACTIVE")
+    if status != "ACTIVE":
+        raise ConfigError(f"the Alpaca account status is {status}, not ACTIVE")
+
+
+class AlpacaStore:
+    """See the module docstring. ``adopt_positions`` takes holdings that predate the journal
+    as the starting point (once, at start) instead of refusing to trade."""
+
+    def __init__(self, config: AlpacaConfig, *, adopt_positions: bool = False) -> None:
+        self.config = config
+        self.api = TradingAPI(config)
+        path = Path(str(config.journal))
+        if "://" not in str(config.journal):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(config.journal)
+        self.adopt_positions = adopt_positions
+        self.baseline: dict[str, float] = {}
+        self.account: dict[str, Any] = {}
+        self.updates: TradeUpdates = TradeUpdates(config, self._on_update)
+        self._hub: Any = None
+        self._broker: Any = None
+        self._started = False
+
+    def __repr__(self) -> str:
+        return (
+            f"AlpacaStore({self.config.mode}, {self.config.base_url}, journal={self.journal.where})"
+        )
+
+    # -- backtrader surface ---------------------------------------------------------------------
+
+    def getbroker(self, **kwargs: Any) -> Any:
+        """The ``AlpacaBroker`` on this store (one per store)."""
+        from brokers.alpaca.broker import AlpacaBroker
+
+        if self._broker is None:
+            self._broker = AlpacaBroker(store=self, **kwargs)
+        return self._broker
+
+    def getdata(self, symbol: str, *, timeframe: str = "1m", **kwargs: Any) -> Any:
+        """A live feed of ``symbol`` over the store's one multiplexed stream (history first)."""
+        from feeds.live import LiveBars
+
+        return LiveBars(dataname=symbol, name=symbol, hub=self.hub, timeframe=timeframe, **kwargs)
+
+    @property
+    def hub(self) -> Any:
+        """The market-data hub: one stock and one crypto stream for every feed of the store."""
+        if self._hub is None:
+            from brokers.alpaca.datastream import AlpacaBarHub, HubConfig
+
+            c = self.config
+            self._hub = AlpacaBarHub(
+                c.key_id,
+                c.secret_key,
+                HubConfig(feed=c.feed, stock_stream_url=c.stock_stream_url,
+                          crypto_stream_url=c.crypto_stream_url, data_url=c.data_url,
+                          timeout=c.read_timeout),
+            )  # fmt: skip
+        return self._hub
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def start(self, broker: Any = None) -> None:
+        """Check the account and mode, then connect the ``trade_updates`` stream (idempotent)."""
+        if broker is not None:
+            self._broker = broker
+        if self._started:
+            return
+        self.account = self.api.account()
+        check_mode(self.account, self.config)
+        log.info("Alpaca %s account %s: equity %s", self.config.mode,
+                 _masked(str(self.account.get("account_number"))), self.account.get("equity"))  # fmt: skip
+        self.updates.start()
+        self._started = True
+
+    def stop(self) -> None:
+        """Close the streams and the journal connections (the journal's rows are on disk)."""
+        self.updates.stop()
+        if self._hub is not None:
+            self._hub.stop()
+        self._started = False
+
+    def close(self) -> None:
+        self.stop()
+        self.journal.close()
+
+    def _on_update(self, data: dict[str, Any]) -> None:
+        if self._broker is not None:
+            self._broker.on_update(data)
+        else:
+            self.journal.apply_update(data)
+
+
+def _masked(number: str) -> str:
+    return number[:2] + "***" + number[-2:] if len(number) > 4 else "***"

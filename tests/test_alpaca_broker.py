@@ -1,0 +1,394 @@
+"""The live Alpaca store and broker against the stateful fake, through the real alpaca-py clients.
+
+Every scenario of the issue's fault list: a submit that times out, returns 504 or loses its
+connection (exactly one order reaches the fake), a kill between submit and journal update (the
+restart adopts it), partial fill then cancel, a stream drop with fills in the gap, a 429 storm,
+5xx on reads, 4xx on submit, a position mismatch (refused at start, halted later), and keys
+that never reach a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+import pandas as pd
+import pytest
+from backtrader.order import Order
+
+from brokers.alpaca.config import AlpacaConfig
+from brokers.alpaca.journal import Journal, OrderIntent
+from brokers.alpaca.reconcile import PositionMismatch
+from brokers.alpaca.rest import BrokerUnavailable, OrderSpec, TradingAPI
+from brokers.alpaca.store import AlpacaStore
+from feeds.btfeeds import StoreData
+from feeds.errors import ConfigError
+from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+BAR = pd.Timestamp("2026-03-02 15:00", tz="UTC")
+
+
+@pytest.fixture
+def fake() -> Iterator[AlpacaFake]:
+    with AlpacaFake() as server:
+        server.set_price("AAPL", 100.0)
+        server.set_price("MSFT", 50.0)
+        yield server
+        assert not server.errors, server.errors
+
+
+def _config(fake: AlpacaFake, journal: Path, **kw: Any) -> AlpacaConfig:
+    values: dict[str, Any] = dict(
+        key_id=KEY_ID, secret_key=SECRET, trading_url=fake.url,
+        trading_stream_url=fake.stream_url, journal=journal, connect_timeout=1.0,
+        read_timeout=1.0, retries=3, backoff_initial=0.01, backoff_max=0.05,
+        position_check_every=3600.0, strategy="test",
+    )  # fmt: skip
+    return AlpacaConfig(**(values | kw))
+
+
+def _data(symbol: str, price: float = 100.0, when: pd.Timestamp = BAR) -> Any:
+    """A real backtrader feed with one loaded bar at ``when`` (orders take their bar time)."""
+    idx = pd.DatetimeIndex([when], name="datetime")
+    frame = pd.DataFrame({c: [price] for c in ("open", "high", "low", "close")} | {"volume": [1.0]},
+                         index=idx)  # fmt: skip
+    data = StoreData(dataname=frame, name=symbol)
+    bt.Cerebro().adddata(data)
+    data._start()
+    data.next()
+    return data
+
+
+class Session:
+    """A started broker plus helpers to pump its notifications."""
+
+    def __init__(self, store: AlpacaStore) -> None:
+        self.store = store
+        self.broker = store.getbroker()
+        self.seen: list[tuple[int, str]] = []
+
+    def pump(self, until: Callable[[], bool], timeout: float = 5.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.broker.next()
+            while self.broker.notifs:
+                n = self.broker.get_notification()
+                if n is not None:
+                    self.seen.append((n.ref, n.getstatusname()))
+            if until():
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+
+    def statuses(self, order: Any) -> list[str]:
+        return [s for ref, s in self.seen if ref == order.ref]
+
+
+@pytest.fixture
+def session(fake: AlpacaFake, tmp_path: Path) -> Iterator[Session]:
+    store = AlpacaStore(_config(fake, tmp_path / "journal.sqlite"))
+    s = Session(store)
+    s.broker.start()
+    yield s
+    s.broker.stop()
+    store.journal.close()
+
+
+def _orders_with(fake: AlpacaFake, coid_part: str = "test-") -> list[dict[str, Any]]:
+    return [o for o in fake.orders() if str(o["client_order_id"]).startswith(coid_part)]
+
+
+# -- round trip ----------------------------------------------------------------------------------
+
+
+def test_market_order_round_trip_notifies_and_journals(session: Session, fake: AlpacaFake) -> None:
+    data = _data("AAPL")
+    order = session.broker.buy(None, data, 3, signal={"model": "m", "version": 2, "p_up": 0.7})
+    assert session.pump(lambda: not order.alive())
+    assert session.statuses(order) == ["Submitted", "Accepted", "Completed"]
+    assert order.executed.size == 3 and order.executed.price == pytest.approx(100.0)
+    assert session.broker.getposition(data).size == 3 == fake.position_qty("AAPL")
+    rec = session.store.journal.get(_orders_with(fake)[0]["client_order_id"])
+    assert rec is not None and rec.status == "filled" and rec.model_version == 2
+    assert rec.signal == {"model": "m", "version": 2, "p_up": 0.7}
+    assert session.broker.getvalue() == pytest.approx(100_000.0)
+    assert session.broker.getvalue([data]) == pytest.approx(300.0)
+
+
+def test_fractional_limit_stop_and_stop_limit_orders(session: Session, fake: AlpacaFake) -> None:
+    fake.auto_fill = False
+    data = _data("AAPL")
+    b = session.broker
+    orders = [
+        b.buy(None, data, 0.5),
+        b.buy(None, data, 1, price=90.0, exectype=Order.Limit),
+        b.sell(None, data, 1, price=80.0, exectype=Order.Stop),
+        b.sell(None, data, 1, price=80.0, plimit=79.0, exectype=Order.StopLimit),
+    ]
+    assert session.pump(lambda: all(o.status == Order.Accepted for o in orders))
+    sent = {o["type"]: o for o in _orders_with(fake)}
+    assert float(sent["market"]["qty"]) == 0.5
+    assert float(sent["limit"]["limit_price"]) == 90.0
+    assert float(sent["stop"]["stop_price"]) == 80.0
+    assert float(sent["stop_limit"]["limit_price"]) == 79.0
+
+
+def test_bracket_becomes_one_alpaca_bracket_and_exits_notify(
+    session: Session, fake: AlpacaFake
+) -> None:
+    data = _data("AAPL")
+    b = session.broker
+    parent = b.buy(None, data, 2, transmit=False)
+    stop = b.sell(None, data, 2, price=90.0, exectype=Order.Stop, parent=parent, transmit=False)
+    take = b.sell(None, data, 2, price=110.0, exectype=Order.Limit, parent=parent, transmit=True)
+    assert session.pump(lambda: parent.status == Order.Completed)
+    top = [o for o in fake.orders() if o["order_class"] == "bracket" and o["side"] == "buy"]
+    assert len(top) == 1 and float(top[0]["qty"]) == 2
+    fake.set_price("AAPL", 111.0)
+    assert session.pump(lambda: not take.alive() and not stop.alive())
+    assert take.status == Order.Completed and stop.status == Order.Canceled
+    assert fake.position_qty("AAPL") == 0 == session.broker.getposition(data).size
+
+
+# -- submit faults: never a duplicate ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    ["504 after processing", "504 before processing", "reset after processing", "timeout"],
+)
+def test_ambiguous_submit_reaches_the_fake_exactly_once(
+    session: Session, fake: AlpacaFake, fault: str
+) -> None:
+    if fault == "504 after processing":
+        fake.fail_next("POST", "/v2/orders", 504, after_processing=True)
+    elif fault == "504 before processing":
+        fake.fail_next("POST", "/v2/orders", 504)
+    elif fault == "reset after processing":
+        fake.drop_connection_next("POST", "/v2/orders", after_processing=True)
+    else:
+        fake.delay_next("POST", "/v2/orders", 1.5)  # read timeout is 1 s
+    order = session.broker.buy(None, _data("AAPL"), 2)
+    assert session.pump(lambda: not order.alive())
+    assert len(_orders_with(fake)) == 1, fake.orders()
+    assert order.status == Order.Completed and fake.position_qty("AAPL") == 2
+    assert fake.hits("GET", "/v2/orders:by_client_order_id") >= 1
+
+
+def test_kill_after_submit_before_journal_update_is_adopted_on_restart(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    cfg = _config(fake, path)
+    intent = OrderIntent(strategy="test", symbol="AAPL", bar_time=BAR, side="buy", qty=4, leg="0")
+    with Journal(path) as journal:  # the first process: journaled, sent, then killed
+        rec = journal.record_intent(intent)
+        TradingAPI(cfg).submit_idempotent(OrderSpec(client_order_id=rec.client_order_id,
+                                                    symbol="AAPL", side="buy", qty=4))  # fmt: skip
+        assert journal.get(rec.client_order_id).status == "pending_submit"  # type: ignore[union-attr]
+    store = AlpacaStore(cfg)
+    s = Session(store)
+    s.broker.start()  # the restart: the lookup adopts the order, positions agree
+    try:
+        again = s.broker.buy(None, _data("AAPL"), 4)  # the strategy replays the same bar
+        assert s.pump(lambda: not again.alive())
+        assert len(_orders_with(fake)) == 1
+        assert again.status == Order.Completed and s.broker.getposition(_data("AAPL")).size == 4
+        assert store.journal.get(rec.client_order_id).status == "filled"  # type: ignore[union-attr]
+    finally:
+        s.broker.stop()
+        store.journal.close()
+
+
+def test_rejected_submit_carries_alpacas_message(session: Session, fake: AlpacaFake) -> None:
+    order = session.broker.buy(None, _data("AAPL"), 10_000)  # $1M > $100k buying power
+    assert order.status == Order.Rejected
+    assert "insufficient buying power" in order.info["reject_reason"]
+    rows = session.store.journal.unknown_orders()
+    assert rows == [] and fake.orders() == []
+    session.pump(lambda: True)
+    assert session.statuses(order) == ["Submitted", "Rejected"]
+
+
+# -- partial fills, stream gaps ---------------------------------------------------------------------
+
+
+def test_partial_fill_then_cancel_positions_match(session: Session, fake: AlpacaFake) -> None:
+    fake.auto_fill = False
+    data = _data("AAPL")
+    order = session.broker.buy(None, data, 5, price=99.0, exectype=Order.Limit)
+    assert session.pump(lambda: order.status == Order.Accepted)
+    alpaca_id = _orders_with(fake)[0]["id"]
+    fake.fill(alpaca_id, qty=2, price=99.0)
+    assert session.pump(lambda: order.status == Order.Partial)
+    session.broker.cancel(order)
+    assert session.pump(lambda: order.status == Order.Canceled)
+    assert order.executed.size == 2
+    assert session.broker.getposition(data).size == 2 == fake.position_qty("AAPL")
+    assert session.store.journal.position_from_fills("AAPL").qty == 2
+
+
+def test_stream_drop_with_fills_in_the_gap_is_reconciled(
+    session: Session, fake: AlpacaFake
+) -> None:
+    fake.auto_fill = False
+    data = _data("AAPL")
+    order = session.broker.buy(None, data, 3, price=99.0, exectype=Order.Limit)
+    assert session.pump(lambda: order.status == Order.Accepted)
+    before = session.store.updates.connections
+    fake.close_streams()
+    fake.fill(_orders_with(fake)[0]["id"], qty=3, price=98.5)  # nobody listens: lost event
+    assert session.pump(lambda: session.store.updates.connections > before, timeout=10)
+    assert session.pump(lambda: not order.alive())
+    assert order.status == Order.Completed and order.executed.price == pytest.approx(98.5)
+    assert session.broker.getposition(data).size == 3 == fake.position_qty("AAPL")
+    fills = session.store.journal.fills(symbol="AAPL")
+    assert [f.qty for f in fills] == [3] and fills[0].price == pytest.approx(98.5)
+    session.broker.resync()  # a second reconciliation adds nothing
+    assert len(session.store.journal.fills(symbol="AAPL")) == 1
+
+
+# -- rate limits and read faults ---------------------------------------------------------------------
+
+
+def test_429_storm_waits_for_the_reset_and_loses_nothing(
+    session: Session, fake: AlpacaFake
+) -> None:
+    reset = str(int(time.time()) + 1)
+    fake.fail_next("POST", "/v2/orders", 429, times=2, headers={"X-RateLimit-Reset": reset})
+    fake.fail_next("GET", "/v2/orders", 429, times=2, headers={"X-RateLimit-Reset": reset})
+    data = _data("AAPL")
+    t0 = time.monotonic()
+    orders = [session.broker.buy(None, data, 1) for _ in range(3)]
+    assert session.pump(lambda: all(not o.alive() for o in orders))
+    assert all(o.status == Order.Completed for o in orders)
+    assert len(_orders_with(fake)) == 3 and fake.position_qty("AAPL") == 3
+    assert time.monotonic() - t0 >= 0.05  # it waited for the reset instead of hammering
+
+
+def test_client_side_limiter_keeps_under_the_rate(fake: AlpacaFake, tmp_path: Path) -> None:
+    api = TradingAPI(_config(fake, tmp_path / "j.sqlite", max_requests_per_minute=10,
+                             rate_window=0.5))  # fmt: skip
+    start = len(fake.requests)
+    for _ in range(25):
+        api.clock()
+    times = [r.received_at for r in fake.requests[start:]]
+    # arrival times jitter around the client's send times: measure over 80 % of the window
+    in_window = max(sum(1 for u in times if 0 <= u - t < 0.4) for t in times)
+    assert len(times) == 25 and in_window <= 10
+
+
+def test_5xx_on_reads_backs_off_then_gives_a_typed_error(fake: AlpacaFake, tmp_path: Path) -> None:
+    api = TradingAPI(_config(fake, tmp_path / "j.sqlite"))
+    fake.fail_next("GET", "/v2/positions", 503, times=2)
+    assert api.positions() == []
+    fake.fail_next("GET", "/v2/positions", 500, times=10)
+    t0 = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="no answer after 4 attempts"):
+        api.positions()
+    assert time.monotonic() - t0 < 5
+
+
+def test_every_call_has_timeouts(fake: AlpacaFake, tmp_path: Path) -> None:
+    api = TradingAPI(_config(fake, tmp_path / "j.sqlite", retries=0))
+    adapter = api.client._session.get_adapter(fake.url)
+    assert adapter._timeout == (1.0, 1.0)  # type: ignore[attr-defined]
+
+
+# -- positions and mode ------------------------------------------------------------------------------
+
+
+def test_position_mismatch_refuses_to_start_and_adopt_starts(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    cfg = _config(fake, tmp_path / "journal.sqlite")
+    TradingAPI(cfg).submit_idempotent(OrderSpec(client_order_id="by-hand-1", symbol="MSFT",
+                                                side="buy", qty=7))  # fmt: skip
+    store = AlpacaStore(cfg)
+    with pytest.raises(PositionMismatch, match="MSFT: Alpaca 7, journal 0"):
+        store.getbroker().start()
+    assert not store.updates.connected
+    store.journal.close()
+    adopted = AlpacaStore(cfg, adopt_positions=True)
+    s = Session(adopted)
+    s.broker.start()
+    try:
+        assert s.broker.getposition(_data("MSFT")).size == 7
+        assert s.broker.halted is None
+    finally:
+        s.broker.stop()
+        adopted.journal.close()
+
+
+def test_periodic_position_check_halts_on_a_mismatch(session: Session, fake: AlpacaFake) -> None:
+    session.store.updates.stop()  # an outage: an order placed elsewhere fills unseen
+    TradingAPI(session.store.config).submit_idempotent(
+        OrderSpec(client_order_id="elsewhere-1", symbol="MSFT", side="buy", qty=1)
+    )
+    session.broker.check_positions()
+    assert session.broker.halted and "MSFT" in session.broker.halted
+    order = session.broker.buy(None, _data("AAPL"), 1)
+    assert order.status == Order.Rejected and "halted" in order.info["reject_reason"]
+    assert _orders_with(fake) == []
+
+
+def test_mode_checks(fake: AlpacaFake, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="explicit confirmation"):
+        _config(fake, tmp_path / "j.sqlite", paper=False)
+    live = AlpacaStore(_config(fake, tmp_path / "j.sqlite", paper=False, live_confirmed=True))
+    with pytest.raises(ConfigError, match="paper account but the store is configured for live"):
+        live.start()
+    live.journal.close()
+    with AlpacaFake(FakeConfig(account_number="3FAKE00001")) as real:
+        paper = AlpacaStore(_config(real, tmp_path / "k.sqlite"))
+        with pytest.raises(ConfigError, match="live account but the store is configured for paper"):
+            paper.start()
+        paper.journal.close()
+    with pytest.raises(ConfigError, match="APCA_API_KEY_ID"):
+        AlpacaConfig.from_env({})
+
+
+def test_bad_keys_are_refused_clearly(fake: AlpacaFake, tmp_path: Path) -> None:
+    store = AlpacaStore(_config(fake, tmp_path / "j.sqlite", secret_key="wrong-secret-123"))
+    with pytest.raises(ConfigError, match="refused the keys") as err:
+        store.start()
+    assert "wrong-secret-123" not in str(err.value)
+    store.journal.close()
+
+
+def test_keys_are_never_logged(
+    fake: AlpacaFake, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cfg = _config(fake, tmp_path / "journal.sqlite")
+    store = AlpacaStore(cfg)
+    s = Session(store)
+    s.broker.start()
+    fake.fail_next("POST", "/v2/orders", 504, after_processing=True)
+    order = s.broker.buy(None, _data("AAPL"), 1)
+    s.pump(lambda: not order.alive())
+    text = caplog.text + repr(cfg) + repr(store) + str(cfg)
+    s.broker.stop()
+    store.journal.close()
+    assert KEY_ID not in text and SECRET not in text
+    assert "***" in repr(cfg)
+
+
+def test_stop_leaves_no_thread(fake: AlpacaFake, tmp_path: Path) -> None:
+    before = set(threading.enumerate())
+    store = AlpacaStore(_config(fake, tmp_path / "journal.sqlite"))
+    store.getbroker().start()
+    t0 = time.monotonic()
+    store.getbroker().stop()
+    store.journal.close()
+    assert time.monotonic() - t0 < 3
+    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not leaked, leaked
