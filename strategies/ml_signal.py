@@ -175,8 +175,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             self._seen[d] = n
             if d.datetime.datetime(0) != now:
                 continue
-            feats = self.cfg.windows.symbols.get(d._name)
-            win = feats.window_at(ts, self.cfg.windows.window) if feats else None
+            win = self.cfg.windows.window_for(d, ts)
             if win is not None:
                 out.append((d, win, self._position_state(d)))
         return out
@@ -269,4 +268,6 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             return
         if target == 0 and not self.getposition(d).size:
             return
-        self._pending[d] = self.order_target_percent(d, target=target)
+        self._pending[d] = self.order_target_percent(
+            d, target=target, signal=sig.to_dict() if sig is not None else None
+        )  # the live broker journals the heads with the order; backtrader keeps them in .info

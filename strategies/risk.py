@@ -11,8 +11,8 @@ Weights are signed fractions of equity (0.1 = long 10 % of equity, -0.1 short). 
   ``drawdown_reduce``.
 * correlation check: a new or larger position whose return correlation with any held symbol
   exceeds ``max_correlation`` is refused (``refuse``) or held at its current size (``cap``).
-* serving-failure policy: without a signal, ``hold`` keeps the current weight, ``flatten``
-  closes; never a new entry.
+* serving-failure policy: without a signal, ``hold`` keeps the current weight (the rules after
+  it may still reduce it: exits stay allowed), ``flatten`` closes; never a new entry.
 * ``gross_exposure_cap``: scales up-sizing so ``sum |w| <= max_gross``.
 
 "No new entry" means: the target may not be further from zero than the current weight, nor on
@@ -164,11 +164,10 @@ def apply_risk(inp: RiskInputs, cfg: RiskConfig) -> tuple[float, str]:
     """Every rule in the module's order; returns ``(target, reason)``. The reason is
     ``signal`` when no rule bound, else the first rule that changed the target."""
     current = inp.weights.get(inp.symbol, 0.0)
-    if not inp.signal_ok:
-        if inp.serving_policy == "flatten":
-            return 0.0, "serving-failure"
-        return current, "serving-failure"
-    target, reason = inp.desired, "signal"
+    if not inp.signal_ok and inp.serving_policy == "flatten":
+        return 0.0, "serving-failure"
+    # without a signal ("hold"): no new entry, but the rules below may still reduce (exits)
+    target, reason = (inp.desired, "signal") if inp.signal_ok else (current, "serving-failure")
 
     def bind(new: float, why: str) -> None:
         nonlocal target, reason

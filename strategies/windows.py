@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,11 @@ class FeatureWindows:
             raise DataError(f"no symbol has the {need} bars the model needs")
         return cls(out, names, window)
 
+    def window_for(self, data: object, ts_ns: int) -> np.ndarray | None:
+        """The window for ``data``'s bar at ``ts_ns`` (the strategy's one lookup)."""
+        feats = self.symbols.get(getattr(data, "_name", ""))
+        return feats.window_at(ts_ns, self.window) if feats else None
+
     def warmup_end(self, symbol: str) -> pd.Timestamp | None:
         """The first bar time with a full window (None for a skipped symbol)."""
         f = self.symbols.get(symbol)
@@ -99,3 +105,64 @@ class FeatureWindows:
             if f.window_at(int(ts), self.window) is not None:
                 return pd.Timestamp(int(ts), tz="UTC")
         return None
+
+
+class LiveFeatureWindows(FeatureWindows):
+    """Feature windows computed as live bars arrive (paper/live trading).
+
+    The same causal ``compute_features`` as the backtest, recomputed over the last
+    ``history`` bars of a backtrader data whenever it has a new bar (a few ms per symbol), so
+    the strategy is unchanged: it calls :meth:`window_for` in both modes. ``history`` must
+    cover the features' warm-up plus the window; the live feed's backfill provides it.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        window: int,
+        *,
+        history: int | None = None,
+        index: pd.DataFrame | None = None,
+    ) -> None:
+        from mlmodels.features import WARMUP
+
+        super().__init__({}, names, window)
+        self.need = WARMUP + window
+        self.history = history or self.need + 50
+        if self.history < self.need:
+            raise DataError(
+                f"history={self.history} bars is less than the {self.need} the model needs "
+                f"(feature warm-up {WARMUP} + window {window})"
+            )
+        self.index = index
+
+    def window_for(self, data: object, ts_ns: int) -> np.ndarray | None:
+        """The window ending at ``data``'s current bar, from its last ``history`` bars."""
+        from mlmodels.features import compute_features
+
+        n = min(len(data), self.history)  # type: ignore[arg-type]
+        if n < self.need:
+            return None
+        frame = _data_frame(data, n)
+        table = compute_features(frame, self.index)
+        missing = [c for c in self.names if c not in table.columns]
+        if missing:
+            raise DataError(f"live features lack {', '.join(missing[:8])}")
+        values = table[self.names].to_numpy(dtype=np.float32)[-self.window :]
+        if not np.isfinite(values).all():
+            return None
+        return values
+
+
+def _data_frame(data: object, n: int) -> pd.DataFrame:
+    """The last ``n`` bars of a backtrader data as a canonical frame (UTC index)."""
+    import backtrader as bt
+
+    d: Any = data
+    times = [bt.num2date(x) for x in d.datetime.get(size=n)]
+    cols = {c: np.asarray(getattr(d, c).get(size=n), dtype=np.float64)
+            for c in ("open", "high", "low", "close", "volume")}  # fmt: skip
+    index = pd.DatetimeIndex(pd.to_datetime(times, utc=True), name="datetime")
+    frame = pd.DataFrame(cols, index=index)
+    frame.attrs["symbol"] = getattr(d, "_name", "")
+    return frame

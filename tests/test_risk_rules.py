@@ -164,3 +164,16 @@ def test_bad_risk_config() -> None:
         RiskConfig(drawdown_action="panic")
     with pytest.raises(ConfigError, match="daily_loss_stop must be in"):
         RiskConfig(daily_loss_stop=-0.1)
+
+
+def test_serving_failure_hold_still_allows_risk_exits() -> None:
+    """Without a signal the position is held, but a daily stop with flatten still closes it."""
+    from strategies.risk import DailyLossState, DrawdownState, RiskConfig, RiskInputs, apply_risk
+
+    cfg = RiskConfig(flatten_on_daily_stop=True)
+    base = dict(symbol="A", desired=0.5, weights={"A": 0.1}, returns=np.zeros(5),
+                held_returns={}, drawdown=DrawdownState(), signal_ok=False)  # fmt: skip
+    held = apply_risk(RiskInputs(daily=DailyLossState(), **base), cfg)  # type: ignore[arg-type]
+    assert held == (0.1, "serving-failure")  # no new entry: the desired 0.5 is ignored
+    stopped = DailyLossState(stopped=True)
+    assert apply_risk(RiskInputs(daily=stopped, **base), cfg) == (0.0, "serving-failure")  # type: ignore[arg-type]
