@@ -57,6 +57,7 @@ from btml.index_cli import index  # noqa: E402
 from btml.models_cli import models, train  # noqa: E402
 from btml.research_cli import stress, walkforward  # noqa: E402
 from btml.serve_cli import serve  # noqa: E402
+from btml.trade_cli import trade  # noqa: E402
 
 main.add_command(data)
 main.add_command(index)
@@ -68,6 +69,7 @@ main.add_command(backtest)
 main.add_command(tearsheet)
 main.add_command(walkforward)
 main.add_command(stress)
+main.add_command(trade)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -137,3 +137,20 @@ class AlpacaStore:
 
 def _masked(number: str) -> str:
     return number[:2] + "***" + number[-2:] if len(number) > 4 else "***"
+
+
+def kill_switch(config: AlpacaConfig, *, flatten: bool = False) -> dict[str, Any]:
+    """Cancel every open order (and with ``flatten`` close every position), without the model
+    server or a running broker; the journal records what Alpaca reports. Returns counts and
+    the positions left."""
+    api = TradingAPI(config)
+    check_mode(api.account(), config)
+    canceled = api.cancel_all()
+    closed = api.close_all_positions() if flatten else []
+    with Journal(config.journal) as journal:
+        for order in api.orders("all"):
+            if journal.get(str(order.get("client_order_id"))) is not None:
+                journal.mark_sent(str(order["client_order_id"]), order)
+    left = {str(p["symbol"]): float(p["qty"]) for p in api.positions()}
+    log.warning("kill switch: %d orders canceled, %d positions closed", len(canceled), len(closed))
+    return {"canceled": len(canceled), "closed": len(closed), "positions": left}

@@ -1,0 +1,130 @@
+"""``btml trade``: the backtested strategy on Alpaca paper (default) or live; ``kill``; ``status``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from btml.common import fail
+from btml.config import Config
+from feeds.errors import BtmlError
+
+
+def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
+    from brokers.alpaca.config import AlpacaConfig
+
+    overrides: dict[str, Any] = {
+        "paper": opts["paper"],
+        "live_confirmed": opts["confirm"],
+        "journal": opts["journal"] or config.store / "live" / "journal.sqlite",
+    }
+    if opts["trading_url"]:
+        overrides["trading_url"] = opts["trading_url"]
+    if opts["stream_url"]:
+        overrides["trading_stream_url"] = opts["stream_url"]
+    if config.sources.alpaca_data_url:
+        overrides["data_url"] = config.sources.alpaca_data_url
+    overrides["feed"] = config.sources.alpaca_feed
+    return AlpacaConfig.from_env(**overrides)
+
+
+@click.group(invoke_without_command=True)
+@click.option("--paper/--live", default=True, show_default=True, help="Account to trade.")
+@click.option(
+    "--i-understand-this-is-real-money",
+    "confirm",
+    is_flag=True,
+    help="Required with --live.",
+)
+@click.option("--model", default=None, help="NAME[:VERSION] of a registered model.")
+@click.option("--symbols", default=None, help="Comma-separated symbols (BTC/USD for crypto).")
+@click.option("--timeframe", default="1m", show_default=True, help="Bar timeframe of the feeds.")
+@click.option(
+    "--serving",
+    type=click.Choice(["inprocess", "torchserve"]),
+    default="torchserve",
+    show_default=True,
+)
+@click.option("--journal", default=None, help="Order journal: a path or SQLAlchemy URL.")
+@click.option(
+    "--adopt-positions",
+    is_flag=True,
+    help="Take positions held outside the journal as the starting point instead of refusing.",
+)
+@click.option("--trading-url", default=None, help="Trading API base URL (default Alpaca's).")
+@click.option("--stream-url", default=None, help="trade_updates websocket URL.")
+@click.pass_context
+def trade(ctx: click.Context, **opts: Any) -> None:
+    """Trade a model with the backtested strategy on Alpaca (paper unless --live).
+
+    Keys come from APCA_API_KEY_ID / APCA_API_SECRET_KEY. Every order is journaled before it
+    is sent; on start the journal is reconciled with the account and a position mismatch
+    refuses to trade. Mode options go before a subcommand: btml trade --live ... kill.
+    """
+    config: Config = ctx.obj
+    ctx.meta["trade_opts"] = opts
+    if ctx.invoked_subcommand is not None:
+        return  # the subcommand builds the Alpaca config (so its --help needs no keys)
+    try:
+        alpaca = _alpaca_config(config, opts)
+    except BtmlError as err:
+        fail(err)
+    if not opts["model"] or not opts["symbols"]:
+        fail(ValueError("btml trade needs --model NAME[:VERSION] and --symbols A,B,..."))
+    from btml.trading import run_live
+
+    try:
+        strat = run_live(
+            config.store, opts["model"], [s.strip() for s in opts["symbols"].split(",")],
+            alpaca, timeframe=opts["timeframe"], serving=opts["serving"],
+            adopt_positions=opts["adopt_positions"], log=click.echo,
+        )  # fmt: skip
+    except BtmlError as err:
+        fail(err)
+    if strat is not None:
+        click.echo(f"session over: {len(strat.audit)} decisions")
+
+
+@trade.command()
+@click.option("--flatten", is_flag=True, help="Also close every position at market.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def kill(ctx: click.Context, flatten: bool, yes: bool) -> None:
+    """Cancel every open order (and --flatten positions) now, without the model server."""
+    from brokers.alpaca.store import kill_switch
+
+    try:
+        alpaca = _alpaca_config(ctx.obj, ctx.meta["trade_opts"])
+    except BtmlError as err:
+        fail(err)
+    what = "cancel every open order" + (" and close every position" if flatten else "")
+    if not yes:
+        click.confirm(f"{what} on the {alpaca.mode} account?", abort=True)
+    try:
+        out = kill_switch(alpaca, flatten=flatten)
+    except BtmlError as err:
+        fail(err)
+    click.echo(f"canceled {out['canceled']} orders, closed {out['closed']} positions")
+    for symbol, qty in sorted(out["positions"].items()):
+        click.echo(f"  still held: {symbol} {qty:g}")
+
+
+@trade.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Reconcile the journal with the account; exit 1 on a position mismatch."""
+    from btml.trading import trade_status
+
+    try:
+        report = trade_status(_alpaca_config(ctx.obj, ctx.meta["trade_opts"]))
+    except BtmlError as err:
+        fail(err)
+    click.echo(f"positions ({len(report.positions)}):")
+    for key, (qty, price) in sorted(report.positions.items()):
+        click.echo(f"  {key:10s} {qty:>12g} @ {price:.4f}")
+    for name in ("adopted", "never_arrived", "external", "closed_while_away"):
+        items = getattr(report, name)
+        if items:
+            click.echo(f"{name.replace('_', ' ')}: {', '.join(items)}")
+    click.echo(f"journal and account agree (checked in {report.seconds * 1000:.0f} ms)")

@@ -1,0 +1,100 @@
+"""``btml trade``'s work: the backtested ML strategy, unchanged, on Alpaca paper or live.
+
+The same ``MLSignalStrategy`` and risk rules as ``btml backtest``; only the broker (the
+journaled ``AlpacaBroker``), the feeds (live bars after a history backfill, one multiplexed
+stream) and the feature windows (recomputed as bars arrive) differ. The serving-failure policy
+defaults to ``hold``: when the model server fails, no new entries, exits still allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import backtrader as bt
+
+from brokers.alpaca.config import AlpacaConfig
+from brokers.alpaca.reconcile import ReconcileReport, reconcile
+from brokers.alpaca.rest import TradingAPI
+from brokers.alpaca.store import AlpacaStore, check_mode
+from btml.backtest import MLRunConfig, signal_client
+from feeds.errors import ConfigError
+from mlmodels.registry import ModelRegistry
+from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
+from strategies.windows import LiveFeatureWindows
+
+
+def build_live_cerebro(
+    store: AlpacaStore,
+    symbols: Sequence[str],
+    windows: LiveFeatureWindows,
+    *,
+    timeframe: str = "1m",
+    feed_kwargs: dict[str, Any] | None = None,
+) -> bt.Cerebro:
+    """A Cerebro with the store's broker and one live feed per symbol (history first)."""
+    if not symbols:
+        raise ConfigError("no symbols given; pass --symbols A,B,...")
+    cerebro = bt.Cerebro(stdstats=False)
+    cerebro.setbroker(store.getbroker())
+    for symbol in symbols:
+        cerebro.adddata(
+            store.getdata(symbol, timeframe=timeframe, backfill_bars=windows.history,
+                          **(feed_kwargs or {}))
+        )  # fmt: skip
+    return cerebro
+
+
+def run_live(
+    store_path: Path,
+    ref: str,
+    symbols: Sequence[str],
+    config: AlpacaConfig,
+    *,
+    timeframe: str = "1m",
+    serving: str = "inprocess",
+    ml: MLRunConfig | None = None,
+    adopt_positions: bool = False,
+    feed_kwargs: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Any:
+    """Trade model ``ref`` on ``symbols`` until the feeds end or Ctrl-C; returns the strategy."""
+    ml = ml or MLRunConfig(serving_failure="hold")
+    card = ModelRegistry(store_path / "models").card(ref)
+    if card.index:
+        raise ConfigError(
+            f"{card.ref} was trained with index features ({card.index}); live trading needs "
+            "a model trained without an index"
+        )
+    windows = LiveFeatureWindows(card.features, card.window)
+    store = AlpacaStore(config, adopt_positions=adopt_positions)
+    try:
+        cerebro = build_live_cerebro(
+            store, symbols, windows, timeframe=timeframe, feed_kwargs=feed_kwargs
+        )
+        with signal_client(store_path, card, serving, log) as client:
+            cfg = MLSignalConfig(
+                client=client, windows=windows, entry_prob=ml.entry_prob, min_edge=ml.min_edge,
+                min_confidence=ml.min_confidence, horizon_agreement=ml.horizon_agreement,
+                allow_short=ml.allow_short, risk=ml.risk, serving_failure=ml.serving_failure,
+            )  # fmt: skip
+            cerebro.addstrategy(MLSignalStrategy, config=cfg)
+            log(f"trading {card.ref} on {', '.join(symbols)} ({config.mode}, {timeframe} bars)")
+            try:
+                return cerebro.run()[0]
+            except KeyboardInterrupt:
+                log("interrupted: open orders stay at Alpaca and in the journal")
+                return None
+    finally:
+        store.close()
+
+
+def trade_status(config: AlpacaConfig) -> ReconcileReport:
+    """Reconcile the journal with the account and report; raises ``PositionMismatch``."""
+    api = TradingAPI(config)
+    check_mode(api.account(), config)
+    from brokers.alpaca.journal import Journal
+
+    with Journal(config.journal) as journal:
+        return reconcile(api, journal, tolerance=config.position_tolerance)

@@ -1,0 +1,101 @@
+"""``btml trade kill`` and ``btml trade status`` against the Alpaca fake, and the mode refusals."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from brokers.alpaca.config import AlpacaConfig
+from brokers.alpaca.journal import Journal, OrderIntent
+from brokers.alpaca.rest import OrderSpec, TradingAPI
+from btml.cli import main
+from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake
+
+pytestmark = pytest.mark.timeout(60)
+ENV = {"APCA_API_KEY_ID": KEY_ID, "APCA_API_SECRET_KEY": SECRET}
+
+
+@pytest.fixture
+def fake() -> Iterator[AlpacaFake]:
+    with AlpacaFake() as server:
+        server.set_price("AAPL", 100.0)
+        yield server
+        assert not server.errors, server.errors
+
+
+def _run(fake: AlpacaFake, tmp_path: Path, *args: str, env: dict[str, str] = ENV) -> object:
+    base = ["--store", str(tmp_path / "store"), "trade", "--trading-url", fake.url,
+            "--journal", str(tmp_path / "journal.sqlite")]  # fmt: skip
+    return CliRunner().invoke(main, [*base, *args], env=env)
+
+
+def _journaled_order(fake: AlpacaFake, tmp_path: Path, qty: float, limit: float | None) -> str:
+    cfg = AlpacaConfig(key_id=KEY_ID, secret_key=SECRET, trading_url=fake.url,
+                       journal=tmp_path / "journal.sqlite")  # fmt: skip
+    with Journal(cfg.journal) as journal:
+        rec = journal.record_intent(OrderIntent(
+            strategy="cli", symbol="AAPL", bar_time="2026-03-02T15:00:00Z", side="buy", qty=qty,
+            order_type="limit" if limit else "market", limit_price=limit,
+        ))  # fmt: skip
+        body, _ = TradingAPI(cfg).submit_idempotent(OrderSpec(
+            client_order_id=rec.client_order_id, symbol="AAPL", side="buy", qty=qty,
+            order_type="limit" if limit else "market", limit_price=limit,
+        ))  # fmt: skip
+        journal.mark_sent(rec.client_order_id, body)
+    return rec.client_order_id
+
+
+def test_kill_cancels_everything_and_flattens(fake: AlpacaFake, tmp_path: Path) -> None:
+    fake.set_price("MSFT", 50.0)
+    TradingAPI(AlpacaConfig(key_id=KEY_ID, secret_key=SECRET, trading_url=fake.url,
+                            journal=tmp_path / "x.sqlite")).submit_idempotent(
+        OrderSpec(client_order_id="held-1", symbol="MSFT", side="buy", qty=3))  # fmt: skip
+    coid = _journaled_order(fake, tmp_path, 2, limit=90.0)  # rests: limit below the market
+    result = _run(fake, tmp_path, "kill", "--flatten", "--yes")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert "canceled 1 orders, closed 1 positions" in result.output  # type: ignore[attr-defined]
+    assert fake.position_qty("MSFT") == 0
+    assert all(o["status"] != "new" for o in fake.orders())
+    with Journal(tmp_path / "journal.sqlite") as journal:
+        assert journal.get(coid).status == "canceled"  # type: ignore[union-attr]
+    assert KEY_ID not in result.output and SECRET not in result.output  # type: ignore[attr-defined]
+
+
+def test_kill_asks_for_confirmation(fake: AlpacaFake, tmp_path: Path) -> None:
+    _journaled_order(fake, tmp_path, 2, limit=90.0)
+    result = CliRunner().invoke(
+        main,
+        ["--store", str(tmp_path / "s"), "trade", "--trading-url", fake.url, "--journal",
+         str(tmp_path / "journal.sqlite"), "kill"],
+        env=ENV, input="n\n",
+    )  # fmt: skip
+    assert result.exit_code != 0 and "Aborted" in result.output
+    assert [o["status"] for o in fake.orders()] == ["new"]  # nothing canceled
+
+
+def test_status_agrees_then_reports_a_mismatch(fake: AlpacaFake, tmp_path: Path) -> None:
+    _journaled_order(fake, tmp_path, 2, limit=None)  # fills at once; the fill is in the order
+    ok = _run(fake, tmp_path, "status")
+    assert ok.exit_code == 0, ok.output  # type: ignore[attr-defined]
+    assert "AAPL" in ok.output and "agree" in ok.output  # type: ignore[attr-defined]
+    TradingAPI(AlpacaConfig(key_id=KEY_ID, secret_key=SECRET, trading_url=fake.url,
+                            journal=tmp_path / "x.sqlite")).submit_idempotent(
+        OrderSpec(client_order_id="by-hand", symbol="AAPL", side="buy", qty=1))  # fmt: skip
+    # the by-hand order is closed (filled) and not in the journal: the position disagrees
+    bad = _run(fake, tmp_path, "status")
+    assert bad.exit_code == 1
+    assert "AAPL: Alpaca 3, journal 2" in bad.output  # type: ignore[attr-defined]
+
+
+def test_live_needs_the_confirmation_and_keys(fake: AlpacaFake, tmp_path: Path) -> None:
+    live = _run(fake, tmp_path, "--live", "status")
+    assert live.exit_code == 1 and "explicit confirmation" in live.output  # type: ignore[attr-defined]
+    wrong = _run(fake, tmp_path, "--live", "--i-understand-this-is-real-money", "status")
+    assert wrong.exit_code == 1 and "paper account" in wrong.output  # type: ignore[attr-defined]
+    nokeys = _run(fake, tmp_path, "status", env={"APCA_API_KEY_ID": "", "APCA_API_SECRET_KEY": ""})
+    assert nokeys.exit_code == 1 and "APCA_API_KEY_ID" in nokeys.output  # type: ignore[attr-defined]
+    missing = _run(fake, tmp_path)
+    assert missing.exit_code == 1 and "--model" in missing.output  # type: ignore[attr-defined]
