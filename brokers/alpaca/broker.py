@@ -97,6 +97,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.notifs: collections.deque[Any] = collections.deque()
         self.updates: queue.Queue[dict[str, Any]] = queue.Queue()
         self.halted: str | None = None
+        self._unknown: set[str] = set()
         self._resync = threading.Event()
         self._account: dict[str, Any] = {}
         self._account_at = 0.0
@@ -245,6 +246,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             return
         except OrderUnknown as err:
             self.journal.mark_unknown(rec.client_order_id, str(err))
+            self._unknown.add(rec.client_order_id)
             log.error("%s", err)
             return
         log.info("%s %s (%s)", rec.client_order_id, body.get("status"), how)
@@ -294,16 +296,16 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         return self.journal.record_intent(intent)
 
     def _blocked(self) -> str | None:
-        if self._resync.is_set():
-            self.resync()
-        if not self.halted and self.journal.unknown_orders():
+        """Why no order may go out now (resync first when the stream reconnected or an order's
+        fate is unknown), or ``None``. Unknown orders are tracked in memory: at start the
+        resync settles every one the journal holds."""
+        if self._resync.is_set() or self._unknown:
             self.resync()
         if self.halted:
             return f"trading halted: {self.halted}"
-        unknown = self.journal.unknown_orders()
-        if unknown:
+        if self._unknown:
             return (
-                f"{len(unknown)} order(s) of unknown fate ({unknown[0].client_order_id}); "
+                f"{len(self._unknown)} order(s) of unknown fate ({sorted(self._unknown)[0]}); "
                 "no new order until Alpaca answers the lookup"
             )
         return None
@@ -461,6 +463,8 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             return
         self.halted = None
         self._last_check = time.monotonic()
+        self._unknown = {c for c in self._unknown
+                         if (r := self.journal.get(c)) is None or r.status == "unknown"}  # fmt: skip
         for coid, ref in list(self._by_coid.items()):
             rec = self.journal.get(coid)
             order = self.orders.get(ref)
