@@ -20,6 +20,7 @@ Answers are the raw JSON dicts of the Trading API (``raw_data=True``): numbers a
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -27,22 +28,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import OrderClass, OrderSide, QueryOrderStatus, TimeInForce
-from alpaca.trading.requests import (
-    GetOrdersRequest,
-    LimitOrderRequest,
-    MarketOrderRequest,
-    OrderRequest,
-    StopLimitOrderRequest,
-    StopLossRequest,
-    StopOrderRequest,
-    TakeProfitRequest,
-)
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.requests import GetOrdersRequest
 
 from brokers.alpaca.config import AlpacaConfig
 from feeds.errors import BtmlError, ConfigError, SourceUnavailable
@@ -93,34 +85,39 @@ class OrderSpec:
                 f"{self.symbol}: a bracket order needs take_profit and stop_loss prices"
             )
 
-    def request(self) -> OrderRequest:
-        """The alpaca-py request model for this order."""
-        common: dict[str, Any] = {
+    def body(self) -> dict[str, Any]:
+        """The create-order JSON body, as the Trading API spec types it (decimals as strings;
+        alpaca-py's request models send numbers, which the official spec does not allow)."""
+        kind = self.order_type
+        if kind not in ("market", "limit", "stop", "stop_limit"):
+            raise ConfigError(f"order type {kind!r}: use market, limit, stop or stop_limit")
+        body: dict[str, Any] = {
             "symbol": self.symbol,
-            "side": OrderSide(self.side),
-            "time_in_force": TimeInForce(self.time_in_force),
+            "side": self.side,
+            "type": kind,
+            "time_in_force": self.time_in_force,
             "client_order_id": self.client_order_id,
         }
-        common |= {"qty": self.qty} if self.qty is not None else {"notional": self.notional}
+        if self.qty is not None:
+            body["qty"] = _decimal(self.qty)
+        else:
+            body["notional"] = _decimal(self.notional)
+        if kind in ("limit", "stop_limit"):
+            body["limit_price"] = _decimal(self.limit_price)
+        if kind in ("stop", "stop_limit"):
+            body["stop_price"] = _decimal(self.stop_price)
         if self.order_class == "bracket":
-            assert self.take_profit is not None and self.stop_loss is not None
-            common |= {
-                "order_class": OrderClass.BRACKET,
-                "take_profit": TakeProfitRequest(limit_price=self.take_profit),
-                "stop_loss": StopLossRequest(stop_price=self.stop_loss),
-            }
-        kind = self.order_type
-        if kind == "market":
-            return MarketOrderRequest(**common)
-        if kind == "limit":
-            return LimitOrderRequest(limit_price=self.limit_price, **common)
-        if kind == "stop":
-            return StopOrderRequest(stop_price=self.stop_price, **common)
-        if kind == "stop_limit":
-            return StopLimitOrderRequest(
-                limit_price=self.limit_price, stop_price=self.stop_price, **common
-            )
-        raise ConfigError(f"order type {kind!r}: use market, limit, stop or stop_limit")
+            body["order_class"] = "bracket"
+            body["take_profit"] = {"limit_price": _decimal(self.take_profit)}
+            body["stop_loss"] = {"stop_price": _decimal(self.stop_loss)}
+        return body
+
+
+def _decimal(value: float | None) -> str:
+    """A decimal string with up to 9 places (Alpaca's precision), no exponent, no trailing 0."""
+    if value is None or not math.isfinite(value):
+        raise ConfigError(f"order field must be a finite number, got {value!r}")
+    return f"{value:.9f}".rstrip("0").rstrip(".")
 
 
 class RateLimiter:
@@ -193,7 +190,7 @@ class TradingAPI:
     def orders(self, status: str = "open", after: datetime | None = None) -> list[dict[str, Any]]:
         """Orders by status (``open``, ``closed``, ``all``), newest first, up to 500."""
         req = GetOrdersRequest(
-            status=QueryOrderStatus(status), limit=500, after=after, nested=False
+            status=QueryOrderStatus(status), limit=500, after=after
         )
         return list(self._read(f"orders {status}", lambda: self.client.get_orders(req)))
 
@@ -248,7 +245,8 @@ class TradingAPI:
     def close_all_positions(self) -> list[dict[str, Any]]:
         return list(
             self._read(
-                "close all positions", lambda: self.client.close_all_positions(cancel_orders=True)
+                "close all positions",
+                lambda: self.client.delete("/positions", {"cancel_orders": "true"}),
             )
             or []
         )
@@ -288,7 +286,7 @@ class TradingAPI:
     def _submit_once(self, spec: OrderSpec) -> dict[str, Any]:
         self._pace()
         try:
-            return dict(self.client.submit_order(spec.request()))  # type: ignore[arg-type]
+            return cast(dict[str, Any], self.client.post("/orders", spec.body()))
         except APIError as err:
             status, message = err.status_code, self._message(err)
             if status == 429:
