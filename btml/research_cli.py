@@ -18,7 +18,10 @@ from feeds.errors import BtmlError
     "--test-bars", default=252, show_default=True, help="Bars in each fold's test segment."
 )
 @click.option(
-    "--rolling", default=None, type=int, help="Rolling training window in bars (default expanding)."
+    "--rolling",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Rolling training window in bars (default expanding).",
 )
 @click.option("--index", "index_name", default=None, help="Stored index for the index features.")
 @click.option("--epochs", default=20, show_default=True)
@@ -52,10 +55,8 @@ def walkforward(
     """Train, serve and backtest per fold; report only the stitched out-of-sample result."""
     import os
 
-    from analyzers.backtest import BacktestResult
-    from analyzers.metrics import performance
-    from btml.backtest import load_frames, save_run
-    from btml.research import walk_forward
+    from btml.backtest import load_frames
+    from btml.research import save_walk_forward, walk_forward
     from feeds.store import ParquetStore
     from mlmodels.dataset import DatasetConfig
     from mlmodels.splits import WalkForward
@@ -66,21 +67,16 @@ def walkforward(
         frames = load_frames(store, [s.strip() for s in symbols.split(",")], timeframe)
         index = store.read(index_name, timeframe) if index_name else None
         wf = WalkForward(
-            n_splits=folds, test_size=test_bars, train="rolling" if rolling else "expanding",
-            train_size=rolling,
+            n_splits=folds, test_size=test_bars,
+            train="expanding" if rolling is None else "rolling", train_size=rolling,
         )  # fmt: skip
         res = walk_forward(
             config.store, frames, name=name, arch=arch, folds=wf,
             train_cfg=TrainConfig(epochs=epochs, patience=5, threads=os.cpu_count()),
             data_cfg=DatasetConfig(window=window, skip_short=True), index=index,
-            index_name=index_name, serving=serving, log=click.echo,
+            index_name=index_name, timeframe=timeframe, serving=serving, log=click.echo,
         )  # fmt: skip
-        stitched = BacktestResult(
-            f"walk-forward {name}", res.returns, float("nan"),
-            performance(res.returns, trades=int(res.folds["trades"].sum())),
-        )  # fmt: skip
-        run_dir = save_run(config.store, f"{name}-walkforward", [stitched], res.cards[-1])
-        res.folds.to_csv(run_dir / "folds.csv")
+        run_dir, stitched = save_walk_forward(config.store, name, res)
         if tearsheet_path:
             from btml.reports import tearsheet_for_run
 
