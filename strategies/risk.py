@@ -86,18 +86,28 @@ def position_limit(target: float, cfg: RiskConfig) -> float:
 
 @dataclass(frozen=True)
 class DailyLossState:
-    """The day, its first equity, and whether the stop fired today."""
+    """The day, the equity it is measured from, the last equity seen, and whether the stop
+    fired today.
+
+    The day's loss is measured from the previous day's last equity (the previous close), the
+    way a broker's daily P&L is, so on daily bars a one-bar loss counts; on the first day it is
+    measured from the first equity seen.
+    """
 
     day: dt.date | None = None
     start_equity: float = 0.0
     stopped: bool = False
+    last_equity: float = 0.0
 
     def update(self, day: dt.date, equity: float, cfg: RiskConfig) -> DailyLossState:
-        """A new day resets; otherwise the stop fires once equity <= start * (1 - stop)."""
+        """A new day resets the stop and the start equity; then the stop fires once
+        equity <= start * (1 - stop) and stays on for the rest of the day."""
+        state = self
         if day != self.day:
-            return DailyLossState(day, equity, False)
-        fired = self.stopped or equity <= self.start_equity * (1 - cfg.daily_loss_stop)
-        return replace(self, stopped=fired)
+            start = self.last_equity if self.day is not None and self.last_equity > 0 else equity
+            state = DailyLossState(day, start, False)
+        fired = state.stopped or equity <= state.start_equity * (1 - cfg.daily_loss_stop)
+        return replace(state, stopped=fired, last_equity=equity)
 
 
 @dataclass(frozen=True)

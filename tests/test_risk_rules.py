@@ -177,3 +177,13 @@ def test_serving_failure_hold_still_allows_risk_exits() -> None:
     assert held == (0.1, "serving-failure")  # no new entry: the desired 0.5 is ignored
     stopped = DailyLossState(stopped=True)
     assert apply_risk(RiskInputs(daily=stopped, **base), cfg) == (0.0, "serving-failure")  # type: ignore[arg-type]
+
+
+def test_daily_stop_fires_on_daily_bars() -> None:
+    """On daily bars each bar is a new day: its loss is measured from the previous close."""
+    cfg = RiskConfig(daily_loss_stop=0.03)
+    s = DailyLossState().update(DAY, 100.0, cfg)
+    s = s.update(DAY + dt.timedelta(days=1), 96.0, cfg)  # -4 % on the day
+    assert s.stopped and s.start_equity == 100.0
+    s = s.update(DAY + dt.timedelta(days=2), 95.0, cfg)  # -1 % from 96: a new day, no stop
+    assert not s.stopped and s.start_equity == 96.0
