@@ -37,7 +37,7 @@ from brokers.alpaca.reconcile import reconcile  # noqa: E402
 from brokers.alpaca.rest import TradingAPI  # noqa: E402
 from brokers.alpaca.store import AlpacaStore  # noqa: E402
 from feeds.btfeeds import StoreData  # noqa: E402
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake  # noqa: E402
+from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig  # noqa: E402
 
 
 def _config(fake: AlpacaFake, journal: Path) -> AlpacaConfig:
@@ -66,7 +66,7 @@ def _pct(xs: list[float], q: float) -> float:
 
 def bench_round_trip(rounds: int, tmp: Path) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"sdk submit": [], "broker accepted": [], "broker filled": []}
-    with AlpacaFake() as fake:
+    with AlpacaFake(FakeConfig(cash=1e9)) as fake:
         fake.set_price("AAPL", 100.0)
         sdk = TradingClient(KEY_ID, SECRET, paper=True, url_override=fake.url)
         store = AlpacaStore(_config(fake, tmp / "rt.sqlite"))
@@ -93,7 +93,7 @@ def bench_round_trip(rounds: int, tmp: Path) -> dict[str, list[float]]:
 
 
 def bench_reconcile(n: int, tmp: Path) -> tuple[float, float, int]:
-    with AlpacaFake() as fake:
+    with AlpacaFake(FakeConfig(cash=1e9)) as fake:
         fake.set_price("AAPL", 100.0)
         cfg = _config(fake, tmp / "rec.sqlite")
         api = TradingAPI(cfg)

@@ -113,7 +113,10 @@ class LiveFeatureWindows(FeatureWindows):
     The same causal ``compute_features`` as the backtest, recomputed over the last
     ``history`` bars of a backtrader data whenever it has a new bar (a few ms per symbol), so
     the strategy is unchanged: it calls :meth:`window_for` in both modes. ``history`` must
-    cover the features' warm-up plus the window; the live feed's backfill provides it.
+    cover the features' warm-up plus the window; the live feed's backfill provides it. The
+    exponential averages among the features remember their start, so a longer history brings
+    the live values closer to a backtest's over the full data (equal once ``history`` covers
+    all of it); the default is 1,000 bars.
     """
 
     def __init__(
@@ -128,7 +131,7 @@ class LiveFeatureWindows(FeatureWindows):
 
         super().__init__({}, names, window)
         self.need = WARMUP + window
-        self.history = history or self.need + 50
+        self.history = history or max(1000, self.need)
         if self.history < self.need:
             raise DataError(
                 f"history={self.history} bars is less than the {self.need} the model needs "
