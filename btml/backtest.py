@@ -109,7 +109,13 @@ def signal_client(
     from serving.server import ServerConfig, read_state, start, stop
 
     cfg = ServerConfig(home=store_path / "serving")
-    started = read_state(cfg) is None
+    running = read_state(cfg)
+    started = running is None
+    if running is not None and card.version not in running.models.get(card.name, []):
+        raise ConfigError(
+            f"a TorchServe is already running from {cfg.home} without {card.ref} (it serves "
+            f"{_served(running.models)}); stop it (btml serve stop) or start it with this model"
+        )
     if started:
         mar = cfg.model_store / archive_name(card.name, card.version)
         if not mar.exists():
@@ -124,6 +130,10 @@ def signal_client(
         if started:
             stop(cfg)
             log("stopped TorchServe")
+
+
+def _served(models: Mapping[str, list[int]]) -> str:
+    return ", ".join(f"{m}:{v}" for m, vs in models.items() for v in vs) or "no model"
 
 
 def run_model(
