@@ -8,7 +8,7 @@ produced it. Both signal clients (REST to TorchServe and in-process) return thes
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 DIRECTIONS = ("down", "flat", "up")
@@ -90,10 +90,11 @@ class Signal:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (the REST response body uses the same field names)."""
-        d = asdict(self)
-        d.pop("extra")
+        d = {f.name: getattr(self, f.name) for f in _FIELDS if f.name != "extra"}
         for key in ("returns", "horizons", "direction", "action"):
-            d[key] = list(d[key])
+            d[key] = list(
+                d[key]
+            )  # flat tuples of numbers: no deep copy needed (asdict is 10x slower)
         return d
 
     @classmethod
@@ -118,6 +119,9 @@ class Signal:
         values = [*self.returns, *self.direction, *self.action]
         values += [self.size, self.volatility, self.risk, self.confidence]
         return all(math.isfinite(v) for v in values)
+
+
+_FIELDS = fields(Signal)
 
 
 def _triple(values: Any) -> tuple[float, float, float]:

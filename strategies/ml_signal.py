@@ -130,6 +130,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         self._entry: dict[Any, tuple[float, int]] = {}  # data -> (entry price, bar index)
         self._daily = DailyLossState()
         self._drawdown = DrawdownState()
+        self._rets: dict[Any, tuple[Any, np.ndarray]] = {}
 
     # -- backtrader hooks -------------------------------------------------------------------
     def notify_order(self, order: Any) -> None:
@@ -230,9 +231,16 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         }
 
     def _returns(self, d: Any) -> np.ndarray:
+        """Log returns of the last ``returns_lookback`` bars (computed once per data and bar)."""
+        key = (d, len(d))
+        cached = self._rets.get(d)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         n = min(len(d), self.cfg.returns_lookback + 1)
         closes = np.asarray(d.close.get(size=n), dtype=np.float64)
-        return np.diff(np.log(closes)) if len(closes) > 1 else np.zeros(0)
+        rets = np.diff(np.log(closes)) if len(closes) > 1 else np.zeros(0)
+        self._rets[d] = (key, rets)
+        return rets
 
     def _decide(self, d: Any, sig: Signal | None, equity: float, now: Any) -> None:
         weights = self._weights()
@@ -268,6 +276,5 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             return
         if target == 0 and not self.getposition(d).size:
             return
-        self._pending[d] = self.order_target_percent(
-            d, target=target, signal=sig.to_dict() if sig is not None else None
-        )  # the live broker journals the heads with the order; backtrader keeps them in .info
+        # the live broker journals the signal's heads with the order; backtrader keeps it in .info
+        self._pending[d] = self.order_target_percent(d, target=target, signal=sig)

@@ -136,6 +136,29 @@ def correlation(a: np.ndarray, b: np.ndarray, min_bars: int) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def max_abs_correlation(a: np.ndarray, others: list[np.ndarray], min_bars: int) -> float:
+    """``max |correlation(a, b)|`` over ``others``, vectorised (one matrix product per common
+    tail length instead of one ``corrcoef`` per pair); the same values as :func:`correlation`."""
+    best = 0.0
+    groups: dict[int, list[np.ndarray]] = {}
+    for b in others:
+        n = min(len(a), len(b))
+        if n >= min_bars:
+            groups.setdefault(n, []).append(np.asarray(b[-n:], dtype=float))
+    for n, rows in groups.items():
+        x = np.asarray(a[-n:], dtype=float)
+        xs = x.std()
+        if xs == 0:
+            continue
+        m = np.vstack(rows)
+        ys = m.std(axis=1)
+        cov = (m - m.mean(axis=1, keepdims=True)) @ (x - x.mean()) / n
+        ok = ys > 0
+        if ok.any():
+            best = max(best, float(np.max(np.abs(cov[ok] / (ys[ok] * xs)))))
+    return min(best, 1.0)
+
+
 def gross_exposure_cap(
     targets: Mapping[str, float], current: Mapping[str, float], max_gross: float
 ) -> dict[str, float]:
@@ -193,11 +216,8 @@ def apply_risk(inp: RiskInputs, cfg: RiskConfig) -> tuple[float, str]:
         else:
             bind(target * cfg.drawdown_reduce, "drawdown-reduce")
     if abs(target) > abs(current) or target * current < 0:
-        worst = max(
-            (abs(correlation(inp.returns, r, cfg.min_correlation_bars))
-             for s, r in inp.held_returns.items() if s != inp.symbol and inp.weights.get(s)),
-            default=0.0,
-        )  # fmt: skip
+        held = [r for s, r in inp.held_returns.items() if s != inp.symbol and inp.weights.get(s)]
+        worst = max_abs_correlation(inp.returns, held, cfg.min_correlation_bars)
         if worst > cfg.max_correlation:
             bind(
                 0.0

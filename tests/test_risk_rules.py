@@ -187,3 +187,21 @@ def test_daily_stop_fires_on_daily_bars() -> None:
     assert s.stopped and s.start_equity == 100.0
     s = s.update(DAY + dt.timedelta(days=2), 95.0, cfg)  # -1 % from 96: a new day, no stop
     assert not s.stopped and s.start_equity == 96.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.lists(st.integers(1, 80), min_size=0, max_size=6),
+    st.integers(2, 70),
+)
+def test_max_abs_correlation_equals_the_pairwise_one(seed: int, lengths: list[int], n: int) -> None:
+    from strategies.risk import correlation, max_abs_correlation
+
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=n)
+    others = [rng.normal(size=m) + (0.7 * a[-m:] if m <= n else 0.0) for m in lengths]
+    if lengths:
+        others[0] = np.zeros(lengths[0])  # a flat series counts as uncorrelated
+    want = max((abs(correlation(a, b, 10)) for b in others), default=0.0)
+    assert max_abs_correlation(a, others, 10) == pytest.approx(want, abs=1e-9)
