@@ -46,6 +46,7 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
     default="torchserve",
     show_default=True,
 )
+@click.option("--bars", type=int, default=None, help="Stop after this many live bars.")
 @click.option("--journal", default=None, help="Order journal: a path or SQLAlchemy URL.")
 @click.option(
     "--adopt-positions",
@@ -78,7 +79,7 @@ def trade(ctx: click.Context, **opts: Any) -> None:
         strat = run_live(
             config.store, opts["model"], [s.strip() for s in opts["symbols"].split(",")],
             alpaca, timeframe=opts["timeframe"], serving=opts["serving"],
-            adopt_positions=opts["adopt_positions"], log=click.echo,
+            adopt_positions=opts["adopt_positions"], bars=opts["bars"], log=click.echo,
         )  # fmt: skip
     except BtmlError as err:
         fail(err)

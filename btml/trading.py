@@ -25,6 +25,22 @@ from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
 from strategies.windows import LiveFeatureWindows
 
 
+class SessionLimit(bt.Analyzer):  # type: ignore[misc]
+    """Ends the run after ``bars`` live bars of the first data (a session length)."""
+
+    params = (("bars", None),)
+
+    def start(self) -> None:
+        self.live_bars = 0
+
+    def next(self) -> None:
+        data = self.strategy.datas[0]
+        if getattr(data, "_laststatus", None) == data.LIVE:
+            self.live_bars += 1
+        if self.p.bars is not None and self.live_bars >= self.p.bars:
+            self.strategy.env.runstop()
+
+
 def build_live_cerebro(
     store: AlpacaStore,
     symbols: Sequence[str],
@@ -57,9 +73,11 @@ def run_live(
     ml: MLRunConfig | None = None,
     adopt_positions: bool = False,
     feed_kwargs: dict[str, Any] | None = None,
+    bars: int | None = None,
     log: Callable[[str], None] = print,
 ) -> Any:
-    """Trade model ``ref`` on ``symbols`` until the feeds end or Ctrl-C; returns the strategy."""
+    """Trade model ``ref`` on ``symbols`` for ``bars`` live bars (None: until the feeds end or
+    Ctrl-C); returns the strategy (its ``audit`` holds every decision)."""
     ml = ml or MLRunConfig(serving_failure="hold")
     card = ModelRegistry(store_path / "models").card(ref)
     if card.index:
@@ -80,6 +98,7 @@ def run_live(
                 allow_short=ml.allow_short, risk=ml.risk, serving_failure=ml.serving_failure,
             )  # fmt: skip
             cerebro.addstrategy(MLSignalStrategy, config=cfg)
+            cerebro.addanalyzer(SessionLimit, bars=bars)
             log(f"trading {card.ref} on {', '.join(symbols)} ({config.mode}, {timeframe} bars)")
             try:
                 return cerebro.run()[0]

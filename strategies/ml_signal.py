@@ -13,6 +13,9 @@ Entry rules (``MLSignalConfig``): long when P(up) - P(down) >= ``min_edge``, P(u
 predicted returns (1, 4, 24 bars) are positive; short likewise when ``allow_short``. An open
 position is closed when the opposite direction is more probable; otherwise it is held.
 
+Live feeds (``islive()``): decisions start with the first LIVE bar; the backfilled history
+only warms the features up (no order is ever placed on a replayed bar).
+
 Serving failures: ``serving_failure="abort"`` (default) stops the run with
 ``ServingAborted``, never trading on a silent zero signal; ``"hold"`` / ``"flatten"`` apply the
 risk rules' serving-failure policy (no new entries; keep or close positions).
@@ -131,6 +134,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         self._daily = DailyLossState()
         self._drawdown = DrawdownState()
         self._rets: dict[Any, tuple[Any, np.ndarray]] = {}
+        self._live: dict[Any, bool] = {}  # live feeds: is the data past its backfill?
 
     # -- backtrader hooks -------------------------------------------------------------------
     def notify_order(self, order: Any) -> None:
@@ -142,6 +146,11 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             order.Expired,
         ):
             self._pending.pop(order.data, None)
+
+    def notify_data(self, data: Any, status: int, *args: Any, **kwargs: Any) -> None:
+        """Live feeds: decide on LIVE bars only, never on the history they backfill."""
+        if status in (data.LIVE, data.DELAYED):
+            self._live[data] = status == data.LIVE
 
     def notify_trade(self, trade: Any) -> None:
         if trade.isclosed:
@@ -174,7 +183,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             if self._seen.get(d) == n:
                 continue
             self._seen[d] = n
-            if d.datetime.datetime(0) != now:
+            if d.datetime.datetime(0) != now or (d.islive() and not self._live.get(d)):
                 continue
             win = self.cfg.windows.window_for(d, ts)
             if win is not None:

@@ -1,7 +1,14 @@
-"""The live Alpaca broker's building blocks, on the official ``alpaca-py`` SDK.
+"""The live Alpaca store, broker, data hub and order journal, on the official ``alpaca-py`` SDK.
 
-``journal`` holds the order journal: every order intent is written before it is sent, with a
-deterministic ``client_order_id``, and every trade update is applied once.
+``store.AlpacaStore`` owns the clients and streams (``getbroker()``, ``getdata(symbol)``);
+``broker.AlpacaBroker`` is the backtrader broker; ``datastream.AlpacaBarHub`` multiplexes every
+symbol's bars over one stock and one crypto websocket; ``journal`` holds the order journal
+(every intent written before it is sent, with a deterministic ``client_order_id``, every update
+applied once); ``reconcile`` makes journal and account agree before any new order; ``rest`` is
+the guarded Trading API (timeouts, limiter, retries, idempotent submits).
+
+Import the submodules for the store and broker (``from brokers.alpaca.store import
+AlpacaStore``); this package itself imports only the journal, so nothing heavy loads with it.
 """
 
 from __future__ import annotations

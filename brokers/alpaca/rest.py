@@ -189,9 +189,7 @@ class TradingAPI:
 
     def orders(self, status: str = "open", after: datetime | None = None) -> list[dict[str, Any]]:
         """Orders by status (``open``, ``closed``, ``all``), newest first, up to 500."""
-        req = GetOrdersRequest(
-            status=QueryOrderStatus(status), limit=500, after=after
-        )
+        req = GetOrdersRequest(status=QueryOrderStatus(status), limit=500, after=after)
         return list(self._read(f"orders {status}", lambda: self.client.get_orders(req)))
 
     def order_by_client_id(self, client_order_id: str) -> dict[str, Any] | None:
