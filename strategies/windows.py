@@ -166,11 +166,9 @@ def _data_frame(data: object, n: int) -> pd.DataFrame:
     cols = {c: np.asarray(getattr(d, c).get(size=n), dtype=np.float64)
             for c in ("open", "high", "low", "close", "volume")}  # fmt: skip
     index = pd.DatetimeIndex(pd.to_datetime(times, utc=True), name="datetime")
-    p = getattr(d, "p", None)
-    if getattr(p, "stamp", "start") == "end":  # a live feed stamping bars at their close:
-        from feeds.timeframes import get_timeframe  # back to the start stamps features saw
-
-        index = index - get_timeframe(str(p.timeframe)).delta  # type: ignore[union-attr]
+    tf = getattr(d, "_tf", None)  # a live feed stamping bars at their close (LiveBars):
+    if getattr(getattr(d, "p", None), "stamp", "start") == "end" and tf is not None:
+        index = index - tf.delta  # back to the start stamps the features were trained on
     frame = pd.DataFrame(cols, index=index)
     frame.attrs["symbol"] = getattr(d, "_name", "")
     return frame

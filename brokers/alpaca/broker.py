@@ -75,7 +75,7 @@ class _Pending:
 class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
     """See the module docstring. Built by ``AlpacaStore.getbroker()``."""
 
-    params = (("store", None), ("account_ttl", 2.0))
+    params = (("store", None), ("account_ttl", 2.0), ("stop_wait", 2.0))
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -122,6 +122,17 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.startingvalue = self.value = float(acct.get("equity") or 0.0)
 
     def stop(self) -> None:
+        """Apply the updates still in flight (up to ``stop_wait`` s for orders sent on the last
+        bar), then close the streams. Orders still open stay at Alpaca and in the journal."""
+        deadline = time.monotonic() + self.p.stop_wait
+        while True:
+            self._drain()
+            alive = [o for o in self.orders.values() if o.status in (Order.Submitted,
+                                                                      Order.Accepted)]  # fmt: skip
+            market = [o for o in alive if o.exectype in (None, Order.Market)]
+            if not market or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         super().stop()
         self.store.stop()
 

@@ -514,6 +514,10 @@ class Journal:
             row = _select(conn, client_order_id)
         return None if row is None else _record(row)
 
+    def orders(self, symbol: str | None = None) -> list[OrderRecord]:
+        """Every journaled order (external ones included), oldest first."""
+        return self._orders(sa.true(), symbol)
+
     def open_orders(self, symbol: str | None = None) -> list[OrderRecord]:
         """Orders live at Alpaca as far as the journal knows (answered, not final)."""
         skip = FINAL_STATUSES | {PENDING_SUBMIT, UNKNOWN}

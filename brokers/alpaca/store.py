@@ -100,6 +100,7 @@ class AlpacaStore:
                           crypto_stream_url=c.crypto_stream_url, data_url=c.data_url,
                           timeout=c.read_timeout),
             )  # fmt: skip
+            self._hub.start()  # opens nothing yet: each feed's subscribe opens its stream
         return self._hub
 
     # -- lifecycle ------------------------------------------------------------------------------
