@@ -46,6 +46,14 @@ class MLRunConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     serving_failure: str = "abort"
 
+    def strategy_config(self, client: SignalClient, windows: FeatureWindows) -> MLSignalConfig:
+        """The ``MLSignalConfig`` of this run for ``client`` and ``windows``."""
+        return MLSignalConfig(
+            client=client, windows=windows, entry_prob=self.entry_prob, min_edge=self.min_edge,
+            min_confidence=self.min_confidence, horizon_agreement=self.horizon_agreement,
+            allow_short=self.allow_short, risk=self.risk, serving_failure=self.serving_failure,
+        )  # fmt: skip
+
 
 def load_frames(
     store: ParquetStore, symbols: list[str], timeframe: str = "1Day"
@@ -162,11 +170,7 @@ def run_model(
         f"backtesting {card.ref} from {begin.date()} ({'test range' if start is None else 'given'})"
     )
     with signal_client(store_path, card, serving, log) as client:
-        cfg = MLSignalConfig(
-            client=client, windows=windows, entry_prob=ml.entry_prob, min_edge=ml.min_edge,
-            min_confidence=ml.min_confidence, horizon_agreement=ml.horizon_agreement,
-            allow_short=ml.allow_short, risk=ml.risk, serving_failure=ml.serving_failure,
-        )  # fmt: skip
+        cfg = ml.strategy_config(client, windows)
         t0 = time.perf_counter()
         res = run_backtest(
             f"ml {card.ref}", traded, MLSignalStrategy, costs=costs,

@@ -21,7 +21,7 @@ from brokers.alpaca.store import AlpacaStore, check_mode
 from btml.backtest import MLRunConfig, signal_client
 from feeds.errors import ConfigError
 from mlmodels.registry import ModelRegistry
-from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
+from strategies.ml_signal import MLSignalStrategy
 from strategies.windows import LiveFeatureWindows
 
 
@@ -92,12 +92,7 @@ def run_live(
             store, symbols, windows, timeframe=timeframe, feed_kwargs=feed_kwargs
         )
         with signal_client(store_path, card, serving, log) as client:
-            cfg = MLSignalConfig(
-                client=client, windows=windows, entry_prob=ml.entry_prob, min_edge=ml.min_edge,
-                min_confidence=ml.min_confidence, horizon_agreement=ml.horizon_agreement,
-                allow_short=ml.allow_short, risk=ml.risk, serving_failure=ml.serving_failure,
-            )  # fmt: skip
-            cerebro.addstrategy(MLSignalStrategy, config=cfg)
+            cerebro.addstrategy(MLSignalStrategy, config=ml.strategy_config(client, windows))
             cerebro.addanalyzer(SessionLimit, bars=bars)
             log(f"trading {card.ref} on {', '.join(symbols)} ({config.mode}, {timeframe} bars)")
             try:
