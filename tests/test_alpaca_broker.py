@@ -392,3 +392,21 @@ def test_stop_leaves_no_thread(fake: AlpacaFake, tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 3
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, leaked
+
+
+def test_expiry_and_an_external_cancel_notify_the_strategy(
+    session: Session, fake: AlpacaFake
+) -> None:
+    fake.auto_fill = False
+    data = _data("AAPL")
+    day = session.broker.buy(None, data, 1, price=90.0, exectype=Order.Limit)
+    other = session.broker.buy(None, data, 1, price=91.0, exectype=Order.Limit)
+    assert session.pump(lambda: other.status == Order.Accepted)
+    ids = {o["limit_price"]: o["id"] for o in _orders_with(fake)}
+    fake.expire(ids["90"])  # the end of its time in force
+    TradingAPI(session.store.config).cancel(ids["91"])  # canceled from the dashboard, say
+    assert session.pump(lambda: not day.alive() and not other.alive())
+    assert day.status == Order.Expired and other.status == Order.Canceled
+    assert session.statuses(day) == ["Submitted", "Accepted", "Expired"]
+    journal = session.store.journal
+    assert sorted(r.status for r in journal.orders()) == ["canceled", "expired"]

@@ -425,8 +425,9 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
     def _finish(self, order: Any, status: str) -> None:
         if not order.alive():
             return
-        if status == "expired":
-            order.expire()
+        if status == "expired":  # Alpaca decides: not backtrader's own valid-date rule
+            order.status = Order.Expired
+            order.executed.dt = order.data.datetime[0]
         elif status == "rejected":
             order.reject(self)
         else:
