@@ -410,3 +410,16 @@ def test_expiry_and_an_external_cancel_notify_the_strategy(
     assert session.statuses(day) == ["Submitted", "Accepted", "Expired"]
     journal = session.store.journal
     assert sorted(r.status for r in journal.orders()) == ["canceled", "expired"]
+
+
+def test_crypto_fractional_order_and_its_position(session: Session, fake: AlpacaFake) -> None:
+    fake.set_price("BTC/USD", 60_000.0)
+    data = _data("BTC/USD", price=60_000.0)
+    order = session.broker.buy(None, data, 0.015)
+    assert session.pump(lambda: not order.alive())
+    sent = _orders_with(fake)[0]
+    assert sent["symbol"] == "BTC/USD" and sent["time_in_force"] == "gtc"
+    assert float(sent["qty"]) == 0.015 and order.status == Order.Completed
+    session.broker.check_positions()  # Alpaca reports BTCUSD: the same position
+    assert session.broker.halted is None
+    assert session.broker.getposition(data).size == pytest.approx(0.015)
