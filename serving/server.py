@@ -61,6 +61,8 @@ class ServerConfig:
     enable_model_api: bool = False
 
     def __post_init__(self) -> None:
+        # absolute: TorchServe runs with its home as the working directory
+        object.__setattr__(self, "home", Path(self.home).expanduser().absolute())
         ports = (self.inference_port, self.management_port, self.metrics_port)
         if any(not 1024 <= p <= 65535 for p in ports) or len(set(ports)) != 3:
             raise ConfigError(

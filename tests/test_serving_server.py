@@ -218,7 +218,8 @@ def test_a_killed_worker_is_restarted_and_the_client_recovers(served) -> None:
         assert c.breaker.state == "closed"
 
 
-def test_cli_start_status_stop_leaves_nothing_and_clients_fail_fast(tmp_path) -> None:
+def test_cli_start_status_stop_leaves_nothing_and_clients_fail_fast(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative --store, as `btml demo` uses by default
     reg = ModelRegistry(tmp_path / "models")
     register_preset(reg, "tiny", "m")
     cfg = server_config(tmp_path / "serving")
@@ -230,28 +231,28 @@ def test_cli_start_status_stop_leaves_nothing_and_clients_fail_fast(tmp_path) ->
         "--grpc-inference-port", str(cfg.grpc_inference_port),
         "--grpc-management-port", str(cfg.grpc_management_port),
     ]  # fmt: skip
-    res = runner.invoke(main, ["--store", str(tmp_path), "serve", "start", "m:1", *ports])
+    res = runner.invoke(main, ["--store", ".", "serve", "start", "m:1", *ports])
     assert res.exit_code == 0, res.output
     assert "archiving m:1" in res.output and "ready: pid" in res.output
     assert (cfg.model_store / "m.v1.mar.sha256").exists()
     try:
-        res = runner.invoke(main, ["--store", str(tmp_path), "serve", "status"])
+        res = runner.invoke(main, ["--store", ".", "serve", "status"])
         assert res.exit_code == 0 and "m:1 (default) workers READY" in res.output
-        again = runner.invoke(main, ["--store", str(tmp_path), "serve", "start", "m:1", *ports])
+        again = runner.invoke(main, ["--store", ".", "serve", "start", "m:1", *ports])
         assert again.exit_code == 1 and "already running" in again.output
         client = RestClient.for_server(cfg.home, "m", retries=1, backoff=0.05)
         assert len(client.predict(windows(1))) == 1
         pgid = json.loads(cfg.state_file.read_text())["pgid"]
         assert len(group_pids(pgid)) >= 3  # launcher, java, worker
     finally:
-        res = runner.invoke(main, ["--store", str(tmp_path), "serve", "stop"])
+        res = runner.invoke(main, ["--store", ".", "serve", "stop"])
     assert res.exit_code == 0 and "stopped" in res.output
     assert group_pids(pgid) == []
     t0 = time.monotonic()
     with pytest.raises(ServingUnavailable, match="did not answer"):
         client.predict(windows(1))
     assert time.monotonic() - t0 < 3.0
-    res = runner.invoke(main, ["--store", str(tmp_path), "serve", "status"])
+    res = runner.invoke(main, ["--store", ".", "serve", "status"])
     assert res.exit_code == 3 and "not running" in res.output
 
 
