@@ -23,8 +23,12 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
         overrides["trading_url"] = opts["trading_url"]
     if opts["stream_url"]:
         overrides["trading_stream_url"] = opts["stream_url"]
-    if config.sources.alpaca_data_url:
-        overrides["data_url"] = config.sources.alpaca_data_url
+    if opts["data_url"] or config.sources.alpaca_data_url:
+        overrides["data_url"] = opts["data_url"] or config.sources.alpaca_data_url
+    if opts["data_stream_url"]:
+        overrides["stock_stream_url"] = opts["data_stream_url"]
+    if opts["crypto_stream_url"]:
+        overrides["crypto_stream_url"] = opts["crypto_stream_url"]
     overrides["feed"] = config.sources.alpaca_feed
     return AlpacaConfig.from_env(**overrides)
 
@@ -55,6 +59,9 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
 )
 @click.option("--trading-url", default=None, help="Trading API base URL (default Alpaca's).")
 @click.option("--stream-url", default=None, help="trade_updates websocket URL.")
+@click.option("--data-url", default=None, help="Market data REST base URL (history).")
+@click.option("--data-stream-url", default=None, help="Stock bars websocket URL.")
+@click.option("--crypto-stream-url", default=None, help="Crypto bars websocket URL.")
 @click.pass_context
 def trade(ctx: click.Context, **opts: Any) -> None:
     """Trade a model with the backtested strategy on Alpaca (paper unless --live).

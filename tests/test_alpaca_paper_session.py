@@ -85,13 +85,14 @@ def _replay(
     done: threading.Event,
     bars: int,
     on_bar: Callable[[int], None] = lambda i: None,
+    first: int = HISTORY,
 ) -> None:
-    """Play the session's bars once every feed listens, a bar every few ms."""
+    """Play bars ``first ..`` once every feed listens, a bar every few ms."""
     if not data.wait_subscribed(SYMBOLS, timeout=120):
         return
     time.sleep(0.5)  # the feeds load their backfill after subscribing
-    for i in range(HISTORY, HISTORY + bars):
-        on_bar(i - HISTORY)
+    for i in range(first, first + bars):
+        on_bar(i - first)
         for s, f in market.items():
             row = f.iloc[i]
             trading.set_price(s, float(row["close"]))
@@ -99,6 +100,17 @@ def _replay(
                                             ("open", "high", "low", "close", "volume")))  # fmt: skip
         time.sleep(0.01)
     done.set()
+
+
+def _load_history(
+    market: dict[str, pd.DataFrame], trading: AlpacaFake, data: AlpacaDataFake, n: int
+) -> None:
+    """The history Alpaca holds before the session: the first ``n`` bars of every symbol."""
+    for s, f in market.items():
+        trading.set_price(s, float(f["close"].iloc[n - 1]))
+        for ts, row in f.iloc[:n].iterrows():
+            data.push_bar(s, ts, *(float(row[c]) for c in
+                                   ("open", "high", "low", "close", "volume")), stream=False)  # fmt: skip
 
 
 def _session(
@@ -114,11 +126,7 @@ def _session(
     """Load the history into the fakes, replay ``bars`` live bars, trade them with run_live."""
     store, card = model
     trading, data, rest = servers
-    for s, f in market.items():  # the history Alpaca holds before the session
-        trading.set_price(s, float(f["close"].iloc[HISTORY - 1]))
-        for ts, row in f.iloc[:HISTORY].iterrows():
-            data.push_bar(s, ts, *(float(row[c]) for c in
-                                   ("open", "high", "low", "close", "volume")), stream=False)  # fmt: skip
+    _load_history(market, trading, data, HISTORY)
     cfg = AlpacaConfig(
         key_id=KEY_ID, secret_key=SECRET, trading_url=trading.url,
         trading_stream_url=trading.stream_url, data_url=rest.base_url,
@@ -214,3 +222,47 @@ def test_model_server_failure_mid_session_holds_without_new_entries(
     orders = _journal_agrees(tmp_path / "journal.sqlite", servers[0], card, strat)
     late = [o for o in orders if o.bar_time >= first.to_pydatetime()]
     assert late == [], "an order was placed without a model signal"
+
+
+def test_btml_trade_runs_a_paper_session_from_the_command_line(
+    model: tuple[Path, ModelCard],
+    servers: tuple[AlpacaFake, AlpacaDataFake, LoopbackServer],
+    tmp_path: Path,
+) -> None:
+    """``btml trade`` end to end: history up to now, then 40 live minutes; stop after 30."""
+    from click.testing import CliRunner
+
+    from btml.cli import main
+
+    store, card = model
+    trading, data, rest = servers
+    now = pd.Timestamp.now(tz="UTC").floor("min")
+    raw = generate_market(SyntheticConfig(n_symbols=3, n_bars=1140, timeframe="1m", seed=12,
+                                          start=now - pd.Timedelta(minutes=1100)))  # fmt: skip
+    market = {s: f for s, f in zip(SYMBOLS, raw.values(), strict=True)}
+    _load_history(market, trading, data, 1100)
+    done = threading.Event()
+    replay = threading.Thread(target=_replay, args=(market, trading, data, done, 40),
+                              kwargs={"first": 1100}, daemon=True)  # fmt: skip
+    replay.start()
+    journal = tmp_path / "journal.sqlite"
+    result = CliRunner().invoke(
+        main,
+        ["--store", str(store), "trade", "--model", card.ref, "--symbols", ",".join(SYMBOLS),
+         "--timeframe", "1m", "--serving", "inprocess", "--bars", "30", "--journal", str(journal),
+         "--trading-url", trading.url, "--stream-url", trading.stream_url,
+         "--data-url", rest.base_url, "--data-stream-url", data.stock_url],
+        env={"APCA_API_KEY_ID": KEY_ID, "APCA_API_SECRET_KEY": SECRET},
+    )  # fmt: skip
+    replay.join(30)
+    assert result.exit_code == 0, result.output
+    assert f"trading {card.ref} on AAPL, MSFT, NVDA (paper, 1m bars)" in result.output
+    decisions = int(result.output.split("session over: ")[1].split()[0])
+    assert decisions >= 3 * 29
+    with Journal(journal) as j:
+        ours = {r.client_order_id for r in j.orders()}
+        positions = {s: j.position_from_fills(s).qty for s in SYMBOLS}
+    assert ours == {o["client_order_id"] for o in trading.orders()}
+    for s in SYMBOLS:
+        assert positions[s] == pytest.approx(trading.position_qty(s), abs=1e-6)
+    assert KEY_ID not in result.output and SECRET not in result.output
