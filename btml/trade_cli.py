@@ -51,6 +51,11 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
     show_default=True,
 )
 @click.option("--bars", type=int, default=None, help="Stop after this many live bars.")
+@click.option(
+    "--regular-hours",
+    is_flag=True,
+    help="Stocks: only bars of the 09:30-16:00 New York session (crypto is never filtered).",
+)
 @click.option("--journal", default=None, help="Order journal: a path or SQLAlchemy URL.")
 @click.option(
     "--adopt-positions",
@@ -87,6 +92,7 @@ def trade(ctx: click.Context, **opts: Any) -> None:
             config.store, opts["model"], [s.strip() for s in opts["symbols"].split(",")],
             alpaca, timeframe=opts["timeframe"], serving=opts["serving"],
             adopt_positions=opts["adopt_positions"], bars=opts["bars"], log=click.echo,
+            feed_kwargs={"market_hours": True} if opts["regular_hours"] else None,
         )  # fmt: skip
     except BtmlError as err:
         fail(err)
