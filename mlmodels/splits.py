@@ -110,6 +110,8 @@ class WalkForward:
             raise ConfigError(f"train must be 'expanding' or 'rolling', got {self.train!r}")
         if self.train == "rolling" and not self.train_size:
             raise ConfigError("a rolling window needs train_size (bars)")
+        if self.train_size is not None and self.train_size < 1:
+            raise ConfigError(f"train_size must be >= 1 bar, got {self.train_size}")
         if not 0 <= self.val_fraction < 0.5:
             raise ConfigError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
 

@@ -131,3 +131,11 @@ def test_embargo_drops_training_after_the_test() -> None:
     pos = np.arange(100)
     kept = _purge(np.arange(100), pos, lookahead=5, eval_start_pos=40, eval_end_pos=49, embargo=10)
     assert kept.max() > 49 and not ((kept >= 35) & (kept <= 59)).any()
+
+
+def test_walk_forward_refuses_a_negative_rolling_window() -> None:
+    from feeds.errors import ConfigError
+    from mlmodels.splits import WalkForward
+
+    with pytest.raises(ConfigError, match="train_size must be >= 1 bar, got -5"):
+        WalkForward(n_splits=2, test_size=10, train="rolling", train_size=-5)
