@@ -329,6 +329,11 @@ class AlpacaFake:
         with self._lock:
             self._faults.append(fault)
 
+    def clear_faults(self) -> None:
+        """Drop every fault still waiting (an outage ends)."""
+        with self._lock:
+            self._faults.clear()
+
     def close_streams(self) -> None:
         """Close every websocket from the server side (an outage; also stops a client at once)."""
         with self._lock:

@@ -423,3 +423,31 @@ def test_crypto_fractional_order_and_its_position(session: Session, fake: Alpaca
     session.broker.check_positions()  # Alpaca reports BTCUSD: the same position
     assert session.broker.halted is None
     assert session.broker.getposition(data).size == pytest.approx(0.015)
+
+
+def test_alpaca_unreachable_halts_new_orders_then_recovers(
+    session: Session, fake: AlpacaFake
+) -> None:
+    """A network outage during reconciliation never crashes the strategy's next(): orders are
+    refused with the reason until Alpaca answers again."""
+    data = _data("AAPL")
+    fake.fail_next("GET", "/v2/orders", 503, times=100)  # every read of the orders fails
+    session.broker.check_positions()  # the periodic check meets the outage: no exception
+    assert session.broker.halted and "unreachable" in session.broker.halted
+    refused = session.broker.buy(None, data, 1)
+    assert refused.status == Order.Rejected and "unreachable" in refused.info["reject_reason"]
+    assert session.broker.getvalue() == pytest.approx(100_000.0)  # the last account read
+    fake.clear_faults()  # the outage ends
+    session.broker.next()  # the pending reconciliation runs again
+    assert session.broker.halted is None
+    order = session.broker.buy(None, data, 1)
+    assert session.pump(lambda: not order.alive()) and order.status == Order.Completed
+    assert len(_orders_with(fake)) == 1
+
+
+def test_unsupported_or_empty_orders_are_rejected_not_raised(session: Session) -> None:
+    data = _data("AAPL")
+    trail = session.broker.sell(None, data, 1, exectype=Order.StopTrail, trailpercent=0.02)
+    empty = session.broker.buy(None, data, 0)
+    assert trail.status == Order.Rejected and "not supported" in trail.info["reject_reason"]
+    assert empty.status == Order.Rejected and "not > 0" in empty.info["reject_reason"]

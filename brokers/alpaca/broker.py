@@ -35,7 +35,12 @@ from backtrader.position import Position
 
 from brokers.alpaca.journal import Journal, OrderIntent, OrderRecord
 from brokers.alpaca.reconcile import PositionMismatch, reconcile, symbol_key
-from brokers.alpaca.rest import OrderRejected, OrderSpec, OrderUnknown, TradingAPI
+from brokers.alpaca.rest import (
+    BrokerUnavailable,
+    OrderRejected,
+    OrderSpec,
+    TradingAPI,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +102,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.notifs: collections.deque[Any] = collections.deque()
         self.updates: queue.Queue[dict[str, Any]] = queue.Queue()
         self.halted: str | None = None
+        self._halt_error: Exception | None = None
         self._unknown: set[str] = set()
         self._resync = threading.Event()
         self._account: dict[str, Any] = {}
@@ -114,9 +120,9 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.store.updates.on_reconnect.append(self._resync.set)
         self.resync()
         self.store.adopt_positions = False  # adopt once, at start; later differences halt
-        if self.halted:
+        if self._halt_error is not None:
             self.store.stop()
-            raise PositionMismatch(self.halted, {})
+            raise self._halt_error
         acct = self._refresh_account(force=True)
         self.startingcash = self.cash = float(acct.get("cash") or 0.0)
         self.startingvalue = self.value = float(acct.get("equity") or 0.0)
@@ -160,8 +166,15 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         return pos.clone() if clone else pos
 
     def _refresh_account(self, force: bool = False) -> dict[str, Any]:
+        """The account, re-read after ``account_ttl`` s; the last one read while Alpaca does
+        not answer (a strategy's ``getvalue()`` must not crash on a passing fault)."""
         if force or time.monotonic() - self._account_at > self.p.account_ttl:
-            self._account = self.api.account()
+            try:
+                self._account = self.api.account()
+            except BrokerUnavailable as err:
+                if force or not self._account:
+                    raise
+                log.warning("account read failed, using the last one: %s", err)
             self._account_at = time.monotonic()
         return self._account
 
@@ -194,8 +207,11 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         rec = self._record_of(known)
         if rec is None or rec.alpaca_id is None:
             return
-        if not self.api.cancel(rec.alpaca_id):
-            log.info("%s: cancel refused, the order is already final", rec.client_order_id)
+        try:
+            if not self.api.cancel(rec.alpaca_id):
+                log.info("%s: cancel refused, the order is already final", rec.client_order_id)
+        except BrokerUnavailable as err:  # the order stays live; the strategy may cancel again
+            log.error("%s: cancel not delivered: %s", rec.client_order_id, err)
 
     def orderstatus(self, order: Any) -> int:
         return int(self.orders[order.ref].status)
@@ -226,7 +242,15 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         if parent_ref != order.ref:  # the last child of a bracket: send the whole bracket
             parent, stop = self._pending_bracket.pop(parent_ref).orders
             return self._send_bracket(parent, stop, order)
-        self._send(order, self._spec_fields(order))
+        try:
+            fields = self._spec_fields(order)
+        except OrderRejected as err:
+            self.orders[order.ref] = order
+            order.submit(self)
+            self.notify(order)
+            self._reject(order, str(err))
+            return order
+        self._send(order, fields)
         return order
 
     def _send(self, order: Any, fields: dict[str, Any], children: tuple[Any, ...] = ()) -> None:
@@ -255,7 +279,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             self.journal.mark_rejected(rec.client_order_id, err.message or str(err))
             self._reject(order, str(err), children)
             return
-        except OrderUnknown as err:
+        except BrokerUnavailable as err:  # OrderUnknown, or a lookup that got no answer
             self.journal.mark_unknown(rec.client_order_id, str(err))
             self._unknown.add(rec.client_order_id)
             log.error("%s", err)
@@ -275,6 +299,8 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         if kind is None:
             raise OrderRejected(f"order type {order.getordername()} is not supported on Alpaca")
         size = abs(float(order.created.size))
+        if not size > 0:
+            raise OrderRejected(f"{order.data._name}: order size {order.created.size} is not > 0")
         crypto = "/" in order.data._name
         fields: dict[str, Any] = {
             "symbol": order.data._name,
@@ -469,11 +495,14 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         try:
             report = reconcile(self.api, self.journal, tolerance=self.cfg.position_tolerance,
                                adopt=self.store.adopt_positions, baseline=self.store.baseline)  # fmt: skip
-        except PositionMismatch as err:
-            self.halted = str(err)
-            log.error("trading halted: %s", err)
+        except (PositionMismatch, BrokerUnavailable) as err:
+            self.halted, self._halt_error = str(err), err
+            if isinstance(err, BrokerUnavailable):  # a passing fault: try again next bar
+                self._resync.set()
+                self.halted = f"Alpaca unreachable, reconciliation pending ({err})"
+            log.error("trading halted: %s", self.halted)
             return
-        self.halted = None
+        self.halted, self._halt_error = None, None
         self._last_check = time.monotonic()
         self._unknown = {c for c in self._unknown
                          if (r := self.journal.get(c)) is None or r.status == "unknown"}  # fmt: skip
