@@ -17,7 +17,9 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
     overrides: dict[str, Any] = {
         "paper": opts["paper"],
         "live_confirmed": opts["confirm"],
-        "journal": opts["journal"] or config.store / "live" / "journal.sqlite",
+        # one journal per account: paper fills must never be reconciled with the live account
+        "journal": opts["journal"]
+        or config.store / "live" / f"journal-{'paper' if opts['paper'] else 'live'}.sqlite",
     }
     if opts["trading_url"]:
         overrides["trading_url"] = opts["trading_url"]

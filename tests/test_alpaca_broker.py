@@ -438,8 +438,8 @@ def test_alpaca_unreachable_halts_new_orders_then_recovers(
     assert refused.status == Order.Rejected and "unreachable" in refused.info["reject_reason"]
     assert session.broker.getvalue() == pytest.approx(100_000.0)  # the last account read
     fake.clear_faults()  # the outage ends
-    session.broker.next()  # the pending reconciliation runs again
-    assert session.broker.halted is None
+    session.broker.p.unreachable_retry = 0.2  # reconciliation is retried this often (5 s)
+    assert session.pump(lambda: session.broker.halted is None)
     order = session.broker.buy(None, data, 1)
     assert session.pump(lambda: not order.alive()) and order.status == Order.Completed
     assert len(_orders_with(fake)) == 1
@@ -451,3 +451,51 @@ def test_unsupported_or_empty_orders_are_rejected_not_raised(session: Session) -
     empty = session.broker.buy(None, data, 0)
     assert trail.status == Order.Rejected and "not supported" in trail.info["reject_reason"]
     assert empty.status == Order.Rejected and "not > 0" in empty.info["reject_reason"]
+
+
+def test_a_stream_fill_after_reconciliation_filled_its_gap_is_not_counted_twice(
+    session: Session, fake: AlpacaFake
+) -> None:
+    """The REST read sees a fill before the stream delivers it (a stall, not a drop): the gap
+    row reconciliation wrote gives way to the real execution when it arrives."""
+    fake.auto_fill = False
+    data = _data("AAPL")
+    order = session.broker.buy(None, data, 10, price=99.0, exectype=Order.Limit)
+    assert session.pump(lambda: order.status == Order.Accepted)
+    session.store.updates.stop()  # the stream stalls
+    fake.fill(_orders_with(fake)[0]["id"], qty=4, price=98.0)
+    fake.fill(_orders_with(fake)[0]["id"], qty=6, price=97.0)
+    session.broker.check_positions()  # REST: filled 10; the journal fills the gap
+    journal = session.store.journal
+    assert [f.execution_id.startswith("gap-") for f in journal.fills()] == [True]
+    late = [e for e in fake.events if e["event"] in ("partial_fill", "fill")]
+    journal.apply_update(late[0])  # the stalled stream delivers the first execution
+    fills = journal.fills()
+    assert sorted(f.qty for f in fills) == [4, 6] and journal.position_from_fills("AAPL").qty == 10
+    gap = next(f for f in fills if f.execution_id.startswith("gap-"))
+    assert gap.price == pytest.approx(97.0)  # what the real fills leave: 6 at 97
+    journal.apply_update(late[1])
+    assert [f.execution_id.startswith("gap-") for f in journal.fills()] == [False, False]
+    session.broker.check_positions()
+    assert session.broker.halted is None and journal.position_from_fills("AAPL").qty == 10
+    assert order.status == Order.Completed and order.executed.size == 10
+
+
+def test_updates_drained_in_a_bar_reach_the_strategy_in_that_bar(
+    session: Session, fake: AlpacaFake
+) -> None:
+    """Cerebro reads notifications up to the broker's boundary after ``broker.next()``: a fill
+    that arrived before this bar must be before the boundary, not a bar late."""
+    b = session.broker
+    b.next()
+    while b.notifs:
+        b.get_notification()
+    order = b.buy(None, _data("AAPL"), 3)
+    deadline = time.monotonic() + 5
+    while b.updates.qsize() < 2 and time.monotonic() < deadline:  # new + fill from the stream
+        time.sleep(0.01)
+    b.next()
+    seen = []
+    while (n := b.get_notification()) is not None:  # what Cerebro delivers this bar
+        seen.append(n.getstatusname())
+    assert seen == ["Submitted", "Accepted", "Completed"] and not order.alive()

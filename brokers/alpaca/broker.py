@@ -80,7 +80,7 @@ class _Pending:
 class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
     """See the module docstring. Built by ``AlpacaStore.getbroker()``."""
 
-    params = (("store", None), ("account_ttl", 2.0), ("stop_wait", 2.0))
+    params = (("store", None), ("account_ttl", 2.0), ("stop_wait", 2.0), ("unreachable_retry", 5.0))
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -103,6 +103,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.updates: queue.Queue[dict[str, Any]] = queue.Queue()
         self.halted: str | None = None
         self._halt_error: Exception | None = None
+        self._last_attempt = 0.0
         self._unknown: set[str] = set()
         self._resync = threading.Event()
         self._account: dict[str, Any] = {}
@@ -168,7 +169,8 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
     def _refresh_account(self, force: bool = False) -> dict[str, Any]:
         """The account, re-read after ``account_ttl`` s; the last one read while Alpaca does
         not answer (a strategy's ``getvalue()`` must not crash on a passing fault)."""
-        if force or time.monotonic() - self._account_at > self.p.account_ttl:
+        unreachable = isinstance(self._halt_error, BrokerUnavailable) and bool(self._account)
+        if force or (time.monotonic() - self._account_at > self.p.account_ttl and not unreachable):
             try:
                 self._account = self.api.account()
             except BrokerUnavailable as err:
@@ -223,12 +225,19 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         return self.notifs.popleft() if self.notifs else None
 
     def next(self) -> None:
-        self.notifs.append(None)  # notification boundary, as backtrader's own brokers do
         self._drain()
         if self._resync.is_set():
-            self.resync()
+            if time.monotonic() - self._last_attempt >= self._retry_every():
+                self.resync()
         elif time.monotonic() - self._last_check > self.cfg.position_check_every:
             self.check_positions()
+        # the boundary after this bar's updates: Cerebro hands the strategy what precedes it
+        self.notifs.append(None)
+
+    def _retry_every(self) -> float:
+        """While Alpaca does not answer, reconcile at most every few seconds (each attempt can
+        take the retries' timeouts), so the strategy's bars do not stall behind it."""
+        return self.p.unreachable_retry if isinstance(self._halt_error, BrokerUnavailable) else 0.0
 
     # -- placing --------------------------------------------------------------------------------
 
@@ -288,7 +297,17 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self._accepted(order, self.journal.mark_sent(rec.client_order_id, body), body, children)
 
     def _send_bracket(self, parent: Any, stop: Any, limit: Any) -> Any:
-        fields = self._spec_fields(parent)
+        try:
+            fields = self._spec_fields(parent)
+            if limit.created.price is None or stop.created.price is None:
+                raise OrderRejected("a bracket needs a take-profit and a stop-loss price")
+        except OrderRejected as err:
+            for o in (parent, stop, limit):
+                self.orders[o.ref] = o
+                o.submit(self)
+                self.notify(o)
+            self._reject(parent, str(err), (stop, limit))
+            return limit
         fields |= {"order_class": "bracket", "take_profit": limit.created.price,
                    "stop_loss": stop.created.price}  # fmt: skip
         self._send(parent, fields, children=(stop, limit))
@@ -336,7 +355,8 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         """Why no order may go out now (resync first when the stream reconnected or an order's
         fate is unknown), or ``None``. Unknown orders are tracked in memory: at start the
         resync settles every one the journal holds."""
-        if self._resync.is_set() or self._unknown:
+        due = time.monotonic() - self._last_attempt >= self._retry_every()
+        if (self._resync.is_set() or self._unknown) and due:
             self.resync()
         if self.halted:
             return f"trading halted: {self.halted}"
@@ -411,7 +431,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         elif event in ("new", "accepted") and order.status == Order.Submitted:
             order.accept(self)
             self.notify(order)
-        elif event in ("canceled", "expired", "rejected", "done_for_day"):
+        elif event in ("canceled", "expired", "rejected"):  # done_for_day: not final
             self._finish(order, str(event))
 
     def _execute(self, order: Any, data: dict[str, Any]) -> None:
@@ -492,6 +512,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
     def resync(self) -> None:
         """Re-read orders, fills and positions; settle unknown orders; halt on a mismatch."""
         self._resync.clear()
+        self._last_attempt = time.monotonic()
         try:
             report = reconcile(self.api, self.journal, tolerance=self.cfg.position_tolerance,
                                adopt=self.store.adopt_positions, baseline=self.store.baseline)  # fmt: skip

@@ -32,7 +32,8 @@ class AlpacaConfig:
         trading_url, trading_stream_url: Trading API and ``trade_updates`` websocket base URLs
             (default: Alpaca's paper or live hosts); tests and other regions override them.
         data_url, stock_stream_url, crypto_stream_url, feed: market data (history and streams).
-        journal: where the order journal lives (a file path or any SQLAlchemy URL).
+        journal: where the order journal lives (a file path or any SQLAlchemy URL); use one
+            journal per account (the CLI keeps ``journal-paper`` and ``journal-live`` apart).
         strategy: the strategy name in every ``client_order_id``.
         connect_timeout, read_timeout: seconds, on every HTTP call (alpaca-py sets none).
         max_requests_per_minute: the client-side limiter (Alpaca allows 200).
@@ -55,7 +56,7 @@ class AlpacaConfig:
     stock_stream_url: str | None = None
     crypto_stream_url: str | None = None
     feed: str = "iex"
-    journal: str | Path = "data_storage/live/journal.sqlite"
+    journal: str | Path = "data_storage/live/journal-paper.sqlite"
     strategy: str = "btml"
     connect_timeout: float = 5.0
     read_timeout: float = 15.0

@@ -60,6 +60,7 @@ _MAX_ID = 128  # Alpaca's limit on client_order_id
 _HASH_LEN = 10
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA_VERSION = "1"
+GAP_PREFIX = "gap-"  # execution ids of fills that reconciliation filled in for a stream gap
 
 
 class JournalError(StoreError):
@@ -484,6 +485,8 @@ class Journal:
             added = fill is not None and _insert_fill(conn, fill)
             changes = _order_changes(row, order, event=name)
             _update(conn, coid, changes, order)
+            if added and fill is not None and not fill.execution_id.startswith(GAP_PREFIX):
+                _rebalance_gaps(conn, coid, when)
             record = _record(_fetch(conn, coid))
         return Applied(
             record=record, changed=created or added or bool(changes), fill=fill if added else None
@@ -740,6 +743,33 @@ def _insert_fill(conn: Connection, fill: FillRecord) -> bool:
         return False
     conn.execute(_FILLS.insert().values(**{**asdict(fill), "timestamp": _db_time(fill.timestamp)}))
     return True
+
+
+def _rebalance_gaps(conn: Connection, coid: str, when: datetime) -> None:
+    """A real execution arrived for an order whose gap (fills the stream missed) was filled by
+    reconciliation: the gap row becomes what the real fills still leave uncovered, so the same
+    quantity is never counted twice (the stream may deliver a fill after a REST read saw it)."""
+    rows = conn.execute(_FILLS.select().where(_FILLS.c.client_order_id == coid)).mappings().all()
+    gaps = [r for r in rows if str(r["execution_id"]).startswith(GAP_PREFIX)]
+    if not gaps:
+        return
+    order = _fetch(conn, coid)
+    real = [r for r in rows if not str(r["execution_id"]).startswith(GAP_PREFIX)]
+    real_qty = sum(float(r["qty"]) for r in real)
+    left = float(order["filled_qty"]) - real_qty
+    conn.execute(
+        _FILLS.delete().where(_FILLS.c.execution_id.in_([g["execution_id"] for g in gaps]))
+    )
+    if left <= 1e-9 or not order["filled_avg_price"]:
+        return
+    done = sum(float(r["qty"]) * float(r["price"]) for r in real)
+    price = (float(order["filled_qty"]) * float(order["filled_avg_price"]) - done) / left
+    gap = FillRecord(
+        execution_id=f"{GAP_PREFIX}{order['alpaca_id'] or coid}-{float(order['filled_qty']):.9f}",
+        client_order_id=coid, symbol=str(order["symbol"]), side=str(order["side"]), qty=left,
+        price=price, timestamp=when,
+    )  # fmt: skip
+    _insert_fill(conn, gap)
 
 
 def _external_row(order: Mapping[str, Any], now: datetime) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from brokers.alpaca.journal import Journal, OrderRecord, net_position
+from brokers.alpaca.journal import GAP_PREFIX, Journal, OrderRecord, net_position
 from feeds.errors import BtmlError
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _fill_gaps(journal: Journal, report: ReconcileReport) -> None:
         price = _gap_price(journal, rec, gap)
         event = {
             "event": "fill" if rec.status == "filled" else "partial_fill",
-            "execution_id": f"gap-{rec.alpaca_id or coid}-{rec.filled_qty:.9f}",
+            "execution_id": f"{GAP_PREFIX}{rec.alpaca_id or coid}-{rec.filled_qty:.9f}",
             "qty": gap,
             "price": price,
             "timestamp": datetime.now(UTC).isoformat(),

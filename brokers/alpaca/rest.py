@@ -42,7 +42,8 @@ from feeds.sources.alpaca import _TimeoutAdapter as TimeoutAdapter
 
 log = logging.getLogger(__name__)
 
-_AMBIGUOUS = (requests.Timeout, requests.ConnectionError)
+# no usable answer: timeouts, resets (also mid-body), and bodies that are not JSON (a proxy page)
+_AMBIGUOUS = (requests.RequestException, ValueError)
 
 
 class BrokerUnavailable(SourceUnavailable):
@@ -362,7 +363,7 @@ class TradingAPI:
             wait = float(reset) - time.time() if reset else 1.0
         except ValueError:
             wait = 1.0
-        wait = min(max(wait, 0.05), 60.0)
+        wait = min(max(wait, 0.5), 60.0)  # a reset already past (clock skew): still back off
         log.warning("Alpaca rate limit hit: every call waits %.1f s (X-RateLimit-Reset)", wait)
         self.limiter.pause_until(time.monotonic() + wait)
 
