@@ -139,8 +139,10 @@ def status(ctx: click.Context) -> None:
     click.echo(f"positions ({len(report.positions)}):")
     for key, (qty, price) in sorted(report.positions.items()):
         click.echo(f"  {key:10s} {qty:>12g} @ {price:.4f}")
-    for name in ("adopted", "never_arrived", "external", "closed_while_away"):
+    labels = {"never_arrived": "journaled, fate not known yet", "external": "open at Alpaca, "
+              "not placed by us"}  # fmt: skip
+    for name, label in labels.items():
         items = getattr(report, name)
         if items:
-            click.echo(f"{name.replace('_', ' ')}: {', '.join(items)}")
+            click.echo(f"{label}: {', '.join(items)}")
     click.echo(f"journal and account agree (checked in {report.seconds * 1000:.0f} ms)")

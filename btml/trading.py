@@ -105,10 +105,16 @@ def run_live(
 
 
 def trade_status(config: AlpacaConfig) -> ReconcileReport:
-    """Reconcile the journal with the account and report; raises ``PositionMismatch``."""
+    """Compare the journal with the account without writing to either (safe beside a running
+    session); raises ``PositionMismatch`` listing the differences."""
+    import json
+
+    from brokers.alpaca.journal import Journal
+    from brokers.alpaca.store import BASELINE_KEY
+
     api = TradingAPI(config)
     check_mode(api.account(), config)
-    from brokers.alpaca.journal import Journal
-
     with Journal(config.journal) as journal:
-        return reconcile(api, journal, tolerance=config.position_tolerance)
+        baseline = json.loads(journal.meta(BASELINE_KEY) or "{}")
+        return reconcile(api, journal, tolerance=config.position_tolerance, baseline=baseline,
+                         read_only=True)  # fmt: skip

@@ -329,6 +329,12 @@ class AlpacaFake:
         with self._lock:
             self._faults.append(fault)
 
+    def charge_crypto_fee(self, symbol: str, qty: float) -> None:
+        """Take ``qty`` of the coin as a fee, as Alpaca does on crypto buys (no trade update)."""
+        with self._lock:
+            pos = self._positions[symbol]
+            pos.qty = round(pos.qty - qty, 9)
+
     def clear_faults(self) -> None:
         """Drop every fault still waiting (an outage ends)."""
         with self._lock:

@@ -499,3 +499,44 @@ def test_updates_drained_in_a_bar_reach_the_strategy_in_that_bar(
     while (n := b.get_notification()) is not None:  # what Cerebro delivers this bar
         seen.append(n.getstatusname())
     assert seen == ["Submitted", "Accepted", "Completed"] and not order.alive()
+
+
+def test_crypto_fees_taken_in_the_coin_do_not_halt_and_are_kept(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    cfg = _config(fake, tmp_path / "journal.sqlite")
+    fake.set_price("BTC/USD", 60_000.0)
+    s = Session(AlpacaStore(cfg))
+    s.broker.start()
+    order = s.broker.buy(None, _data("BTC/USD", 60_000.0), 1.0)
+    assert s.pump(lambda: not order.alive())
+    fake.charge_crypto_fee("BTC/USD", 0.0025)  # Alpaca's 25 bps, out of the coin received
+    s.broker.check_positions()
+    assert s.broker.halted is None
+    assert s.broker.getposition(_data("BTC/USD")).size == pytest.approx(0.9975)
+    s.broker.stop()
+    s.store.journal.close()
+    fake.charge_crypto_fee("BTC/USD", 0.5)  # not a fee: half the coin gone
+    again = AlpacaStore(cfg)  # the fee baseline was kept with the journal
+    assert again.baseline == {"BTCUSD": pytest.approx(-0.0025)}
+    with pytest.raises(PositionMismatch, match="BTCUSD: Alpaca 0.4975, journal 0.9975"):
+        again.getbroker().start()
+    again.journal.close()
+
+
+def test_an_adopted_baseline_survives_a_restart(fake: AlpacaFake, tmp_path: Path) -> None:
+    cfg = _config(fake, tmp_path / "journal.sqlite")
+    TradingAPI(cfg).submit_idempotent(OrderSpec(client_order_id="by-hand-2", symbol="MSFT",
+                                                side="buy", qty=5))  # fmt: skip
+    first = AlpacaStore(cfg, adopt_positions=True)
+    first.getbroker().start()
+    first.getbroker().stop()
+    first.journal.close()
+    second = AlpacaStore(cfg)  # no --adopt-positions this time
+    s = Session(second)
+    s.broker.start()
+    try:
+        assert s.broker.halted is None and s.broker.getposition(_data("MSFT")).size == 5
+    finally:
+        s.broker.stop()
+        second.journal.close()

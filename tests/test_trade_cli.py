@@ -99,3 +99,19 @@ def test_live_needs_the_confirmation_and_keys(fake: AlpacaFake, tmp_path: Path) 
     assert nokeys.exit_code == 1 and "APCA_API_KEY_ID" in nokeys.output  # type: ignore[attr-defined]
     missing = _run(fake, tmp_path)
     assert missing.exit_code == 1 and "--model" in missing.output  # type: ignore[attr-defined]
+
+
+def test_status_writes_nothing_beside_a_running_session(fake: AlpacaFake, tmp_path: Path) -> None:
+    """An intent journaled by a running bot and not yet sent stays as it is after status."""
+    path = tmp_path / "journal.sqlite"
+    with Journal(path) as journal:
+        rec = journal.record_intent(OrderIntent(
+            strategy="cli", symbol="AAPL", bar_time="2026-03-02T15:00:00Z", side="buy", qty=1,
+        ))  # fmt: skip
+    before = path.read_bytes()
+    result = _run(fake, tmp_path, "status")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert rec.client_order_id in result.output  # type: ignore[attr-defined]
+    with Journal(path) as journal:
+        assert journal.get(rec.client_order_id).status == "pending_submit"  # type: ignore[union-attr]
+    assert path.read_bytes() == before

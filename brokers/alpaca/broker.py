@@ -104,6 +104,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.halted: str | None = None
         self._halt_error: Exception | None = None
         self._last_attempt = 0.0
+        self._saved_baseline = dict(store.baseline)
         self._unknown: set[str] = set()
         self._resync = threading.Event()
         self._account: dict[str, Any] = {}
@@ -524,6 +525,9 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             log.error("trading halted: %s", self.halted)
             return
         self.halted, self._halt_error = None, None
+        if self.store.baseline != self._saved_baseline:
+            self.store.save_baseline()
+            self._saved_baseline = dict(self.store.baseline)
         self._last_check = time.monotonic()
         self._unknown = {c for c in self._unknown
                          if (r := self.journal.get(c)) is None or r.status == "unknown"}  # fmt: skip

@@ -341,7 +341,7 @@ _META_KV = sa.Table(
     "journal_meta",
     _META,
     sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(256), nullable=False),
+    sa.Column("value", sa.Text, nullable=False),
 )
 _INTENT_FIELDS: tuple[str, ...] = (
     "symbol",
@@ -509,7 +509,21 @@ class Journal:
                 _update(conn, coid, _order_changes(row, body, event=None), body)
             return _record(_fetch(conn, coid))
 
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a small named value with the journal (the adopted position baseline, say)."""
+        if key == "schema_version":
+            raise JournalError("schema_version is the journal's own")
+        with self._write() as conn:
+            conn.execute(_META_KV.delete().where(_META_KV.c.key == key))
+            conn.execute(_META_KV.insert().values(key=key, value=value))
+
     # -- reads ----------------------------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        """A value stored with :meth:`set_meta`, or ``None``."""
+        with self._read() as conn:
+            row = conn.execute(sa.select(_META_KV.c.value).where(_META_KV.c.key == key)).first()
+        return None if row is None else str(row[0])
 
     def get(self, client_order_id: str) -> OrderRecord | None:
         """The row of ``client_order_id``, or ``None``."""

@@ -73,19 +73,59 @@ def reconcile(
     tolerance: float = 1e-6,
     adopt: bool = False,
     baseline: dict[str, float] | None = None,
+    crypto_fee_tolerance: float = 0.01,
+    read_only: bool = False,
 ) -> ReconcileReport:
     """Steps 1-5 of the module docstring. ``adopt`` takes any position difference as a
-    baseline (holdings from before the journal) instead of refusing; ``baseline`` is updated."""
+    baseline (holdings from before the journal) instead of refusing; ``baseline`` is updated.
+
+    Crypto: Alpaca takes its fee out of the coin received, so a crypto position may be a
+    little below the journal's fills; a shortfall within ``crypto_fee_tolerance`` (relative)
+    is taken as fees into the baseline, with a warning. ``read_only`` (``btml trade status``
+    beside a running bot) writes nothing: it lists unknown and external orders and compares
+    positions with the journal as it stands.
+    """
     t0 = time.perf_counter()
     report = ReconcileReport()
-    _settle_unknown(api, journal, report)
     open_now = api.orders("open")
-    _adopt_open(journal, open_now, report)
-    _update_closed(api, journal, {str(o["client_order_id"]) for o in open_now}, report)
-    _fill_gaps(journal, report)
-    _compare_positions(api, journal, report, tolerance, adopt, baseline)
+    if read_only:
+        report.never_arrived = [r.client_order_id for r in journal.unknown_orders()]
+        report.external = [str(o["client_order_id"]) for o in open_now
+                           if journal.get(str(o["client_order_id"])) is None]  # fmt: skip
+        baseline = _with_unjournaled_fills(api, journal, open_now, dict(baseline or {}))
+    else:
+        _settle_unknown(api, journal, report)
+        open_now = api.orders("open")
+        _adopt_open(journal, open_now, report)
+        _update_closed(api, journal, {str(o["client_order_id"]) for o in open_now}, report)
+        _fill_gaps(journal, report)
+    fees = crypto_fee_tolerance
+    _compare_positions(api, journal, report, tolerance, adopt, baseline, fees)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _with_unjournaled_fills(
+    api: _Api, journal: Journal, open_now: list[dict[str, Any]], base: dict[str, float]
+) -> dict[str, float]:
+    """``base`` plus what Alpaca has filled of the journal's live orders beyond the journal's
+    fills (a running session journals them a moment later): reads only."""
+    live = journal.open_orders() + journal.unknown_orders()
+    if not live:
+        return base
+    theirs = {str(o["client_order_id"]): o for o in open_now}
+    since = _before(min(r.created_at for r in live))
+    theirs |= {str(o["client_order_id"]): o for o in api.orders("closed", after=since)}
+    for rec in live:
+        order = theirs.get(rec.client_order_id)
+        if order is None:
+            continue
+        done = sum(f.qty for f in journal.fills(client_order_id=rec.client_order_id))
+        gap = float(order.get("filled_qty") or 0.0) - done
+        if gap > 1e-9:
+            key = symbol_key(rec.symbol)
+            base[key] = base.get(key, 0.0) + (gap if rec.side == "buy" else -gap)
+    return base
 
 
 def _settle_unknown(api: _Api, journal: Journal, report: ReconcileReport) -> None:
@@ -167,21 +207,35 @@ def _compare_positions(
     tolerance: float,
     adopt: bool,
     baseline: dict[str, float] | None,
+    fee_tolerance: float = 0.0,
 ) -> None:
     base = baseline if baseline is not None else {}
     broker: dict[str, tuple[float, float]] = {}
+    crypto: set[str] = set()
     for p in api.positions():
         qty = float(p["qty"]) * (-1.0 if p.get("side") == "short" and float(p["qty"]) > 0 else 1.0)
         broker[symbol_key(str(p["symbol"]))] = (qty, float(p.get("avg_entry_price") or 0.0))
+        if p.get("asset_class") == "crypto":
+            crypto.add(symbol_key(str(p["symbol"])))
     report.positions = broker
     by_key: dict[str, list[Any]] = {}
     for f in journal.fills():
         by_key.setdefault(symbol_key(f.symbol), []).append(f)
     for key in sorted(set(by_key) | set(broker) | set(base)):
-        ours = net_position(key, by_key.get(key, [])).qty + base.get(key, 0.0)
+        fills = by_key.get(key, [])
+        ours = net_position(key, fills).qty + base.get(key, 0.0)
         theirs = broker.get(key, (0.0, 0.0))[0]
-        if abs(theirs - ours) > tolerance:
-            report.differences[key] = (theirs, ours)
+        if abs(theirs - ours) <= tolerance:
+            continue
+        if (key in crypto or any("/" in f.symbol for f in fills)) and _fees(
+            theirs, ours, fee_tolerance
+        ):
+            base[key] = base.get(key, 0.0) + theirs - ours
+            log.warning(
+                "%s: %.9g below the journal's fills taken as crypto fees", key, ours - theirs
+            )
+            continue
+        report.differences[key] = (theirs, ours)
     if not report.differences:
         return
     if adopt:
@@ -197,6 +251,16 @@ def _compare_positions(
         "`btml trade status`, fix the account or pass --adopt-positions to take Alpaca's "
         "positions as the starting point",
         report.differences,
+    )
+
+
+def _fees(theirs: float, ours: float, tolerance: float) -> bool:
+    """Whether a crypto shortfall looks like fees taken in the coin: same side, smaller, within
+    ``tolerance`` of the journal's position."""
+    return (
+        ours * theirs >= 0
+        and abs(theirs) < abs(ours)
+        and abs(ours - theirs) <= tolerance * abs(ours)
     )
 
 

@@ -16,6 +16,7 @@ confirmation in the config.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from brokers.alpaca.updates import TradeUpdates
 from feeds.errors import ConfigError
 
 log = logging.getLogger(__name__)
+BASELINE_KEY = "position_baseline"
 
 
 def check_mode(account: dict[str, Any], config: AlpacaConfig) -> None:
@@ -58,7 +60,8 @@ class AlpacaStore:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(config.journal)
         self.adopt_positions = adopt_positions
-        self.baseline: dict[str, float] = {}
+        # holdings adopted from before the journal (and crypto fees), kept with the journal
+        self.baseline: dict[str, float] = json.loads(self.journal.meta(BASELINE_KEY) or "{}")
         self.account: dict[str, Any] = {}
         self.updates: TradeUpdates = TradeUpdates(config, self._on_update)
         self._hub: Any = None
@@ -128,6 +131,11 @@ class AlpacaStore:
     def close(self) -> None:
         self.stop()
         self.journal.close()
+
+    def save_baseline(self) -> None:
+        """Persist the adopted position baseline with the journal (a restart needs no
+        ``--adopt-positions`` again)."""
+        self.journal.set_meta(BASELINE_KEY, json.dumps(self.baseline, sort_keys=True))
 
     def _on_update(self, data: dict[str, Any]) -> None:
         if self._broker is not None:
