@@ -540,3 +540,17 @@ def test_an_adopted_baseline_survives_a_restart(fake: AlpacaFake, tmp_path: Path
     finally:
         s.broker.stop()
         second.journal.close()
+
+
+def test_canceling_a_bracket_exit_reaches_alpaca(session: Session, fake: AlpacaFake) -> None:
+    data = _data("AAPL")
+    b = session.broker
+    parent = b.buy(None, data, 2, transmit=False)
+    stop = b.sell(None, data, 2, price=90.0, exectype=Order.Stop, parent=parent, transmit=False)
+    b.sell(None, data, 2, price=110.0, exectype=Order.Limit, parent=parent, transmit=True)
+    assert session.pump(lambda: parent.status == Order.Completed)
+    b.cancel(stop)  # the exit leg's own id, from the bracket's answer
+    assert session.pump(lambda: not stop.alive())
+    assert stop.status == Order.Canceled
+    legs = {o["type"]: o["status"] for o in fake.orders() if o["side"] == "sell"}
+    assert legs["stop"] == "canceled"

@@ -207,14 +207,15 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         known = self.orders.get(order.ref)
         if known is None or not known.alive():
             return
-        rec = self._record_of(known)
-        if rec is None or rec.alpaca_id is None:
+        alpaca_id = next((a for a, r in self._by_alpaca.items() if r == order.ref), None)
+        if alpaca_id is None:  # not answered yet (unknown): the resync settles it first
+            log.warning("order %d: no Alpaca id yet, cancel not sent", order.ref)
             return
         try:
-            if not self.api.cancel(rec.alpaca_id):
-                log.info("%s: cancel refused, the order is already final", rec.client_order_id)
+            if not self.api.cancel(alpaca_id):
+                log.info("%s: cancel refused, the order is already final", alpaca_id)
         except BrokerUnavailable as err:  # the order stays live; the strategy may cancel again
-            log.error("%s: cancel not delivered: %s", rec.client_order_id, err)
+            log.error("%s: cancel not delivered: %s", alpaca_id, err)
 
     def orderstatus(self, order: Any) -> int:
         return int(self.orders[order.ref].status)
@@ -503,10 +504,6 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             self._apply_fill(order, size, (total - done) / gap, move_position)
         if rec.is_final and order.alive() and rec.status != "filled":
             self._finish(order, rec.status)
-
-    def _record_of(self, order: Any) -> OrderRecord | None:
-        coid = next((c for c, r in self._by_coid.items() if r == order.ref), None)
-        return self.journal.get(coid) if coid else None
 
     # -- reconciliation -------------------------------------------------------------------------
 
