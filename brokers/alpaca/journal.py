@@ -691,6 +691,8 @@ def _check_sqlite_file(path: Path) -> None:
 def _create_schema(engine: Engine, where: str) -> None:
     try:
         with engine.begin() as conn:
+            if engine.url.get_backend_name() == "postgresql":  # one creator at a time
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261534)"))
             tables = set(sa.inspect(conn).get_table_names())
             ours = {t.name for t in _META.sorted_tables}
             if tables & ours and "journal_meta" not in tables:
