@@ -48,6 +48,11 @@ from feeds.errors import BtmlError, DataError
 @click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeframe", default="1Day", show_default=True)
+@click.option(
+    "--compare-lstm",
+    is_flag=True,
+    help="Also train the same model with nn.LSTM of equal size; its test metrics go in the card.",
+)
 @pass_config
 def train(
     config: Config,
@@ -68,6 +73,7 @@ def train(
     threads: int | None,
     seed: int,
     timeframe: str,
+    compare_lstm: bool,
 ) -> None:
     """Train a multi-task model on stored data and register it (70/15/15 chronological split)."""
     import os
@@ -128,6 +134,7 @@ def train(
                 resume=resume,
                 timeframe=timeframe,
                 on_epoch=on_epoch,
+                compare_lstm=compare_lstm,
             )
     except BtmlError as err:
         fail(err)
@@ -147,6 +154,12 @@ def train(
         f"test: direction accuracy {t['direction_accuracy']:.3f} (majority {b['majority_direction_accuracy']:.3f}, "
         f"logistic {b['logistic_direction_accuracy']:.3f}), IC 1-bar {t['price_1_ic']:.3f}"
     )
+    lstm = card.metrics.get("lstm_test")
+    if lstm:
+        click.echo(
+            f"nn.LSTM twin ({int(lstm['parameters']):,} parameters): direction accuracy "
+            f"{lstm['direction_accuracy']:.3f}, IC 1-bar {lstm['price_1_ic']:.3f}"
+        )
 
 
 @click.group()
@@ -197,8 +210,10 @@ def show(config: Config, ref: str, as_json: bool) -> None:
     )
     for split, (a, b) in card.date_ranges.items():
         click.echo(f"  {split:<5} {a[:10]} .. {b[:10]}")
-    for split in ("val", "test"):
+    for split in ("val", "test", "lstm_test"):
         m = card.metrics.get(split, {})
+        if not m:
+            continue
         keys = (
             "direction_accuracy",
             "direction_f1",

@@ -18,7 +18,13 @@ import torch
 
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
 from mlmodels.evaluate import baseline_metrics, head_metrics, predict
-from mlmodels.nets.model import ModelConfig, build_model, count_parameters, get_architecture
+from mlmodels.nets.model import (
+    ModelConfig,
+    build_model,
+    count_parameters,
+    get_architecture,
+    lstm_baseline,
+)
 from mlmodels.registry import ModelCard, ModelRegistry, code_version, data_hash
 from mlmodels.splits import Split, chronological_split
 from mlmodels.trainer import TrainConfig, Trainer
@@ -43,25 +49,29 @@ def train_on_dataset(
     index_name: str | None = None,
     timeframe: str = "1Day",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    compare_lstm: bool = False,
 ) -> tuple[torch.nn.Module, ModelCard]:
-    """Fit scaling on ``split.train``, train, evaluate, and register (when ``registry`` is given)."""
+    """Fit scaling on ``split.train``, train, evaluate, and register (when ``registry`` is given).
+
+    ``compare_lstm`` also trains the same model with ``nn.LSTM`` of equal size in place of the
+    xLSTM stack (same data, split, seed and settings) and records its test metrics in the card
+    as ``metrics["lstm_test"]`` (with its parameter count), beside the naive baselines.
+    """
     scaler = ds.fit_scaler(split.train) if ds.scaler is None else ds.scaler
     base = get_architecture(arch) if isinstance(arch, str) else arch
     mcfg = base.with_data(len(ds.feature_names), ds.window)
-    torch.manual_seed(train_cfg.seed)
-    model = build_model(mcfg)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"btml-train-{name}-"))
-    trainer = Trainer(model, ds, split.train, split.val, train_cfg, work)
-    state = trainer.fit(resume=resume, on_epoch=on_epoch)
-    best = work / "best.pt"
-    if best.exists():
-        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
-    model = model.to("cpu").eval()
-    metrics = {
+    model, trainer, state = _fit(mcfg, ds, split, train_cfg, work, resume, on_epoch)
+    metrics: dict[str, Any] = {
         "val": head_metrics(predict(model, ds, split.val), ds, split.val),
         "test": head_metrics(predict(model, ds, split.test), ds, split.test),
         "baselines_test": baseline_metrics(ds, split.train, split.test),
     }
+    if compare_lstm and mcfg.xlstm_layers and not mcfg.ensemble:
+        twin_cfg = lstm_baseline(mcfg)
+        twin, _, _ = _fit(twin_cfg, ds, split, train_cfg, work / "lstm", resume, None)
+        metrics["lstm_test"] = head_metrics(predict(twin, ds, split.test), ds, split.test)
+        metrics["lstm_test"]["parameters"] = float(count_parameters(twin))
     labels = dataclasses.asdict(data_cfg.labels)
     card = ModelCard(
         name=name,
@@ -104,6 +114,26 @@ def train_on_dataset(
     if registry is not None:
         card = registry.register(model, card)
     return model, card
+
+
+def _fit(
+    mcfg: ModelConfig,
+    ds: WindowDataset,
+    split: Split,
+    train_cfg: TrainConfig,
+    work: Path,
+    resume: bool,
+    on_epoch: Callable[[int, dict[str, float]], None] | None,
+) -> tuple[torch.nn.Module, Trainer, Any]:
+    """Train ``mcfg`` from the seed; returns the best checkpoint's model (eval, CPU)."""
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(mcfg)
+    trainer = Trainer(model, ds, split.train, split.val, train_cfg, work)
+    state = trainer.fit(resume=resume, on_epoch=on_epoch)
+    best = work / "best.pt"
+    if best.exists():
+        model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+    return model.to("cpu").eval(), trainer, state
 
 
 def train_model(

@@ -254,14 +254,20 @@ def test_train_cli_registers_and_lists(tmp_path) -> None:
             "16",
             "--name",
             "demo",
+            "--compare-lstm",
         ],
     )
     assert res.exit_code == 0, res.output
     assert "registered demo:1" in res.output and "majority" in res.output
+    assert "nn.LSTM twin" in res.output
+    card = ModelRegistry(tmp_path / "s" / "models").card("demo:1")
+    twin = card.metrics["lstm_test"]
+    assert set(card.metrics["test"]) <= set(twin)  # the same metrics for the twin
+    assert abs(twin["parameters"] - card.parameters) / card.parameters < 0.05  # equal size
     listed = run(main, [*base, "models", "list"])
     assert "demo:1" in listed.output and "tiny" in listed.output
     shown = run(main, [*base, "models", "show", "demo:1"])
-    assert shown.exit_code == 0 and "train" in shown.output
+    assert shown.exit_code == 0 and "train" in shown.output and "lstm_test:" in shown.output
     missing = run(main, [*base, "models", "show", "nope"])
     assert missing.exit_code == 1 and "no model called 'nope'" in missing.output
     assert isinstance(ModelCard, type)
