@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import math
 import queue
 import threading
 import time
@@ -34,6 +33,7 @@ from backtrader.order import BuyOrder, Order, SellOrder
 from backtrader.position import Position
 
 from brokers.alpaca.journal import Journal, OrderIntent, OrderRecord
+from brokers.alpaca.orders import EXEC_TYPES, AlpacaCommInfo, order_fields
 from brokers.alpaca.reconcile import PositionMismatch, reconcile, symbol_key
 from brokers.alpaca.rest import (
     BrokerUnavailable,
@@ -43,31 +43,6 @@ from brokers.alpaca.rest import (
 )
 
 log = logging.getLogger(__name__)
-
-_EXEC = {
-    None: "market",
-    Order.Market: "market",
-    Order.Limit: "limit",
-    Order.Stop: "stop",
-    Order.StopLimit: "stop_limit",
-}
-
-
-class AlpacaCommInfo(bt.CommInfoBase):  # type: ignore[misc]
-    """Alpaca's costs (no commission on US equities and the default crypto tier here) and
-    sizes in fractions of a share (6 decimals) when ``fractional``."""
-
-    params = (
-        ("stocklike", True),
-        ("commtype", bt.CommInfoBase.COMM_PERC),
-        ("percabs", True),
-        ("commission", 0.0),
-        ("fractional", True),
-    )
-
-    def getsize(self, price: float, cash: float) -> float:
-        raw = self.p.leverage * cash / price if price > 0 else 0.0
-        return math.floor(raw * 1e6) / 1e6 if self.p.fractional else float(int(raw))
 
 
 @dataclass
@@ -254,7 +229,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             parent, stop = self._pending_bracket.pop(parent_ref).orders
             return self._send_bracket(parent, stop, order)
         try:
-            fields = self._spec_fields(order)
+            fields = order_fields(order)
         except OrderRejected as err:
             self.orders[order.ref] = order
             order.submit(self)
@@ -300,7 +275,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
 
     def _send_bracket(self, parent: Any, stop: Any, limit: Any) -> Any:
         try:
-            fields = self._spec_fields(parent)
+            fields = order_fields(parent)
             if limit.created.price is None or stop.created.price is None:
                 raise OrderRejected("a bracket needs a take-profit and a stop-loss price")
         except OrderRejected as err:
@@ -314,29 +289,6 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
                    "stop_loss": stop.created.price}  # fmt: skip
         self._send(parent, fields, children=(stop, limit))
         return limit
-
-    def _spec_fields(self, order: Any) -> dict[str, Any]:
-        kind = _EXEC.get(order.exectype)
-        if kind is None:
-            raise OrderRejected(f"order type {order.getordername()} is not supported on Alpaca")
-        size = abs(float(order.created.size))
-        if not size > 0:
-            raise OrderRejected(f"{order.data._name}: order size {order.created.size} is not > 0")
-        crypto = "/" in order.data._name
-        fields: dict[str, Any] = {
-            "symbol": order.data._name,
-            "side": "buy" if order.isbuy() else "sell",
-            "qty": round(size, 9),
-            "order_type": kind,
-            "time_in_force": "gtc" if crypto else ("gtc" if order.valid else "day"),
-        }
-        if kind in ("limit", "stop_limit"):
-            fields["limit_price"] = order.created.pricelimit or order.created.price
-        if kind in ("stop", "stop_limit"):
-            fields["stop_price"] = order.created.price
-        if kind == "limit":
-            fields["limit_price"] = order.created.price
-        return fields
 
     def _journal_intent(self, order: Any, fields: dict[str, Any]) -> OrderRecord:
         bar = order.data.datetime.datetime(0)
@@ -386,7 +338,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             self._by_alpaca[rec.alpaca_id] = order.ref
         for leg in body.get("legs") or []:
             kind = str(leg.get("type") or leg.get("order_type"))
-            child = next((c for c in children if _EXEC.get(c.exectype) == kind or
+            child = next((c for c in children if EXEC_TYPES.get(c.exectype) == kind or
                           (kind.startswith("stop") and c.exectype == Order.Stop)), None)  # fmt: skip
             if child is not None and leg.get("id"):
                 self._by_alpaca[str(leg["id"])] = child.ref

@@ -1,0 +1,370 @@
+"""The order journal's storage: SQLAlchemy Core tables, engine set-up, and row functions.
+
+Private to ``brokers.alpaca.journal``; the rules they implement are in its docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from brokers.alpaca.journal_model import (
+    _EVENT_STATUS,
+    _MAX_ID,
+    _RANK,
+    _REJECTED_REQUESTS,
+    _SQLITE_MAGIC,
+    FINAL_STATUSES,
+    GAP_PREFIX,
+    SCHEMA_VERSION,
+    UNKNOWN,
+    CorruptJournalError,
+    FillRecord,
+    JournalConfig,
+    JournalError,
+    OrderRecord,
+    _db_time,
+    _float,
+    _jsonable,
+    _parse_time,
+    _str_or_none,
+    _utc,
+)
+
+# ---------------------------------------------------------------------------------------------
+# schema
+
+
+_META = sa.MetaData()
+_ORDERS = sa.Table(
+    "journal_orders",
+    _META,
+    sa.Column("client_order_id", sa.String(_MAX_ID), primary_key=True),
+    sa.Column("alpaca_id", sa.String(64), unique=True),
+    sa.Column("symbol", sa.String(64), nullable=False, index=True),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("qty", sa.Float),
+    sa.Column("notional", sa.Float),
+    sa.Column("order_type", sa.String(16), nullable=False),
+    sa.Column("limit_price", sa.Float),
+    sa.Column("stop_price", sa.Float),
+    sa.Column("time_in_force", sa.String(8), nullable=False),
+    sa.Column("order_class", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(24), nullable=False, index=True),
+    sa.Column("filled_qty", sa.Float, nullable=False),
+    sa.Column("filled_avg_price", sa.Float),
+    sa.Column("created_at", sa.DateTime, nullable=False),  # naive UTC on every backend
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("sent_at", sa.DateTime),
+    sa.Column("error", sa.Text),
+    sa.Column("strategy", sa.String(64)),
+    sa.Column("bar_time", sa.DateTime),
+    sa.Column("leg", sa.String(32)),
+    sa.Column("model_name", sa.String(128)),
+    sa.Column("model_version", sa.Integer),
+    sa.Column("signal", sa.JSON),
+    sa.Column("external", sa.Boolean, nullable=False),
+    sa.Column("raw", sa.JSON),  # the latest order JSON seen from Alpaca
+)
+_FILLS = sa.Table(
+    "journal_fills",
+    _META,
+    sa.Column("execution_id", sa.String(64), primary_key=True),
+    sa.Column(
+        "client_order_id",
+        sa.ForeignKey("journal_orders.client_order_id"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("symbol", sa.String(64), nullable=False, index=True),
+    sa.Column("side", sa.String(8), nullable=False),
+    sa.Column("qty", sa.Float, nullable=False),
+    sa.Column("price", sa.Float, nullable=False),
+    sa.Column("timestamp", sa.DateTime, nullable=False),
+)
+_META_KV = sa.Table(
+    "journal_meta",
+    _META,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+_INTENT_FIELDS: tuple[str, ...] = (
+    "symbol",
+    "side",
+    "qty",
+    "notional",
+    "order_type",
+    "limit_price",
+    "stop_price",
+)
+_INTENT_FIELDS += ("time_in_force", "order_class", "strategy", "leg")
+
+
+# ---------------------------------------------------------------------------------------------
+# engine and schema
+
+
+def _make_engine(url: sa.URL, cfg: JournalConfig) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    database = url.database or ""
+    memory = database in ("", ":memory:")
+    if not memory:
+        _check_sqlite_file(Path(database))
+    kwargs: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": cfg.busy_timeout_s}
+    }
+    if memory:
+        kwargs["poolclass"] = sa.StaticPool
+    engine = sa.create_engine(url, **kwargs)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's own is lazy)
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={cfg.synchronous}")
+        cursor.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_s * 1000)}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # writes take the lock at once, so a read-then-write cannot race another process
+        conn.exec_driver_sql("BEGIN" if conn.info.get("read_only") else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _check_sqlite_file(path: Path) -> None:
+    if path.is_dir():
+        raise JournalError(f"order journal path {path} is a directory; give a file path")
+    if path.exists() and path.stat().st_size > 0:
+        with path.open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+        if head != _SQLITE_MAGIC:
+            raise CorruptJournalError(
+                path,
+                f"order journal {path} is not an SQLite database (it starts with {head[:8]!r}); "
+                "it was left untouched: move it aside or point the journal at another file",
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _create_schema(engine: Engine, where: str) -> None:
+    try:
+        with engine.begin() as conn:
+            if engine.url.get_backend_name() == "postgresql":  # one creator at a time
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261534)"))
+            tables = set(sa.inspect(conn).get_table_names())
+            ours = {t.name for t in _META.sorted_tables}
+            if tables & ours and "journal_meta" not in tables:
+                raise JournalError(
+                    f"{where} has tables {sorted(tables & ours)} that no order journal wrote"
+                )
+            _META.create_all(conn)
+            version = conn.execute(
+                sa.select(_META_KV.c.value).where(_META_KV.c.key == "schema_version")
+            ).scalar()
+            if version is None:
+                conn.execute(_META_KV.insert().values(key="schema_version", value=SCHEMA_VERSION))
+            elif version != SCHEMA_VERSION:
+                raise JournalError(
+                    f"{where} holds journal schema {version}; this code reads {SCHEMA_VERSION}"
+                )
+    except sa.exc.DatabaseError as err:
+        if engine.url.get_backend_name() != "sqlite":
+            raise JournalError(f"order journal at {where}: {err}") from err
+        path = engine.url.database
+        raise CorruptJournalError(
+            path,
+            f"order journal {path} cannot be read ({err.orig}); it was left untouched: move it aside",
+        ) from err
+    except SQLAlchemyError as err:
+        raise JournalError(f"order journal at {where}: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# rows
+
+
+def _select(conn: Connection, coid: str) -> sa.RowMapping | None:
+    return (
+        conn.execute(_ORDERS.select().where(_ORDERS.c.client_order_id == coid)).mappings().first()
+    )
+
+
+def _fetch(conn: Connection, coid: str) -> sa.RowMapping:
+    row = _select(conn, coid)
+    assert row is not None, coid
+    return row
+
+
+def _record(row: sa.RowMapping) -> OrderRecord:
+    values = {k: v for k, v in row.items() if k != "raw"}
+    for key in ("created_at", "updated_at", "sent_at", "bar_time"):
+        values[key] = _utc(values[key]) if values[key] is not None else None
+    values["external"] = bool(values["external"])
+    return OrderRecord(**values)
+
+
+def _update(conn: Connection, coid: str, changes: dict[str, Any], order: Mapping[str, Any]) -> None:
+    if changes:
+        changes = changes | {"raw": _jsonable(order)}
+        conn.execute(_ORDERS.update().where(_ORDERS.c.client_order_id == coid).values(**changes))
+
+
+def _insert_fill(conn: Connection, fill: FillRecord) -> bool:
+    exists = conn.execute(
+        sa.select(_FILLS.c.execution_id).where(_FILLS.c.execution_id == fill.execution_id)
+    ).first()
+    if exists is not None:
+        return False
+    conn.execute(_FILLS.insert().values(**{**asdict(fill), "timestamp": _db_time(fill.timestamp)}))
+    return True
+
+
+def _rebalance_gaps(conn: Connection, coid: str, when: datetime) -> None:
+    """A real execution arrived for an order whose gap (fills the stream missed) was filled by
+    reconciliation: the gap row becomes what the real fills still leave uncovered, so the same
+    quantity is never counted twice (the stream may deliver a fill after a REST read saw it)."""
+    rows = conn.execute(_FILLS.select().where(_FILLS.c.client_order_id == coid)).mappings().all()
+    gaps = [r for r in rows if str(r["execution_id"]).startswith(GAP_PREFIX)]
+    if not gaps:
+        return
+    order = _fetch(conn, coid)
+    real = [r for r in rows if not str(r["execution_id"]).startswith(GAP_PREFIX)]
+    real_qty = sum(float(r["qty"]) for r in real)
+    left = float(order["filled_qty"]) - real_qty
+    conn.execute(
+        _FILLS.delete().where(_FILLS.c.execution_id.in_([g["execution_id"] for g in gaps]))
+    )
+    if left <= 1e-9 or not order["filled_avg_price"]:
+        return
+    done = sum(float(r["qty"]) * float(r["price"]) for r in real)
+    price = (float(order["filled_qty"]) * float(order["filled_avg_price"]) - done) / left
+    gap = FillRecord(
+        execution_id=f"{GAP_PREFIX}{order['alpaca_id'] or coid}-{float(order['filled_qty']):.9f}",
+        client_order_id=coid, symbol=str(order["symbol"]), side=str(order["side"]), qty=left,
+        price=price, timestamp=when,
+    )  # fmt: skip
+    _insert_fill(conn, gap)
+
+
+def _external_row(order: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    created = _parse_time(order["created_at"]) if order.get("created_at") else now
+    return {
+        "client_order_id": str(order["client_order_id"]),
+        "alpaca_id": _str_or_none(order.get("id")),
+        "symbol": str(order.get("symbol") or ""),
+        "side": str(order.get("side") or ""),
+        "qty": _float(order.get("qty")),
+        "notional": _float(order.get("notional")),
+        "order_type": str(order.get("type") or order.get("order_type") or ""),
+        "limit_price": _float(order.get("limit_price")),
+        "stop_price": _float(order.get("stop_price")),
+        "time_in_force": str(order.get("time_in_force") or ""),
+        "order_class": str(order.get("order_class") or "simple"),
+        "status": str(order.get("status") or UNKNOWN),
+        "filled_qty": _float(order.get("filled_qty")) or 0.0,
+        "filled_avg_price": _float(order.get("filled_avg_price")),
+        "created_at": _db_time(created),
+        "updated_at": _db_time(
+            _parse_time(order["updated_at"]) if order.get("updated_at") else now
+        ),
+        "external": True,
+        "raw": _jsonable(order),
+    }
+
+
+def _order_changes(
+    row: sa.RowMapping, order: Mapping[str, Any], event: str | None
+) -> dict[str, Any]:
+    """The column changes an order JSON (from a reply or an event) makes to ``row``; {} if none."""
+    changes: dict[str, Any] = {}
+    proposed = order.get("status") or _EVENT_STATUS.get(event or "", event)
+    status = _next_status(row["status"], str(proposed) if proposed else None, event)
+    if status != row["status"]:
+        changes["status"] = status
+    if order.get("id") and row["alpaca_id"] is None:
+        changes["alpaca_id"] = str(order["id"])
+    filled = _float(order.get("filled_qty"))
+    if filled is not None and filled > row["filled_qty"]:
+        changes["filled_qty"] = filled
+    avg = _float(order.get("filled_avg_price"))
+    if (
+        avg is not None
+        and filled is not None
+        and filled >= row["filled_qty"]
+        and avg != row["filled_avg_price"]
+    ):
+        changes["filled_avg_price"] = avg
+    if changes:
+        stamp = order.get("updated_at")
+        when = _db_time(_parse_time(stamp)) if stamp else row["updated_at"]
+        changes["updated_at"] = max(when, row["updated_at"])
+    return changes
+
+
+def _next_status(old: str, new: str | None, event: str | None) -> str:
+    if new is None or new == old:
+        return old
+    if old in FINAL_STATUSES:  # only a late fill overrides a cancel/expiry
+        return new if new == "filled" and event == "fill" else old
+    if new in FINAL_STATUSES or event in _REJECTED_REQUESTS:
+        return new
+    return new if _RANK.get(new, 3) >= _RANK.get(old, 3) else old
+
+
+def _parse_event(event: Any) -> tuple[Mapping[str, Any], Mapping[str, Any], str, datetime]:
+    if hasattr(event, "model_dump"):  # an alpaca-py TradeUpdate
+        event = event.model_dump(mode="json")
+    if not isinstance(event, Mapping):
+        raise JournalError(f"trade update must be a mapping, got {type(event).__name__}")
+    if isinstance(event.get("data"), Mapping) and "order" not in event:
+        event = event["data"]  # a whole stream message was passed
+    order = event.get("order")
+    if not isinstance(order, Mapping) or not order.get("client_order_id"):
+        raise JournalError(f"trade update without order.client_order_id: {str(dict(event))[:300]}")
+    name = str(event.get("event") or "")
+    if not name:
+        raise JournalError(f"trade update without an event name for {order['client_order_id']}")
+    stamp = event.get("timestamp") or order.get("updated_at")
+    return event, order, name, _utc(_parse_time(stamp)) if stamp else datetime.now(UTC)
+
+
+def _fill_of(
+    event: Mapping[str, Any],
+    name: str,
+    order: Mapping[str, Any],
+    row: sa.RowMapping,
+    when: datetime,
+) -> FillRecord | None:
+    if name not in ("fill", "partial_fill"):
+        return None
+    qty, price = _float(event.get("qty")), _float(event.get("price"))
+    if qty is None or price is None:
+        raise JournalError(
+            f"{name} event for {order['client_order_id']} without qty/price: {dict(event)}"
+        )
+    execution = event.get("execution_id")
+    if not execution:  # older payloads: a stable id from what identifies the execution
+        key = f"{order.get('id')}|{when.isoformat()}|{qty}|{price}"
+        execution = "synthetic-" + hashlib.sha256(key.encode()).hexdigest()[:24]
+    return FillRecord(
+        execution_id=str(execution),
+        client_order_id=str(order["client_order_id"]),
+        symbol=str(order.get("symbol") or row["symbol"]),
+        side=str(order.get("side") or row["side"]),
+        qty=qty,
+        price=price,
+        timestamp=when,
+    )
