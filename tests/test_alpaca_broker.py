@@ -554,3 +554,11 @@ def test_canceling_a_bracket_exit_reaches_alpaca(session: Session, fake: AlpacaF
     assert stop.status == Order.Canceled
     legs = {o["type"]: o["status"] for o in fake.orders() if o["side"] == "sell"}
     assert legs["stop"] == "canceled"
+
+
+def test_a_bad_order_field_is_an_error_not_a_lost_answer(fake: AlpacaFake, tmp_path: Path) -> None:
+    api = TradingAPI(_config(fake, tmp_path / "j.sqlite"))
+    spec = OrderSpec(client_order_id="bad-1", symbol="AAPL", side="buy", qty=float("nan"))
+    with pytest.raises(ConfigError, match="finite number"):
+        api.submit_idempotent(spec)
+    assert fake.orders() == [] and fake.hits("GET", "/v2/orders:by_client_order_id") == 0

@@ -283,9 +283,10 @@ class TradingAPI:
         )
 
     def _submit_once(self, spec: OrderSpec) -> dict[str, Any]:
+        body = spec.body()  # a bad field is the caller's error, not a lost answer
         self._pace()
         try:
-            return cast(dict[str, Any], self.client.post("/orders", spec.body()))
+            return cast(dict[str, Any], self.client.post("/orders", body))
         except APIError as err:
             status, message = err.status_code, self._message(err)
             if status == 429:
