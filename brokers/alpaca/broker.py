@@ -25,7 +25,6 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import backtrader as bt
@@ -43,13 +42,6 @@ from brokers.alpaca.rest import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Pending:
-    """A bracket being collected from ``transmit=False`` orders."""
-
-    orders: list[Any]
 
 
 class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
@@ -70,8 +62,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.orders: dict[int, Any] = {}  # bt ref -> bt order
         self._by_coid: dict[str, int] = {}
         self._by_alpaca: dict[str, int] = {}
-        self._legs: dict[int, int] = {}  # child bt ref -> parent bt ref (brackets)
-        self._pending_bracket: dict[int, _Pending] = {}
+        self._pending_bracket: dict[int, list[Any]] = {}  # parent ref -> untransmitted orders
         self._legs_seen: dict[str, int] = {}  # (symbol|bar) -> orders placed for it
         self.positions: dict[str, Position] = collections.defaultdict(Position)
         self.notifs: collections.deque[Any] = collections.deque()
@@ -92,7 +83,6 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
 
     def start(self) -> None:
         super().start()
-        self.comminfo.setdefault(None, AlpacaCommInfo(fractional=self.cfg.fractional))
         self.store.start(broker=self)
         self.store.updates.on_reconnect.append(self._resync.set)
         self.resync()
@@ -223,10 +213,10 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         order.addcomminfo(self.getcommissioninfo(order.data))
         parent_ref = getattr(order.parent, "ref", order.ref)
         if not order.transmit:
-            self._pending_bracket.setdefault(parent_ref, _Pending([])).orders.append(order)
+            self._pending_bracket.setdefault(parent_ref, []).append(order)
             return order
         if parent_ref != order.ref:  # the last child of a bracket: send the whole bracket
-            parent, stop = self._pending_bracket.pop(parent_ref).orders
+            parent, stop = self._pending_bracket.pop(parent_ref)
             return self._send_bracket(parent, stop, order)
         try:
             fields = order_fields(order)
@@ -243,7 +233,6 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.orders[order.ref] = order
         for child in children:
             self.orders[child.ref] = child
-            self._legs[child.ref] = order.ref
         order.submit(self)
         self.notify(order)
         for child in children:
@@ -419,8 +408,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             order.completed()
         self.notify(order)
         self._account_at = 0.0  # cash changed: refresh on the next read
-        if not order.alive():
-            self._bracket_done(order)
+        # a filled bracket exit's sibling is canceled by Alpaca; the stream reports it
 
     def _finish(self, order: Any, status: str) -> None:
         if not order.alive():
@@ -433,17 +421,6 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         else:
             order.cancel()
         self.notify(order)
-
-    def _bracket_done(self, order: Any) -> None:
-        """A filled bracket exit ends its sibling; Alpaca cancels it, the stream reports it."""
-        parent = self._legs.get(order.ref)
-        if parent is None:
-            return
-        for child_ref, p in self._legs.items():
-            sibling = self.orders[child_ref]
-            if p == parent and child_ref != order.ref and sibling.alive():
-                log.debug("bracket %d: exit %d done, %d will be canceled", parent, order.ref,
-                          child_ref)  # fmt: skip
 
     def _apply_status(self, order: Any, rec: OrderRecord, move_position: bool = True) -> None:
         """Bring a backtrader order up to a journal row (after a lookup or a resync)."""

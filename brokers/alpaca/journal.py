@@ -56,9 +56,9 @@ from brokers.alpaca.journal_db import (
     _make_engine,
     _order_changes,
     _parse_event,
-    _rebalance_gaps,
     _record,
     _select,
+    _set_gap,
     _update,
 )
 from brokers.alpaca.journal_model import (
@@ -234,7 +234,7 @@ class Journal:
             changes = _order_changes(row, order, event=name)
             _update(conn, coid, changes, order)
             if added and fill is not None and not fill.execution_id.startswith(GAP_PREFIX):
-                _rebalance_gaps(conn, coid, when)
+                _set_gap(conn, coid, when, only_if_gap=True)
             record = _record(_fetch(conn, coid))
         return Applied(
             record=record, changed=created or added or bool(changes), fill=fill if added else None
@@ -264,6 +264,17 @@ class Journal:
         with self._write() as conn:
             conn.execute(_META_KV.delete().where(_META_KV.c.key == key))
             conn.execute(_META_KV.insert().values(key=key, value=value))
+
+    def fill_gaps(self) -> dict[str, float]:
+        """Journal the executions the stream missed (:meth:`missing_fills`) as one gap fill per
+        order, at the price the order's averages imply; ``{client_order_id: qty}`` added."""
+        added = {}
+        for coid in self.missing_fills():
+            with self._write() as conn:
+                qty = _set_gap(conn, coid, self._clock(), only_if_gap=False)
+            if qty:
+                added[coid] = qty
+        return added
 
     # -- reads ----------------------------------------------------------------------------------
 

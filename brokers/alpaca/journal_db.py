@@ -232,23 +232,27 @@ def _insert_fill(conn: Connection, fill: FillRecord) -> bool:
     return True
 
 
-def _rebalance_gaps(conn: Connection, coid: str, when: datetime) -> None:
-    """A real execution arrived for an order whose gap (fills the stream missed) was filled by
-    reconciliation: the gap row becomes what the real fills still leave uncovered, so the same
-    quantity is never counted twice (the stream may deliver a fill after a REST read saw it)."""
+def _set_gap(conn: Connection, coid: str, when: datetime, *, only_if_gap: bool) -> float:
+    """Make the order's gap row (fills the stream missed) what its real fills leave uncovered
+    of its ``filled_qty``, at the exact price the averages imply; returns the gap's quantity.
+
+    Reconciliation calls it for orders with missing fills; ``apply_update`` calls it with
+    ``only_if_gap`` after a real execution, so a fill the stream delivers after a REST read saw
+    it replaces the gap instead of being counted twice. The execution id is deterministic, so
+    repeating it changes nothing.
+    """
     rows = conn.execute(_FILLS.select().where(_FILLS.c.client_order_id == coid)).mappings().all()
     gaps = [r for r in rows if str(r["execution_id"]).startswith(GAP_PREFIX)]
-    if not gaps:
-        return
+    if only_if_gap and not gaps:
+        return 0.0
     order = _fetch(conn, coid)
     real = [r for r in rows if not str(r["execution_id"]).startswith(GAP_PREFIX)]
-    real_qty = sum(float(r["qty"]) for r in real)
-    left = float(order["filled_qty"]) - real_qty
-    conn.execute(
-        _FILLS.delete().where(_FILLS.c.execution_id.in_([g["execution_id"] for g in gaps]))
-    )
+    left = float(order["filled_qty"]) - sum(float(r["qty"]) for r in real)
+    if gaps:
+        ids = [g["execution_id"] for g in gaps]
+        conn.execute(_FILLS.delete().where(_FILLS.c.execution_id.in_(ids)))
     if left <= 1e-9 or not order["filled_avg_price"]:
-        return
+        return 0.0
     done = sum(float(r["qty"]) * float(r["price"]) for r in real)
     price = (float(order["filled_qty"]) * float(order["filled_avg_price"]) - done) / left
     gap = FillRecord(
@@ -257,6 +261,7 @@ def _rebalance_gaps(conn: Connection, coid: str, when: datetime) -> None:
         price=price, timestamp=when,
     )  # fmt: skip
     _insert_fill(conn, gap)
+    return left
 
 
 def _external_row(order: Mapping[str, Any], now: datetime) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from brokers.alpaca.journal import GAP_PREFIX, Journal, OrderRecord, net_position
+from brokers.alpaca.journal import Journal, net_position
 from feeds.errors import BtmlError
 
 log = logging.getLogger(__name__)
@@ -173,31 +173,9 @@ def _update_closed(
 
 
 def _fill_gaps(journal: Journal, report: ReconcileReport) -> None:
-    for coid, gap in journal.missing_fills().items():
-        rec = journal.get(coid)
-        if rec is None or not rec.filled_avg_price:
-            continue
-        price = _gap_price(journal, rec, gap)
-        event = {
-            "event": "fill" if rec.status == "filled" else "partial_fill",
-            "execution_id": f"{GAP_PREFIX}{rec.alpaca_id or coid}-{rec.filled_qty:.9f}",
-            "qty": gap,
-            "price": price,
-            "timestamp": datetime.now(UTC).isoformat(),
-            "order": {"client_order_id": coid, "id": rec.alpaca_id, "symbol": rec.symbol,
-                      "side": rec.side, "filled_qty": rec.filled_qty,
-                      "filled_avg_price": rec.filled_avg_price, "status": rec.status},
-        }  # fmt: skip
-        journal.apply_update(event)
-        report.gap_fills[coid] = gap
+    report.gap_fills = journal.fill_gaps()
+    for coid, gap in report.gap_fills.items():
         log.info("%s: %.6g filled while the stream was down, journaled", coid, gap)
-
-
-def _gap_price(journal: Journal, rec: OrderRecord, gap: float) -> float:
-    seen = journal.fills(client_order_id=rec.client_order_id)
-    done = sum(f.qty * f.price for f in seen)
-    total = rec.filled_qty * float(rec.filled_avg_price or 0.0)
-    return (total - done) / gap if gap > 0 else float(rec.filled_avg_price or 0.0)
 
 
 def _compare_positions(
