@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
-from feeds.errors import BtmlError
+from feeds.errors import BtmlError, SymbolNotFound
 
 
 @click.group()
@@ -84,36 +85,109 @@ def download(
 @click.option(
     "--symbol",
     default=None,
-    help="Symbol for a one-symbol file (default: file name) or to pick one.",
+    help="Name of a one-symbol file (default: the file name), or the one symbol to take from a long or wide file.",
 )
-@click.option("--tz", default=None, help="Timezone of naive timestamps, e.g. America/New_York.")
-@click.option("--timeframe", default="1Day", show_default=True)
+@click.option(
+    "--timeframe",
+    default=None,
+    help="1m, 5m, 15m, 1h, 4h or 1Day; inferred from the timestamps, and checked against them when given.",
+)
+@click.option(
+    "--tz",
+    default=None,
+    help="Timezone of naive intraday timestamps, e.g. America/New_York or UTC.",
+)
+@click.option("--sep", default=None, help="Column separator (sniffed: , ; tab |).")
+@click.option("--decimal", default=None, help="Decimal mark (sniffed: . or ,).")
+@click.option(
+    "--date-col", default=None, help="The date column (found by name or content otherwise)."
+)
+@click.option(
+    "--symbol-col",
+    default=None,
+    help="The symbol column of a long file (default: Ticker, Symbol or Name).",
+)
+@click.option(
+    "--dayfirst/--monthfirst",
+    default=None,
+    help="Order of d/m/y dates (sniffed when a day is above 12).",
+)
+@click.option(
+    "--asset-class",
+    type=click.Choice(["stocks", "crypto", "index"]),
+    default=None,
+    help="Where to store it (default: guessed from the symbol).",
+)
 @click.option("--adjust", is_flag=True, help="Scale OHLC by Adj Close / Close.")
 @click.option(
-    "--repair", is_flag=True, help="Sort rows and drop duplicate timestamps instead of failing."
+    "--repair",
+    is_flag=True,
+    help="Sort rows; keep the last of duplicated timestamps (the others are listed and kept in a file).",
+)
+@click.option(
+    "--drop-invalid",
+    is_flag=True,
+    help="Import the good rows; the rejected ones go to a file beside the store.",
+)
+@click.option("--replace", is_flag=True, help="Replace a stored series instead of adding to it.")
+@click.option(
+    "--allow-jump", is_flag=True, help="Accept a price jump where the file joins the stored series."
 )
 @pass_config
 def import_(
-    config: Config,
-    file: Path,
-    symbol: str | None,
-    tz: str | None,
-    timeframe: str,
-    adjust: bool,
-    repair: bool,
+    config: Config, file: Path, drop_invalid: bool, replace: bool, allow_jump: bool, **opts: Any
 ) -> None:
-    """Import a CSV FILE (wide or long ``Ticker,Date,...``) into the store."""
-    from feeds.sources.csv_source import read_csv_frames
+    """Import a CSV FILE into the store: one symbol, long (with a Ticker/Symbol/Name column),
+    close-only or wide (one close column per symbol).
+
+    Nothing is written unless every symbol can be: a row that breaks a rule, or a stored series
+    of another source or adjustment, or other prices on the same days, refuses the import.
+    """
+    from feeds.importer import import_csv
+    from feeds.sources.csv_source import CsvOptions
     from feeds.store import ParquetStore
-    from feeds.validate import validate
 
     try:
-        frames = read_csv_frames(file, symbol=symbol, tz=tz, timeframe=timeframe, adjust=adjust)
-        checked = [validate(f, sym, repair=repair) for sym, f in frames.items()]  # all or nothing
-        store = ParquetStore(config.store)
-        for frame, report in checked:
-            path = store.write(frame)
-            click.echo(f"{report.summary()} -> {path}")
+        result = import_csv(
+            ParquetStore(config.store),
+            file,
+            CsvOptions(**opts),
+            drop_invalid=drop_invalid,
+            replace=replace,
+            allow_jump=allow_jump,
+        )
+    except BtmlError as err:
+        fail(err)
+    for line in result.lines():
+        click.echo(line)
+    if not result.ok:
+        click.echo("warning: check the findings above with `btml data validate`", err=True)
+
+
+@data.command()
+@click.argument("symbols", nargs=-1, required=True)
+@click.option("--timeframe", default="1Day", show_default=True)
+@click.option("--asset-class", type=click.Choice(["stocks", "crypto", "index"]), default=None)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_config
+def rm(
+    config: Config, symbols: tuple[str, ...], timeframe: str, asset_class: str | None, yes: bool
+) -> None:
+    """Remove stored SYMBOLS (one timeframe) from the store."""
+    from feeds.store import ParquetStore
+
+    store = ParquetStore(config.store)
+    try:
+        paths = []
+        for sym in symbols:
+            path = store.find(sym, timeframe, asset_class)
+            if path is None:
+                store.remove(sym, timeframe, asset_class)  # raises the not-found error
+            paths.append((sym, path))
+        if not yes and not click.confirm(f"remove {', '.join(str(p) for _, p in paths)}?"):
+            raise click.Abort()
+        for sym, _ in paths:
+            click.echo(f"removed {store.remove(sym, timeframe, asset_class)}")
     except BtmlError as err:
         fail(err)
 
@@ -185,7 +259,8 @@ def list_(config: Config) -> None:
 @click.option("--timeframe", default="1Day", show_default=True)
 @pass_config
 def validate_(config: Config, symbols: tuple[str, ...], timeframe: str) -> None:
-    """Validate stored SYMBOLS (default: all); exit 1 if any breaks a rule."""
+    """Validate stored SYMBOLS (default: all); exit 1 if any breaks a rule or has a finding
+    (a possible unadjusted split, a price jump where two imports were joined)."""
     from feeds.store import ParquetStore
     from feeds.timeframes import get_timeframe
     from feeds.validate import validate
@@ -200,15 +275,20 @@ def validate_(config: Config, symbols: tuple[str, ...], timeframe: str) -> None:
     failed = len(bad)
     for err in bad:
         click.echo(f"error: {err}", err=True)
+    unknown = 0
     for sym in targets:
         try:
             _, report = validate(store.read(sym, timeframe), sym)
             click.echo(("ok      " if report.ok else "warning ") + report.summary())
+            failed += not report.ok
+        except SymbolNotFound as err:
+            unknown += 1
+            click.echo(f"error: {err}", err=True)
         except BtmlError as err:
             failed += 1
             click.echo(f"error: {err}", err=True)
-    if failed:
-        sys.exit(1)
+    if unknown or failed:
+        sys.exit(2 if unknown else 1)
 
 
 @data.command()

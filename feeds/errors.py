@@ -10,7 +10,8 @@ will not fix, and passing faults (network, a busy server), which a rerun may fix
     |   |   +-- ValidationError
     |   +-- SymbolNotFound        the source has no such symbol, or returned nothing
     |   +-- StoreError            the store cannot be read or written
-    |       +-- CorruptFileError  a Parquet file that cannot be read (names the file)
+    |   |   +-- CorruptFileError  a Parquet file that cannot be read (names the file)
+    |   +-- StoreConflict         new rows disagree with what is stored (source, adjustment, prices)
     +-- TransientError            retry later
         +-- SourceUnavailable     network failure, timeout, 5xx, rate limit
 """
@@ -63,12 +64,26 @@ class CorruptFileError(StoreError):
         super().__init__(message)
 
 
+class StoreConflict(UserError):
+    """Rows to store disagree with the stored series; nothing was written."""
+
+
 class TransientError(BtmlError):
     """A passing fault: the same call may succeed later."""
 
 
 class SourceUnavailable(TransientError, ConnectionError):
     """A data source could not be reached or answered with a server error."""
+
+
+class BrokerProtocolError(TransientError):
+    """A broker answered outside its API's schema (one object where a list is due, a field
+    missing or not a number); the answer was not used. Names the endpoint and the field."""
+
+    def __init__(self, endpoint: str, field: str, message: str) -> None:
+        self.endpoint = endpoint
+        self.field = field
+        super().__init__(message)
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> ConfigError:

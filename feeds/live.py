@@ -38,30 +38,30 @@ from __future__ import annotations
 import logging
 import queue
 from collections import deque
-from datetime import time
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
 
 from feeds.btfeeds import datetimes_to_num
+from feeds.calendars import is_open
 from feeds.errors import ConfigError, DataError
 from feeds.frame import OHLCV_COLUMNS
 from feeds.timeframes import get_timeframe
 
 log = logging.getLogger(__name__)
 
-NEW_YORK = ZoneInfo("America/New_York")
-SESSION_OPEN, SESSION_CLOSE = time(9, 30), time(16, 0)
 STAMPS = ("end", "start")
 
 
 def in_regular_session(ts: pd.Timestamp) -> bool:
-    """Whether a bar starting at ``ts`` (tz-aware) is in the NYSE regular session, DST-aware."""
-    local = ts.tz_convert(NEW_YORK)
-    return local.weekday() < 5 and SESSION_OPEN <= local.time() < SESSION_CLOSE
+    """Whether a bar starting at ``ts`` (tz-aware) is in the NYSE regular session.
+
+    The exchange calendar decides (:func:`feeds.calendars.is_open`): DST, holidays and early
+    closes included, the same calendar the gap checks use.
+    """
+    return is_open(ts)
 
 
 def backfill_window(n: int, delta: pd.Timedelta, crypto: bool, now: pd.Timestamp) -> pd.Timestamp:

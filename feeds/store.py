@@ -18,19 +18,76 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from feeds.errors import ConfigError, CorruptFileError, StoreError, SymbolNotFound
+from feeds.errors import (
+    ConfigError,
+    CorruptFileError,
+    StoreConflict,
+    StoreError,
+    SymbolNotFound,
+)
 from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, guess_asset_class
 from feeds.sources.base import to_utc
 from feeds.timeframes import get_timeframe
-from feeds.validate import validate
+from feeds.validate import parse_seams, validate
 
 _META_KEY = b"btml"
 LOCK_TIMEOUT_S = 60.0
+
+
+# what must agree between a stored series and rows added to it, with the value when unset
+_CHECKED_ATTRS = {"source": "?", "adjustment": "raw", "bars": "ohlcv"}
+
+
+def merge_series(
+    old: pd.DataFrame, new: pd.DataFrame, attrs: dict[str, object]
+) -> tuple[pd.DataFrame, dict[str, object]]:
+    """``new`` added to the stored ``old``, refusing what would silently corrupt the series.
+
+    Raises :class:`~feeds.errors.StoreConflict` when the source or adjustment differ, or when
+    rows at the same timestamps have other prices (the first such row is named). Returns the
+    merged frame and its attrs: the stored ones, updated, with the new join points added to
+    ``seams``.
+    """
+    sym = str(attrs["symbol"])
+    diff = [
+        f"{k} {old.attrs.get(k, d)!r} -> {attrs.get(k, d)!r}"
+        for k, d in _CHECKED_ATTRS.items()
+        if old.attrs.get(k, d) != attrs.get(k, d)
+    ]
+    if diff:
+        raise StoreConflict(
+            f"{sym}: the stored series differs from this one ({'; '.join(diff)}); nothing was "
+            f"written. Replace it with --replace, or store this one under another symbol "
+            f"(--symbol {sym}_2)"
+        )
+    common = old.index.intersection(new.index)
+    if len(common):
+        a = old.loc[common, ["open", "high", "low", "close"]].to_numpy(dtype=np.float64)
+        b = new.loc[common, ["open", "high", "low", "close"]].to_numpy(dtype=np.float64)
+        differs = ~np.isclose(a, b, rtol=1e-6, atol=0.0).all(axis=1)
+        if differs.any():
+            i = int(np.argmax(differs))
+            raise StoreConflict(
+                f"{sym}: {int(differs.sum())} of {len(common)} overlapping rows have other prices, "
+                f"first at {common[i]} (stored close {a[i, 3]:g}, new close {b[i, 3]:g}); nothing "
+                "was written. Replace the series with --replace or store this one under another symbol"
+            )
+    merged = pd.concat([old[~old.index.isin(new.index)], new]).sort_index()
+    seams = parse_seams(old.attrs.get("seams"))
+    if len(old):
+        is_new = merged.index.isin(new.index.difference(old.index))
+        seams += list(merged.index[1:][is_new[1:] != is_new[:-1]])
+    out_attrs = {**old.attrs, **attrs}
+    out_attrs.pop("fetched_at", None)
+    if seams:
+        out_attrs["seams"] = json.dumps(sorted({t.isoformat() for t in seams}))
+    return merged, out_attrs
 
 
 def symbol_to_filename(symbol: str) -> str:
@@ -102,8 +159,12 @@ class ParquetStore:
     def write(self, frame: pd.DataFrame, *, merge: bool = True, repair: bool = False) -> Path:
         """Validate and store ``frame`` (its attrs name symbol, timeframe, asset class, source).
 
-        With ``merge`` the rows are merged into what is stored (new rows win on equal
-        timestamps); otherwise the file is replaced. Returns the file path.
+        With ``merge`` the rows are added to what is stored, and refused with
+        :class:`~feeds.errors.StoreConflict` (nothing written) when the stored series has another
+        source or adjustment, or when overlapping rows carry other prices; the join points are
+        kept as ``seams`` so validation can check the prices across them. Without ``merge`` the
+        file is replaced. A symbol stored under another asset class is refused either way.
+        Returns the file path.
         """
         attrs = dict(frame.attrs)
         for key in ("symbol", "timeframe", "source"):
@@ -113,13 +174,49 @@ class ParquetStore:
         # the index is stored as the "datetime" column that reads filter on, in nanoseconds
         frame = frame.set_axis(pd.DatetimeIndex(frame.index, name="datetime").as_unit("ns"), axis=0)
         path = self.path_for(attrs["symbol"], attrs["timeframe"], attrs.get("asset_class"))
+        self.check_asset_class(attrs["symbol"], attrs["timeframe"], path)
         with self._locked(path):
             if merge and path.exists():
-                old = self._read_file(path)
-                frame = pd.concat([old[~old.index.isin(frame.index)], frame]).sort_index()
-                frame, _ = validate(frame, attrs["symbol"])
+                frame, attrs = merge_series(self._read_file(path), frame, attrs)
+                frame, _ = validate(frame, str(attrs["symbol"]))
             frame.attrs = attrs
             self._atomic_write(frame, path)
+        return path
+
+    def check_asset_class(self, symbol: str, timeframe: str, path: Path) -> None:
+        """Refuse to store ``symbol`` at ``path`` when it is stored under another asset class."""
+        other = self.find(symbol, timeframe)
+        if other is not None and other != path:
+            raise StoreConflict(
+                f"{symbol}: already stored as {other.parent.parent.name} ({other}); remove it "
+                f"first (`btml data rm {symbol}`) or store this one under another symbol"
+            )
+
+    def write_rejected(self, symbol: str, timeframe: str, rows: pd.DataFrame) -> Path:
+        """Keep rows left out of an import in ``{root}/rejected/{timeframe}/``; returns the file."""
+        stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
+        path = self.root / "rejected" / get_timeframe(timeframe).name
+        path = path / f"{symbol_to_filename(symbol)}.{stamp}.csv"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rows.to_csv(path, index=False)
+        except OSError as err:
+            raise StoreError(
+                f"{path}: cannot write the rejected rows ({err.strerror or err})"
+            ) from err
+        return path
+
+    def remove(self, symbol: str, timeframe: str, asset_class: str | None = None) -> Path:
+        """Delete ``symbol``'s stored ``timeframe`` file; returns the path that was removed."""
+        path = self.find(symbol, timeframe, asset_class)
+        if path is None:
+            raise SymbolNotFound(
+                f"{symbol} ({timeframe}) is not in the store at {self.root}; see `btml data list`"
+            )
+        with self._locked(path):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            Path(str(path) + ".lock").unlink()
         return path
 
     def _atomic_write(self, frame: pd.DataFrame, path: Path) -> None:

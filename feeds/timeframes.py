@@ -51,6 +51,44 @@ def get_timeframe(name: str) -> Timeframe:
     raise unknown_name("timeframe", name, TIMEFRAMES)
 
 
+def infer_timeframe(index: pd.DatetimeIndex) -> str | None:
+    """The registered timeframe the timestamps are spaced by, or None with fewer than 3 rows.
+
+    The most common spacing decides (weekends, nights and holidays are rarer than the bar size),
+    and dates whose most common spacing is one day are daily whatever their time of day. Raises
+    :class:`ConfigError` for a spacing that is no registered timeframe (weekly or monthly bars,
+    2-minute bars), saying what the spacing is.
+    """
+    if len(index) < 3:
+        return None
+    diffs = pd.Series(index.sort_values()).diff().dropna()
+    diffs = diffs[diffs > pd.Timedelta(0)]
+    if diffs.empty:
+        return None
+    step = diffs.mode().iloc[0]
+    for tf in TIMEFRAMES.values():
+        if tf.delta == step:
+            return tf.name
+    days = step / pd.Timedelta("1D")
+    if 5 <= days <= 8:
+        what = "weekly"
+    elif 27 <= days <= 32:
+        what = "monthly"
+    elif 88 <= days <= 93:
+        what = "quarterly"
+    else:
+        what = f"{step} apart"
+    raise ConfigError(
+        f"the bars are {what} (most common spacing {_human(step)}); the store holds "
+        f"{', '.join(TIMEFRAMES)} bars: use daily or finer data"
+    )
+
+
+def _human(step: pd.Timedelta) -> str:
+    days = step / pd.Timedelta("1D")
+    return f"{days:g} days" if days >= 1 else str(step)
+
+
 def resample(frame: pd.DataFrame, target: str) -> pd.DataFrame:
     """Resample a canonical OHLCV frame to a coarser timeframe (the one place this is done).
 

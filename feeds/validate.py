@@ -2,18 +2,21 @@
 
 Hard rules (an error names the symbol, the timestamp and the rule, and says how to fix it):
 UTC timestamps, strictly increasing, no duplicates, no NaN, prices > 0, low <= open/close <= high,
-volume >= 0. Soft findings (reported, not raised): gaps beyond the calendar as a percentage, and
-one-bar jumps whose size matches a split ratio. Repairs (sort, drop duplicate timestamps) happen
-only when ``repair=True``.
+volume >= 0. Soft findings (reported, not raised; ``report.ok`` is False for the last two): gaps
+against the exchange calendar (:mod:`feeds.calendars`) as a percentage, one-bar jumps whose size
+matches a split ratio, and price jumps at a seam where two imports were joined. Repairs (sort,
+drop duplicate timestamps) happen only when ``repair=True`` and are listed in the report.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from feeds.calendars import sessions
 from feeds.errors import ValidationError
 from feeds.frame import OHLCV_COLUMNS
 from feeds.timeframes import get_timeframe
@@ -33,10 +36,12 @@ class ValidationReport:
     gap_pct: float = 0.0
     missing_bars: int = 0
     split_suspects: list[tuple[pd.Timestamp, float]] = field(default_factory=list)
+    seam_jumps: list[tuple[pd.Timestamp, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.split_suspects
+        return not self.split_suspects and not self.seam_jumps
 
     def summary(self) -> str:
         parts = [f"{self.symbol}: {self.rows} rows", f"gaps {self.gap_pct:.2f}%"]
@@ -44,6 +49,12 @@ class ValidationReport:
             parts.append("repaired: " + "; ".join(self.repaired))
         for ts, ratio in self.split_suspects:
             parts.append(f"possible unadjusted split {_ratio_text(ratio)} at {ts}")
+        for ts, ret in self.seam_jumps:
+            parts.append(
+                f"price jumps {ret:+.1%} at {ts}, where two imports were joined "
+                "(different source or adjustment?)"
+            )
+        parts.extend(self.notes)
         return ", ".join(parts)
 
 
@@ -103,9 +114,46 @@ def _check_index(
                 f"{int(dup.sum())} duplicate timestamp(s)",
                 "Drop them (repair=True / --repair keeps the last row of each).",
             )
+        dropped = frame.index[dup]
+        shown = ", ".join(str(t) for t in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
         frame = frame[~dup]
-        report.repaired.append(f"dropped {int(dup.sum())} duplicate(s)")
+        report.repaired.append(
+            f"dropped {len(dropped)} duplicate(s) (kept the last of each): {shown}"
+        )
     return frame
+
+
+# (rule, what it means, how to fix it); :func:`row_rules` tests every row against each in order
+ROW_RULES: tuple[tuple[str, str, str], ...] = (
+    ("nan", "NaN or infinite value", "Drop or fill those rows at the source."),
+    ("positive", "price <= 0", "Prices must be positive; drop the row or fix the source."),
+    ("high>=low", "high < low", "The bar is corrupt: fix or drop it."),
+    ("low<=open,close", "low above open or close", "The bar is corrupt: fix or drop it."),
+    ("open,close<=high", "open or close above high", "The bar is corrupt: fix or drop it."),
+    ("volume>=0", "negative volume", "Volume must be >= 0."),
+)
+
+
+def row_rules(values: np.ndarray) -> np.ndarray:
+    """The first rule each OHLCV row breaks (``""`` when it breaks none), as an object array.
+
+    ``values`` is an ``(n, 5)`` float array in the order open, high, low, close, volume.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    o, h, lo, c, vol = v.T
+    with np.errstate(invalid="ignore"):
+        masks = (
+            ~np.isfinite(v).all(axis=1),
+            (v[:, :4] <= 0).any(axis=1),
+            h < lo,
+            (lo > o) | (lo > c),
+            (o > h) | (c > h),
+            vol < 0,
+        )
+    out = np.full(len(v), "", dtype=object)
+    for (rule, _, _), bad in zip(ROW_RULES[::-1], masks[::-1], strict=True):
+        out[bad] = rule  # reversed: the first rule in ROW_RULES wins
+    return out
 
 
 def _check_values(frame: pd.DataFrame, symbol: str) -> None:
@@ -119,36 +167,9 @@ def _check_values(frame: pd.DataFrame, symbol: str) -> None:
             "Provide open, high, low, close, volume.",
         )
     v = frame.loc[:, list(OHLCV_COLUMNS)].to_numpy(dtype=np.float64)
-    o, h, lo, c, vol = v.T
-    rules = (
-        (
-            "nan",
-            ~np.isfinite(v).all(axis=1),
-            "NaN or infinite value",
-            "Drop or fill those rows at the source.",
-        ),
-        (
-            "positive",
-            (v[:, :4] <= 0).any(axis=1),
-            "price <= 0",
-            "Prices must be positive; drop the row or fix the source.",
-        ),
-        ("high>=low", h < lo, "high < low", "The bar is corrupt: fix or drop it."),
-        (
-            "low<=open,close",
-            (lo > o) | (lo > c),
-            "low above open or close",
-            "The bar is corrupt: fix or drop it.",
-        ),
-        (
-            "open,close<=high",
-            (o > h) | (c > h),
-            "open or close above high",
-            "The bar is corrupt: fix or drop it.",
-        ),
-        ("volume>=0", vol < 0, "negative volume", "Volume must be >= 0."),
-    )
-    for rule, bad, what, fix in rules:
+    broken = row_rules(v)
+    for rule, what, fix in ROW_RULES:
+        bad = broken == rule
         if bad.any():
             i = int(np.argmax(bad))
             row = dict(zip(OHLCV_COLUMNS, v[i].tolist(), strict=True))
@@ -158,7 +179,7 @@ def _check_values(frame: pd.DataFrame, symbol: str) -> None:
 
 
 def _gaps(frame: pd.DataFrame, timeframe: str | None, asset_class: str) -> tuple[int, float]:
-    """Bars missing against the calendar: business days for daily stocks, continuous otherwise."""
+    """Bars missing against the calendar: exchange sessions for daily stocks, 24/7 for crypto."""
     if len(frame) < 2 or timeframe is None:
         return 0, 0.0
     tf = get_timeframe(timeframe)
@@ -167,12 +188,39 @@ def _gaps(frame: pd.DataFrame, timeframe: str | None, asset_class: str) -> tuple
         if asset_class != "crypto":
             return 0, 0.0  # sessions vary by venue; intraday stock gaps are not judged here
         expected = int((end - start) / tf.delta) + 1
-    elif asset_class == "crypto":
-        expected = int((end.normalize() - start.normalize()).days) + 1
+        missing = max(expected - len(frame), 0)
     else:
-        expected = len(pd.bdate_range(start.normalize(), end.normalize()))
-    missing = max(expected - len(frame), 0)
+        days = sessions(start, end, asset_class=asset_class)
+        expected = len(days)
+        missing = int((~days.isin(frame.index.normalize())).sum())
     return missing, 100.0 * missing / max(expected, 1)
+
+
+def seam_jumps(frame: pd.DataFrame, seams: list[pd.Timestamp]) -> list[tuple[pd.Timestamp, float]]:
+    """Seams (where two imports or downloads were joined) across which the price jumps.
+
+    A jump is a close-to-close log return at the seam above six robust standard deviations of
+    the series' returns and above 5 %: an adjusted series joined to a raw one, or two vendors'
+    prices of different scale. Returns ``(first bar after the seam, return)`` pairs.
+    """
+    if len(frame) < 3 or not seams:
+        return []
+    logret = np.diff(np.log(frame["close"].to_numpy(dtype=np.float64)))
+    scale = 1.4826 * float(np.median(np.abs(logret - np.median(logret))))
+    limit = max(6.0 * scale, 0.05)
+    out = []
+    for ts in seams:
+        i = int(frame.index.searchsorted(ts))
+        if 0 < i < len(frame) and abs(logret[i - 1]) > limit:
+            out.append((frame.index[i], float(np.expm1(logret[i - 1]))))
+    return out
+
+
+def parse_seams(text: object) -> list[pd.Timestamp]:
+    """The seams kept in a stored frame's ``attrs["seams"]`` (a JSON list of ISO timestamps)."""
+    if not isinstance(text, str) or not text:
+        return []
+    return [pd.Timestamp(t) for t in json.loads(text)]
 
 
 def _split_suspects(frame: pd.DataFrame) -> list[tuple[pd.Timestamp, float]]:
@@ -208,5 +256,6 @@ def validate(
     )
     if attrs.get("adjustment", "raw") in ("raw", "dividend"):
         report.split_suspects = _split_suspects(frame)
+    report.seam_jumps = seam_jumps(frame, parse_seams(attrs.get("seams")))
     frame.attrs = attrs
     return frame, report

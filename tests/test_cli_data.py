@@ -43,7 +43,7 @@ def test_import_then_list_then_validate(store_dir: Path) -> None:
     )
     assert res.exit_code == 0, res.output
     path = store_dir / "raw/stocks/1Day/CALM.parquet"
-    assert res.stdout.strip() == f"CALM: 662 rows, gaps 3.78% -> {path}"
+    assert res.stdout.strip() == f"CALM: 662 rows, gaps 0.00% -> {path}"  # no NYSE session missing
 
     res = btml(store_dir, "data", "list")
     assert res.exit_code == 0, res.output
@@ -73,36 +73,32 @@ def test_import_long_file_with_adjust(store_dir: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0 and res.stdout.count("ok ") == 2
 
 
-def test_import_of_the_missed_split_needs_repair_and_warns(store_dir: Path) -> None:
+def test_import_of_the_missed_split_warns_and_validate_fails(store_dir: Path) -> None:
     csv = str(YF_REPAIR / "4063-T-1d-bad-stock-split.csv")
     res = btml(store_dir, "data", "import", csv, "--symbol", "4063.T")
-    assert res.exit_code == 1
-    assert _one_error_line(res).startswith(
-        "error: 4063.T at 2023-04-13 00:00:00+00:00: timestamps go backwards"
-    )
-    assert parquet_files(store_dir) == []
-
-    res = btml(store_dir, "data", "import", csv, "--symbol", "4063.T", "--repair")
     assert res.exit_code == 0, res.output
-    assert "repaired: sorted" in res.stdout
+    assert "newest-first file: rows reversed" in res.stdout  # reversing loses nothing
     assert "possible unadjusted split 5:1 at 2023-03-29" in res.stdout
+    assert "warning: check the findings above" in res.stderr
 
     res = btml(store_dir, "data", "validate")
-    assert res.exit_code == 0  # a suspected split is a warning, not a broken rule
+    assert res.exit_code == 1  # the check failed: a suspected split
     assert res.stdout.startswith("warning 4063.T: 22 rows")
 
 
-def test_import_of_a_bad_csv_exits_1_and_writes_nothing(store_dir: Path, tmp_path: Path) -> None:
+def test_import_of_a_bad_csv_exits_2_and_writes_nothing(store_dir: Path, tmp_path: Path) -> None:
     # AAPL is fine, IBM has a bar with high below low: the import is all or nothing
     csv = tmp_path / "bad.csv"
     csv.write_text(
         LONG_CSV.replace("IBM,2000-03-02,100.5,105.44,99.5", "IBM,2000-03-02,100.5,95.44,99.5")
     )
     res = btml(store_dir, "data", "import", str(csv))
-    assert res.exit_code == 1
-    line = _one_error_line(res)
-    assert line.startswith("error: IBM at 2000-03-02 00:00:00+00:00: high < low")
-    assert "[rule: high>=low]" in line
+    assert res.exit_code == 2
+    assert res.stderr.splitlines() == [
+        f"error: {csv}: 1 of 6 rows break a rule; nothing was imported. Fix them, or import the "
+        "rest with --drop-invalid (the rejected rows are kept in a file beside the store):",
+        "  line 5: IBM '2000-03-02': high < low [rule: high>=low]",
+    ]
     assert res.stdout == ""
     assert parquet_files(store_dir) == []
     assert btml(store_dir, "data", "list").stdout.startswith("the store at")
@@ -114,15 +110,19 @@ def test_import_of_a_bad_csv_exits_1_and_writes_nothing(store_dir: Path, tmp_pat
         (
             "Date,Open,High,Low,Close,Volume\nyesterday,1,2,0.5,1.5,10\n",
             [],
-            "unparseable date 'yesterday'",
+            "line 2: IN 'yesterday': unreadable date [rule: date]",
         ),
-        ("Date,Open,Close,Volume\n2020-01-02,1,1.5,10\n", [], r"missing column(s) high, low"),
+        ("Date,Open,Close,Volume\n2020-01-02,1,1.5,10\n", [], "has open but no high, low column"),
         (
             "Datetime,Open,High,Low,Close,Volume\n2020-01-02 09:30,1,2,0.5,1.5,10\n",
             ["--timeframe", "1m"],
             "timestamps have no timezone",
         ),
-        ("Date,Open,High,Low,Close,Volume\n2020-01-02,1,2,0.5,-1.5,10\n", [], "price <= 0"),
+        (
+            "Date,Open,High,Low,Close,Volume\n2020-01-02,1,2,0.5,-1.5,10\n",
+            [],
+            "price <= 0 [rule: positive]",
+        ),
         (LONG_CSV, ["--symbol", "MSFT"], "no rows for MSFT; the file holds AAPL, IBM"),
         (LONG_CSV, ["--timeframe", "2d"], "unknown timeframe '2d'"),
     ],
@@ -133,8 +133,9 @@ def test_import_errors_are_one_line(
     csv = tmp_path / "in.csv"
     csv.write_text(text)
     res = btml(store_dir, "data", "import", str(csv), *args)
-    assert res.exit_code == 1
-    assert message in _one_error_line(res)
+    assert res.exit_code == 2
+    assert res.stderr.startswith("error: ") and "Traceback" not in res.output
+    assert message in res.stderr
     assert parquet_files(store_dir) == []
 
 
@@ -182,13 +183,13 @@ def test_validate_accepts_timeframe_aliases(store_dir: Path) -> None:
     assert res.exit_code == 0
     assert res.stdout.startswith("ok      CALM: 662 rows")
     res = btml(store_dir, "data", "validate", "--timeframe", "2d")
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "unknown timeframe '2d'" in _one_error_line(res)
 
 
 def test_validate_of_an_unknown_symbol(store_dir: Path) -> None:
     res = btml(store_dir, "data", "validate", "NOPE")
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "NOPE (1Day) is not in the store" in _one_error_line(res)
 
 
@@ -220,7 +221,7 @@ def test_download_needs_symbols_or_a_known_universe(store_dir: Path) -> None:
     assert res.exit_code == 2
     assert "give SYMBOLS or --universe NAME" in res.stderr
     res = btml(store_dir, "data", "download", "--universe", "smal")
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert "unknown universe 'smal'" in _one_error_line(res)
     assert "did you mean 'small'" in res.stderr
 

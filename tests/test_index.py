@@ -225,5 +225,5 @@ def test_index_cli_build_list_and_errors(tmp_path, sample) -> None:
     assert "note: weights summed to 1.1" in res.output and "2005-01-03" in res.output
     assert "TRIO" in run(main, [*base, "list"]).output
     bad = run(main, [*base, "build", "X", "--constituents", "AAPL,ZZZZ"])
-    assert bad.exit_code == 1 and "ZZZZ not in the store" in bad.output
+    assert bad.exit_code == 2 and "ZZZZ not in the store" in bad.output
     assert run(main, [*base, "build", "--help"]).exit_code == 0

@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +20,7 @@ from feeds.errors import (
     ConfigError,
     CorruptFileError,
     SourceUnavailable,
+    StoreConflict,
     StoreError,
     SymbolNotFound,
     ValidationError,
@@ -177,7 +179,9 @@ def test_reading_an_unknown_symbol_says_how_to_get_it(store: ParquetStore) -> No
 # ---------------------------------------------------------------------------- merging
 
 
-def test_merge_deduplicates_and_new_rows_win(store: ParquetStore, make_ohlcv: FrameFactory) -> None:
+def test_merge_refuses_overlapping_rows_with_other_prices(
+    store: ParquetStore, make_ohlcv: FrameFactory
+) -> None:
     full = make_ohlcv(30, symbol="MRG")
     first = full.iloc[:20]
     second = full.iloc[10:].copy()
@@ -185,14 +189,27 @@ def test_merge_deduplicates_and_new_rows_win(store: ParquetStore, make_ohlcv: Fr
     second.iloc[:10, 3] = mid.iloc[:10]  # revised closes for the overlapping rows
     assert (second["close"].iloc[:10] != full["close"].iloc[10:20]).all()
     second.attrs = dict(full.attrs)
-    store.write(first)
-    store.write(second)
+    path = store.write(first)
+    before = path.read_bytes()
+    with pytest.raises(
+        StoreConflict,
+        match=r"MRG: 10 of 10 overlapping rows have other prices, "
+        r"first at 2020-01-15 00:00:00\+00:00 .*--replace",
+    ):
+        store.write(second)
+    assert path.read_bytes() == before
 
+
+def test_merge_of_agreeing_rows_records_the_seam(
+    store: ParquetStore, make_ohlcv: FrameFactory
+) -> None:
+    full = make_ohlcv(30, symbol="MRG")
+    store.write(full.iloc[:20])
+    store.write(full.iloc[10:])  # the overlap agrees: merged, the join point recorded
     back = store.read("MRG")
-    assert back.index.is_unique and back.index.is_monotonic_increasing
-    assert len(back) == 30
-    pd.testing.assert_frame_equal(back.iloc[:10], full.iloc[:10], check_freq=False)
-    pd.testing.assert_frame_equal(back.iloc[10:], second, check_freq=False)
+    assert back.index.equals(full.index)
+    assert np.array_equal(back.to_numpy(), full.to_numpy())
+    assert json.loads(back.attrs["seams"]) == [full.index[20].isoformat()]
 
 
 def test_write_without_merge_replaces(store: ParquetStore, make_ohlcv: FrameFactory) -> None:
@@ -327,7 +344,7 @@ def test_a_full_disk_leaves_the_old_file_and_no_temp_file(
 
     monkeypatch.setattr(os, "replace", no_space)
     with pytest.raises(StoreError, match=r"FULL.parquet: write failed \(No space left on device\)"):
-        store.write(make_ohlcv(40, symbol="FULL"))
+        store.write(make_ohlcv(40, symbol="FULL"), merge=False)
     monkeypatch.undo()
 
     assert path.read_bytes() == old
@@ -347,7 +364,7 @@ def test_a_crash_while_writing_leaves_the_old_file_and_no_temp_file(
 
     monkeypatch.setattr(pq, "write_table", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        store.write(make_ohlcv(40, symbol="CRASH"))
+        store.write(make_ohlcv(40, symbol="CRASH"), merge=False)
     monkeypatch.undo()
 
     assert path.read_bytes() == old

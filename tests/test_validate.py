@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from feeds.calendars import sessions
 from feeds.errors import DataError, UserError, ValidationError
 from feeds.frame import OHLCV_COLUMNS, empty_frame, guess_asset_class, make_frame
 from feeds.sample import SAMPLE_SYMBOLS, load_sample
@@ -271,9 +272,14 @@ def test_repair_sorts_and_drops_duplicates_keeping_the_last(make_ohlcv: FrameFac
     assert out.index.is_monotonic_increasing and out.index.is_unique
     assert list(out.index) == list(f.index)
     pd.testing.assert_series_equal(out.iloc[4], later.iloc[0])
-    assert report.repaired == ["sorted", "dropped 1 duplicate(s)"]
+    assert report.repaired == [
+        "sorted",
+        "dropped 1 duplicate(s) (kept the last of each): 2020-01-07 00:00:00+00:00",
+    ]
     assert report.rows == 20
-    assert "repaired: sorted; dropped 1 duplicate(s)" in report.summary()
+    assert "repaired: sorted; dropped 1 duplicate(s) (kept the last of each): 2020-01-07" in (
+        report.summary()
+    )
     assert out.attrs == f.attrs
     pd.testing.assert_frame_equal(bad, snapshot)  # the input is not modified
 
@@ -290,13 +296,23 @@ def test_a_clean_frame_passes_unchanged(make_ohlcv: FrameFactory) -> None:
 # ------------------------------------------------------------------------------- gaps
 
 
-def test_gap_percentage_for_daily_stocks_counts_business_days(make_ohlcv: FrameFactory) -> None:
-    f = make_ohlcv(100, symbol="GAP")
+def test_gap_percentage_for_daily_stocks_counts_exchange_sessions(make_ohlcv: FrameFactory) -> None:
+    f = make_ohlcv(100, symbol="GAP")  # business days from 2020-01-01, holidays included
     holes = f.drop(f.index[[10, 11, 40, 41, 42]])
     _, report = validate(holes)
+    n_sessions = len(sessions(f.index[0], f.index[-1]))
+    assert n_sessions == 96  # 2020-01-01, MLK day and Presidents' day are NYSE holidays
     assert report.missing_bars == 5
-    assert report.gap_pct == pytest.approx(5.0)
+    assert report.gap_pct == pytest.approx(100 * 5 / 96)
     assert report.ok  # gaps are reported, not failures
+
+
+def test_exchange_holidays_are_not_gaps(make_ohlcv: FrameFactory) -> None:
+    f = make_ohlcv(260, symbol="HOL", start="2020-01-01")
+    nyse = f[f.index.isin(sessions(f.index[0], f.index[-1]))]
+    assert len(f) - len(nyse) == 9  # New Year, MLK, Presidents', Good Friday, Memorial, July 3, ...
+    _, report = validate(nyse)
+    assert report.missing_bars == 0 and report.gap_pct == 0.0
 
 
 def test_gap_percentage_for_daily_crypto_counts_calendar_days(make_ohlcv: FrameFactory) -> None:
@@ -371,10 +387,12 @@ def _read_4063(path_dir: Path, name: str) -> pd.DataFrame:
 
 def test_real_missed_split_4063T_is_flagged(yf_repair: Path) -> None:
     bad = _read_4063(yf_repair, "4063-T-1d-bad-stock-split.csv")
-    # the file is newest-first, as yfinance tests save it: not valid until sorted
+    assert bad.index.is_monotonic_increasing  # the file is newest-first: the reader reverses it
+    newest_first = bad.iloc[::-1]
+    newest_first.attrs = dict(bad.attrs)
     with pytest.raises(ValidationError, match=r"^4063\.T at .*\[rule: increasing\]"):
-        validate(bad)
-    out, report = validate(bad, repair=True)
+        validate(newest_first)
+    out, report = validate(newest_first, repair=True)
     assert report.repaired == ["sorted"]
     assert report.rows == 22
     # Shin-Etsu's 5:1 split took effect on 2023-03-29; before it the prices were never divided

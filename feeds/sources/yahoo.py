@@ -262,7 +262,7 @@ def _translate(err: Exception, where: str) -> BtmlError | None:
         )
     response = getattr(err, "response", None)
     status = getattr(response, "status_code", None)
-    if isinstance(status, int):
+    if isinstance(status, int) and status > 0:  # curl_cffi reports "no answer" as status 0
         url = str(getattr(response, "url", "") or "")
         # A 4xx outside the chart API comes from yfinance's quote-summary fallback of the
         # timezone lookup, which runs only after the chart API had nothing for the symbol.
