@@ -74,9 +74,9 @@ def is_open(ts: pd.Timestamp, *, asset_class: str = "stocks", exchange: str | No
         return True
     cal = _calendar(exchange or DEFAULT_EXCHANGE)
     minute = pd.Timestamp(ts).tz_convert("UTC").floor("min")
-    if not cal.first_minute <= minute <= cal.last_minute:
-        local = minute.tz_convert("America/New_York")
-        return local.weekday() < 5 and (9, 30) <= (local.hour, local.minute) < (16, 0)
     with warnings.catch_warnings():  # exchange_calendars reads DatetimeIndex.values (pandas 3)
         warnings.simplefilter("ignore")
-        return bool(cal.is_open_on_minute(minute, ignore_breaks=False))
+        if cal.first_minute <= minute <= cal.last_minute:
+            return bool(cal.is_open_on_minute(minute, ignore_breaks=False))
+    local = minute.tz_convert("America/New_York")  # beyond the calendar: weekdays 9:30-16:00
+    return local.weekday() < 5 and (9, 30) <= (local.hour, local.minute) < (16, 0)

@@ -44,6 +44,12 @@ LOCK_TIMEOUT_S = 60.0
 _CHECKED_ATTRS = {"source": "?", "adjustment": "raw", "bars": "ohlcv"}
 
 
+_HOW_TO_REPLACE = (
+    "Replace it (`btml data import --replace`, or `btml data rm {sym}` before a download), "
+    "or store this one under another symbol (--symbol {sym}_2)"
+)
+
+
 def merge_series(
     old: pd.DataFrame, new: pd.DataFrame, attrs: dict[str, object]
 ) -> tuple[pd.DataFrame, dict[str, object]]:
@@ -63,8 +69,7 @@ def merge_series(
     if diff:
         raise StoreConflict(
             f"{sym}: the stored series differs from this one ({'; '.join(diff)}); nothing was "
-            f"written. Replace it with --replace, or store this one under another symbol "
-            f"(--symbol {sym}_2)"
+            f"written. {_HOW_TO_REPLACE.format(sym=sym)}"
         )
     common = old.index.intersection(new.index)
     if len(common):
@@ -76,7 +81,7 @@ def merge_series(
             raise StoreConflict(
                 f"{sym}: {int(differs.sum())} of {len(common)} overlapping rows have other prices, "
                 f"first at {common[i]} (stored close {a[i, 3]:g}, new close {b[i, 3]:g}); nothing "
-                "was written. Replace the series with --replace or store this one under another symbol"
+                f"was written. {_HOW_TO_REPLACE.format(sym=sym)}"
             )
     merged = pd.concat([old[~old.index.isin(new.index)], new]).sort_index()
     seams = parse_seams(old.attrs.get("seams"))

@@ -102,7 +102,7 @@ def test_bad_env_setting_is_one_clear_cli_error(tmp_path: Path) -> None:
     res = CliRunner().invoke(
         main, ["--store", str(tmp_path), "data", "list"], env={"BTML_ALPACA_FEED": "otc"}
     )
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert res.stderr.startswith("error: alpaca_feed must be one of")
     assert not isinstance(res.exception, ConfigError)  # handled, not a traceback
