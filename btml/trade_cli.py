@@ -119,11 +119,15 @@ def kill(ctx: click.Context, flatten: bool, yes: bool) -> None:
         click.confirm(f"{what} on the {alpaca.mode} account?", abort=True)
     try:
         out = kill_switch(alpaca, flatten=flatten)
-    except BtmlError as err:
+    except BtmlError as err:  # refused: nothing was sent or journaled
         fail(err)
-    click.echo(f"canceled {out['canceled']} orders, closed {out['closed']} positions")
-    for symbol, qty in sorted(out["positions"].items()):
+    if out.done:
+        click.echo(", ".join(out.done))
+    for symbol, qty in sorted((out.positions or {}).items()):
         click.echo(f"  still held: {symbol} {qty:g}")
+    if out.error is not None:
+        done = "after " + ", ".join(out.done) if out.done else "before any step went through"
+        fail(BtmlError(f"kill switch stopped {done}: {out.error}"))
 
 
 @trade.command()

@@ -106,7 +106,9 @@ def run_live(
 
 def trade_status(config: AlpacaConfig) -> ReconcileReport:
     """Compare the journal with the account without writing to either (safe beside a running
-    session); raises ``PositionMismatch`` listing the differences."""
+    session); raises ``PositionMismatch`` listing the differences, and a broker fault
+    (``BrokerUnavailable``, or ``BrokerProtocolError`` for an answer outside the schema)
+    naming the endpoint."""
     import json
 
     from brokers.alpaca.journal import Journal

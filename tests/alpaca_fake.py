@@ -24,6 +24,12 @@ created and the client still sees the error). ``rate_limit_per_minute`` answers 
 rate. :meth:`AlpacaFake.hits` counts requests per route and :meth:`AlpacaFake.peak_rate` gives
 the most requests in any 60 s window.
 
+Malformed answers: :meth:`AlpacaFake.reshape_next` runs the next matching request(s) as usual
+and answers with its body passed through a function, e.g. :func:`first_only` (one order object
+where the spec has a list, as a mock serving the spec's examples does for ``GET /v2/orders``)
+or :func:`set_field` (a position whose ``qty`` is not a number); :meth:`AlpacaFake.push_update`
+sends any payload on ``trade_updates``.
+
 Bodies follow the Trading API's OpenAPI schemas (numbers as strings, as Alpaca sends them), with
 the field set of the responses recorded in alpaca-py's test-suite.
 """
@@ -49,7 +55,7 @@ from websockets.sync.server import ServerConnection, serve
 
 from tests.loopback import Reply, Request
 
-__all__ = ["KEY_ID", "SECRET", "AlpacaFake", "FakeConfig", "FakeOrder"]
+__all__ = ["KEY_ID", "SECRET", "AlpacaFake", "FakeConfig", "FakeOrder", "first_only", "set_field"]
 
 KEY_ID, SECRET = "PKFAKE0000000000001", "fake-secret-key-0000000000000000000000001"
 OPEN = ("accepted", "pending_new", "new", "partially_filled", "held")
@@ -179,6 +185,36 @@ class _Fault:
     delay: float = 0.0  # answer normally, but only after this many seconds
 
 
+@dataclass
+class _Reshape:
+    method: str
+    path: str  # the exact path (no query string)
+    times: int
+    change: Callable[[Any], Any]
+
+
+def first_only(body: Any) -> Any:
+    """A list answer as its first element alone: one object where the spec has an array. An
+    empty list becomes one example order, as a mock serving the spec's examples answers."""
+    if not isinstance(body, list):
+        raise ValueError(f"first_only needs a list answer, got {body!r:.80}")
+    if body:
+        return body[0]
+    example = FakeOrder("AAPL", "buy", "limit", "day", 1.0, None, limit_price=90.0)
+    return example.to_json()
+
+
+def set_field(name: str, value: Any) -> Callable[[Any], Any]:
+    """A reshape that sets ``name`` to ``value`` in the one object, or every object of a list."""
+
+    def change(body: Any) -> Any:
+        if isinstance(body, list):
+            return [{**item, name: value} for item in body]
+        return {**body, name: value}
+
+    return change
+
+
 class AlpacaError(Exception):
     """An error answer: HTTP status and Alpaca's ``{"code", "message"}`` body."""
 
@@ -205,6 +241,7 @@ class AlpacaFake:
         self._prices: dict[str, float] = {}
         self._events: list[dict[str, Any]] = []
         self._faults: list[_Fault] = []
+        self._reshapes: list[_Reshape] = []
         self._hits: dict[str, int] = {}
         self._times: list[float] = []
         self._requests: list[Request] = []
@@ -329,6 +366,27 @@ class AlpacaFake:
         with self._lock:
             self._faults.append(fault)
 
+    def reshape_next(
+        self, method: str, path: str, change: Callable[[Any], Any], times: int = 1
+    ) -> None:
+        """Run the next ``times`` requests to exactly ``path`` as usual (they take effect), but
+        answer a success with ``change(body)``: a malformed answer (:func:`first_only`,
+        :func:`set_field`). A ``change`` that raises is a bug in the test: kept in ``errors``."""
+        with self._lock:
+            self._reshapes.append(_Reshape(method.upper(), path, times, change))
+
+    def push_update(self, data: Any) -> None:
+        """Send ``{"stream": "trade_updates", "data": data}`` to every listener, as it is (a
+        malformed update, say); not recorded in :attr:`events`."""
+        text = json.dumps({"stream": "trade_updates", "data": data})
+        frame: str | bytes = text.encode() if self.config.binary_frames else text
+        with self._lock:
+            for conn in list(self._listeners):
+                try:
+                    conn.send(frame)
+                except ConnectionClosed:
+                    self._listeners.discard(conn)
+
     def charge_crypto_fee(self, symbol: str, qty: float) -> None:
         """Take ``qty`` of the coin as a fee, as Alpaca does on crypto buys (no trade update)."""
         with self._lock:
@@ -339,6 +397,7 @@ class AlpacaFake:
         """Drop every fault still waiting (an outage ends)."""
         with self._lock:
             self._faults.clear()
+            self._reshapes.clear()
 
     def close_streams(self) -> None:
         """Close every websocket from the server side (an outage; also stops a client at once)."""
@@ -524,6 +583,7 @@ class AlpacaFake:
             key = f"{request.method} {route[0][2] if route else request.path}"
             self._hits[key] = self._hits.get(key, 0) + 1
             fault = self._take_fault(request)
+            reshape = self._take_reshape(request)
         if (request.headers.get("APCA-API-KEY-ID"), request.headers.get("APCA-API-SECRET-KEY")) != (
             self.config.key_id,
             self.config.secret_key,
@@ -542,6 +602,8 @@ class AlpacaFake:
                 404, {"code": 40410000, "message": f"no route {request.method} {request.path}"}
             )
         reply = self._run(route[0][3], request, route[1].groupdict())
+        if reshape is not None and 200 <= reply.status < 300:
+            reply = self._reshaped(reshape, reply)
         if fault is not None and fault.delay:
             time.sleep(fault.delay)
             fault = None
@@ -570,6 +632,22 @@ class AlpacaFake:
                     self._faults.remove(fault)
                 return fault
         return None
+
+    def _take_reshape(self, request: Request) -> _Reshape | None:
+        for reshape in self._reshapes:
+            if (reshape.method, reshape.path) == (request.method, request.path):
+                reshape.times -= 1
+                if reshape.times <= 0:
+                    self._reshapes.remove(reshape)
+                return reshape
+        return None
+
+    def _reshaped(self, reshape: _Reshape, reply: Reply) -> Reply:
+        try:
+            return Reply(reply.status, reshape.change(reply.body), reply.headers)
+        except Exception as err:  # a bug in the test's reshape: say so, keep it for teardown
+            self.errors.append(err)
+            return Reply(500, {"code": 50010000, "message": f"reshape raised {err!r}"})
 
     def _fault_reply(self, fault: _Fault, now: float) -> Reply | None:
         if fault.status is None:

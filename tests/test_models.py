@@ -269,7 +269,7 @@ def test_train_cli_registers_and_lists(tmp_path) -> None:
     shown = run(main, [*base, "models", "show", "demo:1"])
     assert shown.exit_code == 0 and "train" in shown.output and "lstm_test:" in shown.output
     missing = run(main, [*base, "models", "show", "nope"])
-    assert missing.exit_code == 1 and "no model called 'nope'" in missing.output
+    assert missing.exit_code == 2 and "no model called 'nope'" in missing.output
     assert isinstance(ModelCard, type)
     png = tmp_path / "why.png"
     exp = run(
@@ -292,7 +292,7 @@ def test_train_cli_registers_and_lists(tmp_path) -> None:
     early = run(
         main, [*base, "models", "explain", "demo:1", "--symbol", "SYN001", "--date", "2015-01-05"]
     )
-    assert early.exit_code == 1 and "no complete 16-bar feature window" in early.output
+    assert early.exit_code == 2 and "no complete 16-bar feature window" in early.output
 
 
 def test_explanation_parts(small_ds) -> None:

@@ -203,14 +203,14 @@ def test_backtest_cli_refuses_bad_requests(trained_store) -> None:
     runner = CliRunner()
     base = ["--store", str(trained_store), "backtest", "--symbols", "AAPL"]
     res = runner.invoke(main, [*base, "--model", "m:1", "--start", "2006-01-01"])
-    assert res.exit_code == 1 and "inside m:1's training range" in res.output
+    assert res.exit_code == 2 and "inside m:1's training range" in res.output
     res = runner.invoke(main, [*base, "--baseline", "sma", "--start", "2030-01-01"])
-    assert res.exit_code == 1 and "no bars between 2030-01-01" in res.output
+    assert res.exit_code == 2 and "no bars between 2030-01-01" in res.output
     res = runner.invoke(main, [*base, "--model", "nope"])
-    assert res.exit_code == 1 and "no model called 'nope'" in res.output
+    assert res.exit_code == 2 and "no model called 'nope'" in res.output
     res = runner.invoke(main, [*base])
     assert res.exit_code == 2 and "exactly one of --model or --baseline" in res.output
     res = runner.invoke(
         main, ["--store", str(trained_store), "tearsheet", "none", "--out", "x.html"]
     )
-    assert res.exit_code == 1 and "not a saved backtest run" in res.output
+    assert res.exit_code == 2 and "not a saved backtest run" in res.output

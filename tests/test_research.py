@@ -501,7 +501,7 @@ def test_cli_bad_inputs_fail_with_one_line_and_leave_the_store_alone(market, wf)
     ]  # fmt: skip
     for args, message in cases:
         res = runner.invoke(main, [*base, *args])
-        assert res.exit_code == 1, (args, res.output)
+        assert res.exit_code == 2, (args, res.output)
         err = res.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
         assert res.exception is None or isinstance(res.exception, SystemExit)

@@ -1,9 +1,14 @@
-"""``btml trade kill`` and ``btml trade status`` against the Alpaca fake, and the mode refusals."""
+"""``btml trade kill`` and ``btml trade status`` against the Alpaca fake: the mode refusals, and
+broker answers outside the Trading API's schema (one clear line, exit 1, nothing stored)."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -11,8 +16,9 @@ from click.testing import CliRunner
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.journal import Journal, OrderIntent
 from brokers.alpaca.rest import OrderSpec, TradingAPI
+from brokers.alpaca.store import KILL_KEY
 from btml.cli import main
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake
+from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, first_only, set_field
 
 pytestmark = pytest.mark.timeout(60)
 ENV = {"APCA_API_KEY_ID": KEY_ID, "APCA_API_SECRET_KEY": SECRET}
@@ -91,12 +97,13 @@ def test_status_agrees_then_reports_a_mismatch(fake: AlpacaFake, tmp_path: Path)
 
 
 def test_live_needs_the_confirmation_and_keys(fake: AlpacaFake, tmp_path: Path) -> None:
+    """Bad input (a ConfigError) exits 2, as every command's does."""
     live = _run(fake, tmp_path, "--live", "status")
-    assert live.exit_code == 1 and "explicit confirmation" in live.output  # type: ignore[attr-defined]
+    assert live.exit_code == 2 and "explicit confirmation" in live.output  # type: ignore[attr-defined]
     wrong = _run(fake, tmp_path, "--live", "--i-understand-this-is-real-money", "status")
-    assert wrong.exit_code == 1 and "paper account" in wrong.output  # type: ignore[attr-defined]
+    assert wrong.exit_code == 2 and "paper account" in wrong.output  # type: ignore[attr-defined]
     nokeys = _run(fake, tmp_path, "status", env={"APCA_API_KEY_ID": "", "APCA_API_SECRET_KEY": ""})
-    assert nokeys.exit_code == 1 and "APCA_API_KEY_ID" in nokeys.output  # type: ignore[attr-defined]
+    assert nokeys.exit_code == 2 and "APCA_API_KEY_ID" in nokeys.output  # type: ignore[attr-defined]
     missing = _run(fake, tmp_path)
     assert missing.exit_code == 1 and "--model" in missing.output  # type: ignore[attr-defined]
 
@@ -115,3 +122,82 @@ def test_status_writes_nothing_beside_a_running_session(fake: AlpacaFake, tmp_pa
     with Journal(path) as journal:
         assert journal.get(rec.client_order_id).status == "pending_submit"  # type: ignore[union-attr]
     assert path.read_bytes() == before
+
+
+# -- answers outside the Trading API's schema: one line, exit 1, nothing stored -------------------
+
+
+def _dump(path: Path) -> list[str]:
+    with closing(sqlite3.connect(path)) as db:
+        return list(db.iterdump())
+
+
+def _kill_entry(path: Path) -> dict[str, Any] | None:
+    """The journal's kill switch entry, read beside the process that writes it."""
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        row = db.execute("SELECT value FROM journal_meta WHERE key = ?", (KILL_KEY,)).fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def _one_error_line(result: Any) -> str:
+    """The command failed cleanly: exit 1 by ``fail()``, no traceback, one ``error:`` line."""
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
+def test_status_with_orders_as_one_object_is_one_clear_line(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    _journaled_order(fake, tmp_path, 2, limit=90.0)
+    before = _dump(tmp_path / "journal.sqlite")
+    fake.reshape_next("GET", "/v2/orders", first_only)
+    line = _one_error_line(_run(fake, tmp_path, "status"))
+    assert line.startswith("error: Alpaca GET /v2/orders (status=open) answered one object")
+    assert _dump(tmp_path / "journal.sqlite") == before
+
+
+def test_kill_journals_its_intent_first_and_reports_what_it_did_when_a_later_step_fails(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    path = tmp_path / "journal.sqlite"
+    coid = _journaled_order(fake, tmp_path, 2, limit=90.0)
+    with Journal(path) as journal:
+        status = journal.get(coid).status  # type: ignore[union-attr]
+    seen: list[dict[str, Any] | None] = []
+
+    def journal_at_cancel(body: Any) -> Any:  # runs in the fake as the cancel arrives
+        seen.append(_kill_entry(path))
+        return body
+
+    fake.reshape_next("DELETE", "/v2/orders", journal_at_cancel)
+    fake.reshape_next("GET", "/v2/orders", first_only)  # the read after the cancel
+    result = _run(fake, tmp_path, "kill", "--yes")
+    line = _one_error_line(result)
+    assert "canceled 1 orders" in result.output  # type: ignore[attr-defined]
+    assert line.startswith("error: kill switch stopped after canceled 1 orders: Alpaca GET "
+                           "/v2/orders (status=all) answered one object")  # fmt: skip
+    assert seen and seen[0] is not None and seen[0]["status"] == "requested"
+    entry = _kill_entry(path)
+    assert entry is not None and entry["status"] == "failed" and entry["canceled"] == 1
+    assert "GET /v2/orders (status=all)" in entry["error"]
+    assert [o["status"] for o in fake.orders()] == ["canceled"]
+    with Journal(path) as journal:  # not read back: the next reconciliation journals the cancel
+        assert journal.get(coid).status == status != "canceled"  # type: ignore[union-attr]
+
+
+def test_kill_refused_by_a_malformed_account_sends_and_stores_nothing(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    _journaled_order(fake, tmp_path, 2, limit=90.0)
+    before = _dump(tmp_path / "journal.sqlite")
+    fake.reshape_next("GET", "/v2/account", set_field("account_number", 12345))
+    line = _one_error_line(_run(fake, tmp_path, "kill", "--yes"))
+    assert line.startswith("error: Alpaca GET /v2/account answered a malformed Account: "
+                           "account_number: input should be a valid string (got 12345)")  # fmt: skip
+    assert fake.hits("DELETE", "/v2/orders") == 0
+    assert [o["status"] for o in fake.orders()] == ["new"]
+    assert _dump(tmp_path / "journal.sqlite") == before

@@ -14,6 +14,9 @@ timeout/5xx/reset); the answer and every later update are journaled idempotently
 whose fate stays unknown blocks new orders until a lookup settles it. After the stream
 reconnects, orders and positions are re-read (``brokers.alpaca.reconcile``) before any new
 order; a position mismatch halts trading (orders are rejected with the reason) until fixed.
+A broker fault (no answer, or an answer outside the Trading API's schema) halts new orders
+too, and reconciliation is tried again every ``unreachable_retry`` seconds; the strategy's
+``next()`` never sees the exception.
 The ``signal=`` keyword of ``buy``/``sell``/``order_target_*`` (the ML strategy passes the
 signal's heads) is stored with the order.
 """
@@ -35,6 +38,7 @@ from brokers.alpaca.journal import Journal, OrderIntent, OrderRecord
 from brokers.alpaca.orders import EXEC_TYPES, AlpacaCommInfo, order_fields
 from brokers.alpaca.reconcile import PositionMismatch, reconcile, symbol_key
 from brokers.alpaca.rest import (
+    BROKER_FAULTS,
     BrokerUnavailable,
     OrderRejected,
     OrderSpec,
@@ -90,7 +94,11 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         if self._halt_error is not None:
             self.store.stop()
             raise self._halt_error
-        acct = self._refresh_account(force=True)
+        try:
+            acct = self._refresh_account(force=True)
+        except BROKER_FAULTS:
+            self.store.stop()
+            raise
         self.startingcash = self.cash = float(acct.get("cash") or 0.0)
         self.startingvalue = self.value = float(acct.get("equity") or 0.0)
 
@@ -135,11 +143,11 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
     def _refresh_account(self, force: bool = False) -> dict[str, Any]:
         """The account, re-read after ``account_ttl`` s; the last one read while Alpaca does
         not answer (a strategy's ``getvalue()`` must not crash on a passing fault)."""
-        unreachable = isinstance(self._halt_error, BrokerUnavailable) and bool(self._account)
+        unreachable = isinstance(self._halt_error, BROKER_FAULTS) and bool(self._account)
         if force or (time.monotonic() - self._account_at > self.p.account_ttl and not unreachable):
             try:
                 self._account = self.api.account()
-            except BrokerUnavailable as err:
+            except BROKER_FAULTS as err:
                 if force or not self._account:
                     raise
                 log.warning("account read failed, using the last one: %s", err)
@@ -179,7 +187,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         try:
             if not self.api.cancel(alpaca_id):
                 log.info("%s: cancel refused, the order is already final", alpaca_id)
-        except BrokerUnavailable as err:  # the order stays live; the strategy may cancel again
+        except BROKER_FAULTS as err:  # the order stays live; the strategy may cancel again
             log.error("%s: cancel not delivered: %s", alpaca_id, err)
 
     def orderstatus(self, order: Any) -> int:
@@ -204,7 +212,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
     def _retry_every(self) -> float:
         """While Alpaca does not answer, reconcile at most every few seconds (each attempt can
         take the retries' timeouts), so the strategy's bars do not stall behind it."""
-        return self.p.unreachable_retry if isinstance(self._halt_error, BrokerUnavailable) else 0.0
+        return self.p.unreachable_retry if isinstance(self._halt_error, BROKER_FAULTS) else 0.0
 
     # -- placing --------------------------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             self.journal.mark_rejected(rec.client_order_id, err.message or str(err))
             self._reject(order, str(err), children)
             return
-        except BrokerUnavailable as err:  # OrderUnknown, or a lookup that got no answer
+        except BROKER_FAULTS as err:  # no answer, or one outside the schema: fate unknown
             self.journal.mark_unknown(rec.client_order_id, str(err))
             self._unknown.add(rec.client_order_id)
             log.error("%s", err)
@@ -443,12 +451,13 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         try:
             report = reconcile(self.api, self.journal, tolerance=self.cfg.position_tolerance,
                                adopt=self.store.adopt_positions, baseline=self.store.baseline)  # fmt: skip
-        except (PositionMismatch, BrokerUnavailable) as err:
-            self.halted, self._halt_error = str(err), err
-            if isinstance(err, BrokerUnavailable):  # a passing fault: try again next bar
-                self._resync.set()
-                self.halted = f"Alpaca unreachable, reconciliation pending ({err})"
-            log.error("trading halted: %s", self.halted)
+        except PositionMismatch as err:
+            self._halt(err, str(err))
+            return
+        except BROKER_FAULTS as err:  # a passing fault: try again later
+            self._resync.set()
+            why = "unreachable" if isinstance(err, BrokerUnavailable) else "answer malformed"
+            self._halt(err, f"Alpaca {why}, reconciliation pending ({err})")
             return
         self.halted, self._halt_error = None, None
         if self.store.baseline != self._saved_baseline:
@@ -469,6 +478,10 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
             else:
                 self._apply_status(order, rec)
         self._load_positions(report.positions)
+
+    def _halt(self, err: Exception, why: str) -> None:
+        self.halted, self._halt_error = why, err
+        log.error("trading halted: %s", why)
 
     def check_positions(self) -> None:
         """The periodic position check: a mismatch halts trading."""

@@ -1,7 +1,9 @@
 """Reconciliation: make the journal agree with Alpaca before any new order, or refuse to trade.
 
 :func:`reconcile` runs at start, after the ``trade_updates`` stream reconnects, and
-periodically. In order:
+periodically. It reads everything it needs from Alpaca first (each answer checked against its
+schema by ``TradingAPI``), and writes to the journal only once every read has succeeded: a
+read that fails (no answer, or a malformed one) leaves the journal as it was. Then, in order:
 
 1. every order of unknown fate (journaled, maybe sent) is looked up by ``client_order_id``:
    found, it is adopted (``mark_sent``); absent, it never reached Alpaca and is marked rejected
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from brokers.alpaca.journal import Journal, net_position
+from brokers.alpaca.journal import FINAL_STATUSES, Journal, OrderRecord, net_position
 from feeds.errors import BtmlError
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,16 @@ class ReconcileReport:
     seconds: float = 0.0
 
 
+@dataclass
+class _Reads:
+    """What reconciliation read from Alpaca, before it writes anything."""
+
+    found: dict[str, dict[str, Any] | None]  # unknown fate: client_order_id -> the lookup
+    open_now: list[dict[str, Any]]
+    closed: dict[str, dict[str, Any] | None]  # left the open list while away -> the order
+    positions: list[dict[str, Any]]
+
+
 def symbol_key(symbol: str) -> str:
     """Positions are keyed without the slash: Alpaca reports ``BTC/USD`` as ``BTCUSD``."""
     return symbol.replace("/", "").upper()
@@ -87,22 +99,54 @@ def reconcile(
     """
     t0 = time.perf_counter()
     report = ReconcileReport()
-    open_now = api.orders("open")
     if read_only:
+        open_now = api.orders("open")
         report.never_arrived = [r.client_order_id for r in journal.unknown_orders()]
         report.external = [str(o["client_order_id"]) for o in open_now
                            if journal.get(str(o["client_order_id"])) is None]  # fmt: skip
         baseline = _with_unjournaled_fills(api, journal, open_now, dict(baseline or {}))
+        positions = api.positions()
     else:
-        _settle_unknown(api, journal, report)
-        open_now = api.orders("open")
-        _adopt_open(journal, open_now, report)
-        _update_closed(api, journal, {str(o["client_order_id"]) for o in open_now}, report)
+        reads = _read_all(api, journal)  # a failed read raises here: nothing written yet
+        _settle_unknown(journal, reads.found, report)
+        _adopt_open(journal, reads.open_now, report)
+        _update_closed(journal, reads.closed, report)
         _fill_gaps(journal, report)
+        positions = reads.positions
     fees = crypto_fee_tolerance
-    _compare_positions(api, journal, report, tolerance, adopt, baseline, fees)
+    _compare_positions(positions, journal, report, tolerance, adopt, baseline, fees)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _read_all(api: _Api, journal: Journal) -> _Reads:
+    """Every read of steps 1-5: the lookups of unknown orders, the open orders, the orders
+    that left the open list while we were away, and the positions."""
+    unknown = journal.unknown_orders()
+    found = {r.client_order_id: api.order_by_client_id(r.client_order_id) for r in unknown}
+    open_now = api.orders("open")
+    open_ids = {str(o["client_order_id"]) for o in open_now}
+    gone = [r for r in journal.open_orders() if r.client_order_id not in open_ids]
+    gone += [r for r in unknown if r.client_order_id not in open_ids
+             and _live(found[r.client_order_id])]  # fmt: skip
+    return _Reads(found, open_now, _read_closed(api, gone), api.positions())
+
+
+def _live(order: dict[str, Any] | None) -> bool:
+    return order is not None and str(order.get("status")) not in FINAL_STATUSES
+
+
+def _read_closed(api: _Api, gone: list[OrderRecord]) -> dict[str, dict[str, Any] | None]:
+    """The orders open in the journal but no longer open at Alpaca, as Alpaca has them now."""
+    if not gone:
+        return {}
+    since = _before(min(r.created_at for r in gone))
+    closed = {str(o["client_order_id"]): o for o in api.orders("closed", after=since)}
+    return {
+        r.client_order_id: closed.get(r.client_order_id)
+        or api.order_by_client_id(r.client_order_id)
+        for r in gone
+    }
 
 
 def _with_unjournaled_fills(
@@ -128,17 +172,18 @@ def _with_unjournaled_fills(
     return base
 
 
-def _settle_unknown(api: _Api, journal: Journal, report: ReconcileReport) -> None:
-    for rec in journal.unknown_orders():
-        found = api.order_by_client_id(rec.client_order_id)
-        if found is not None:
-            journal.mark_sent(rec.client_order_id, found)
-            report.adopted.append(rec.client_order_id)
-            log.info("%s: found at Alpaca (%s), adopted", rec.client_order_id, found.get("status"))
+def _settle_unknown(
+    journal: Journal, found: dict[str, dict[str, Any] | None], report: ReconcileReport
+) -> None:
+    for coid, order in found.items():
+        if order is not None:
+            journal.mark_sent(coid, order)
+            report.adopted.append(coid)
+            log.info("%s: found at Alpaca (%s), adopted", coid, order.get("status"))
         else:
-            journal.mark_rejected(rec.client_order_id, "never reached Alpaca (not re-sent)")
-            report.never_arrived.append(rec.client_order_id)
-            log.warning("%s: not at Alpaca; marked rejected, not re-sent", rec.client_order_id)
+            journal.mark_rejected(coid, "never reached Alpaca (not re-sent)")
+            report.never_arrived.append(coid)
+            log.warning("%s: not at Alpaca; marked rejected, not re-sent", coid)
 
 
 def _adopt_open(journal: Journal, open_now: list[dict[str, Any]], report: ReconcileReport) -> None:
@@ -156,20 +201,14 @@ def _adopt_open(journal: Journal, open_now: list[dict[str, Any]], report: Reconc
 
 
 def _update_closed(
-    api: _Api, journal: Journal, open_ids: set[str], report: ReconcileReport
+    journal: Journal, closed: dict[str, dict[str, Any] | None], report: ReconcileReport
 ) -> None:
-    gone = [r for r in journal.open_orders() if r.client_order_id not in open_ids]
-    if not gone:
-        return
-    since = min(r.created_at for r in gone)
-    closed = {str(o["client_order_id"]): o for o in api.orders("closed", after=_before(since))}
-    for rec in gone:
-        body = closed.get(rec.client_order_id) or api.order_by_client_id(rec.client_order_id)
+    for coid, body in closed.items():
         if body is None:
-            log.warning("%s: open in the journal, unknown at Alpaca", rec.client_order_id)
+            log.warning("%s: open in the journal, unknown at Alpaca", coid)
             continue
-        journal.mark_sent(rec.client_order_id, body)
-        report.closed_while_away.append(rec.client_order_id)
+        journal.mark_sent(coid, body)
+        report.closed_while_away.append(coid)
 
 
 def _fill_gaps(journal: Journal, report: ReconcileReport) -> None:
@@ -179,7 +218,7 @@ def _fill_gaps(journal: Journal, report: ReconcileReport) -> None:
 
 
 def _compare_positions(
-    api: _Api,
+    positions: list[dict[str, Any]],
     journal: Journal,
     report: ReconcileReport,
     tolerance: float,
@@ -188,13 +227,7 @@ def _compare_positions(
     fee_tolerance: float = 0.0,
 ) -> None:
     base = baseline if baseline is not None else {}
-    broker: dict[str, tuple[float, float]] = {}
-    crypto: set[str] = set()
-    for p in api.positions():
-        qty = float(p["qty"]) * (-1.0 if p.get("side") == "short" and float(p["qty"]) > 0 else 1.0)
-        broker[symbol_key(str(p["symbol"]))] = (qty, float(p.get("avg_entry_price") or 0.0))
-        if p.get("asset_class") == "crypto":
-            crypto.add(symbol_key(str(p["symbol"])))
+    broker, crypto = _broker_positions(positions)
     report.positions = broker
     by_key: dict[str, list[Any]] = {}
     for f in journal.fills():
@@ -230,6 +263,20 @@ def _compare_positions(
         "positions as the starting point",
         report.differences,
     )
+
+
+def _broker_positions(
+    positions: list[dict[str, Any]],
+) -> tuple[dict[str, tuple[float, float]], set[str]]:
+    """Alpaca's positions as ``{key: (signed qty, average price)}``, and the crypto keys."""
+    broker: dict[str, tuple[float, float]] = {}
+    crypto: set[str] = set()
+    for p in positions:
+        qty = float(p["qty"]) * (-1.0 if p.get("side") == "short" and float(p["qty"]) > 0 else 1.0)
+        broker[symbol_key(str(p["symbol"]))] = (qty, float(p.get("avg_entry_price") or 0.0))
+        if p.get("asset_class") == "crypto":
+            crypto.add(symbol_key(str(p["symbol"])))
+    return broker, crypto
 
 
 def _fees(theirs: float, ours: float, tolerance: float) -> bool:

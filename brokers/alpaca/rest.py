@@ -14,7 +14,11 @@ method, submits included. Here its own retries are off and every call goes throu
   Alpaca does not have it (:meth:`TradingAPI.submit_idempotent`), so a submit can never trade
   twice. Any other 4xx is final: :class:`OrderRejected` carries Alpaca's message.
 
-Answers are the raw JSON dicts of the Trading API (``raw_data=True``): numbers as strings.
+Answers are the raw JSON dicts of the Trading API (``raw_data=True``): numbers as strings,
+each checked against its schema before it is returned (``brokers.alpaca.answers``). A
+malformed answer raises :class:`BrokerProtocolError` naming the endpoint and the field; like
+:class:`BrokerUnavailable` it is a broker fault (``BROKER_FAULTS``): no new orders, reconcile
+again later.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import requests
 from alpaca.common.exceptions import APIError
@@ -36,8 +40,19 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 
+from brokers.alpaca.answers import (
+    AccountAnswer,
+    CanceledOrderAnswer,
+    ClockAnswer,
+    ClosedPositionAnswer,
+    FillActivityAnswer,
+    OrderAnswer,
+    PositionAnswer,
+    check_list,
+    check_object,
+)
 from brokers.alpaca.config import AlpacaConfig
-from feeds.errors import BtmlError, ConfigError, SourceUnavailable
+from feeds.errors import BrokerProtocolError, BtmlError, ConfigError, SourceUnavailable
 from feeds.sources.alpaca import _TimeoutAdapter as TimeoutAdapter
 
 log = logging.getLogger(__name__)
@@ -61,6 +76,10 @@ class OrderRejected(BtmlError):
 
 class OrderUnknown(BrokerUnavailable):
     """A submit got no answer and the lookup by ``client_order_id`` failed too: unknown."""
+
+
+# passing faults of the broker: no answer, or an answer outside the schema
+BROKER_FAULTS: tuple[type[BtmlError], ...] = (BrokerUnavailable, BrokerProtocolError)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,30 +199,37 @@ class TradingAPI:
     # -- reads ----------------------------------------------------------------------------------
 
     def account(self) -> dict[str, Any]:
-        return dict(self._read("account", self.client.get_account))
+        """The account (``GET /v2/account``)."""
+        body = self._read("account", self.client.get_account)
+        return check_object("GET /v2/account", AccountAnswer, body)
 
     def clock(self) -> dict[str, Any]:
-        return dict(self._read("clock", self.client.get_clock))
+        """The market clock (``GET /v2/clock``)."""
+        return check_object(
+            "GET /v2/clock", ClockAnswer, self._read("clock", self.client.get_clock)
+        )
 
     def positions(self) -> list[dict[str, Any]]:
-        return list(self._read("positions", self.client.get_all_positions))
+        """Every open position (``GET /v2/positions``)."""
+        body = self._read("positions", self.client.get_all_positions)
+        return check_list("GET /v2/positions", PositionAnswer, body)
 
     def orders(self, status: str = "open", after: datetime | None = None) -> list[dict[str, Any]]:
         """Orders by status (``open``, ``closed``, ``all``), newest first, up to 500."""
         req = GetOrdersRequest(status=QueryOrderStatus(status), limit=500, after=after)
-        return list(self._read(f"orders {status}", lambda: self.client.get_orders(req)))
+        body = self._read(f"orders {status}", lambda: self.client.get_orders(req))
+        return check_list(f"GET /v2/orders (status={status})", OrderAnswer, body)
 
     def order_by_client_id(self, client_order_id: str) -> dict[str, Any] | None:
         """The order with this ``client_order_id``, or ``None`` when Alpaca has none."""
         try:
-            return dict(
-                self._read(
-                    f"order {client_order_id}",
-                    lambda: self.client.get_order_by_client_id(client_order_id),
-                )
+            body = self._read(
+                f"order {client_order_id}",
+                lambda: self.client.get_order_by_client_id(client_order_id),
             )
         except _NotFound:
             return None
+        return check_object("GET /v2/orders:by_client_order_id", OrderAnswer, body)
 
     def fills(self, after: datetime | None = None) -> list[dict[str, Any]]:
         """Account activities of type FILL (executions), oldest first, every page."""
@@ -215,9 +241,13 @@ class TradingAPI:
                 params["after"] = after.isoformat()
             if token:
                 params["page_token"] = token
-            page = self._read(
-                "fill activities",
-                lambda p=params: self.client.get("/account/activities/FILL", p),  # type: ignore[misc]
+            page = check_list(
+                "GET /v2/account/activities/FILL",
+                FillActivityAnswer,
+                self._read(
+                    "fill activities",
+                    lambda p=params: self.client.get("/account/activities/FILL", p),  # type: ignore[misc]
+                ),
             )
             out.extend(page)
             if len(page) < 100:
@@ -239,15 +269,18 @@ class TradingAPI:
         return True
 
     def cancel_all(self) -> list[dict[str, Any]]:
-        return list(self._read("cancel all", self.client.cancel_orders) or [])
+        """Cancel every open order (``DELETE /v2/orders``): one item per order."""
+        body = self._read("cancel all", self.client.cancel_orders)
+        return check_list("DELETE /v2/orders", CanceledOrderAnswer, [] if body is None else body)
 
     def close_all_positions(self) -> list[dict[str, Any]]:
-        return list(
-            self._read(
-                "close all positions",
-                lambda: self.client.delete("/positions", {"cancel_orders": "true"}),
-            )
-            or []
+        """Cancel every order and close every position at market (``DELETE /v2/positions``)."""
+        body = self._read(
+            "close all positions",
+            lambda: self.client.delete("/positions", {"cancel_orders": "true"}),
+        )
+        return check_list(
+            "DELETE /v2/positions", ClosedPositionAnswer, [] if body is None else body
         )
 
     def submit_idempotent(self, spec: OrderSpec) -> tuple[dict[str, Any], str]:
@@ -286,7 +319,7 @@ class TradingAPI:
         body = spec.body()  # a bad field is the caller's error, not a lost answer
         self._pace()
         try:
-            return cast(dict[str, Any], self.client.post("/orders", body))
+            answer = self.client.post("/orders", body)
         except APIError as err:
             status, message = err.status_code, self._message(err)
             if status == 429:
@@ -304,6 +337,7 @@ class TradingAPI:
             ) from err
         except _AMBIGUOUS as err:
             raise _Ambiguous(type(err).__name__) from err
+        return check_object("POST /v2/orders", OrderAnswer, answer)
 
     def _lookup_after_failure(self, spec: OrderSpec, err: Exception) -> dict[str, Any] | None:
         try:

@@ -18,17 +18,45 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from brokers.alpaca.config import AlpacaConfig
-from brokers.alpaca.journal import Journal
+from brokers.alpaca.journal import Journal, JournalError
 from brokers.alpaca.rest import TradingAPI
 from brokers.alpaca.updates import TradeUpdates
-from feeds.errors import ConfigError
+from feeds.errors import BtmlError, ConfigError
 
 log = logging.getLogger(__name__)
 BASELINE_KEY = "position_baseline"
+KILL_KEY = "kill_switch"  # the journal's meta entry of the last kill switch
+
+
+@dataclass(kw_only=True)
+class KillReport:
+    """What :func:`kill_switch` did: ``done`` lists the steps that went through, ``error`` is
+    the one that failed (``None`` when none did), ``positions`` the holdings left (``None``
+    when they could not be read)."""
+
+    mode: str
+    flatten: bool
+    requested_at: str
+    canceled: int = 0
+    closed: int = 0
+    journaled: int = 0
+    positions: dict[str, float] | None = None
+    done: list[str] = field(default_factory=list)
+    error: BtmlError | None = None
+
+    def to_json(self, status: str) -> str:
+        """The journal's ``kill_switch`` entry at ``status`` (requested, done, failed)."""
+        body = {k: getattr(self, k) for k in ("mode", "flatten", "requested_at", "canceled",
+                                              "closed", "journaled", "done")}  # fmt: skip
+        error = None if self.error is None else str(self.error)
+        return json.dumps(body | {"status": status, "error": error}, sort_keys=True)
 
 
 def check_mode(account: dict[str, Any], config: AlpacaConfig) -> None:
@@ -148,18 +176,49 @@ def _masked(number: str) -> str:
     return number[:2] + "***" + number[-2:] if len(number) > 4 else "***"
 
 
-def kill_switch(config: AlpacaConfig, *, flatten: bool = False) -> dict[str, Any]:
+def kill_switch(
+    config: AlpacaConfig, *, flatten: bool = False, clock: Callable[[], datetime] | None = None
+) -> KillReport:
     """Cancel every open order (and with ``flatten`` close every position), without the model
-    server or a running broker; the journal records what Alpaca reports. Returns counts and
-    the positions left."""
+    server or a running broker.
+
+    Refused before anything is written or sent when the account cannot be read or is not the
+    configured mode. Otherwise the intent is journaled (the ``kill_switch`` entry of the
+    journal's meta) before the first request, then each step runs in turn: cancel all, close
+    all (``flatten``), journal what Alpaca reports of the orders, read the positions left. A
+    step that fails (a broker fault, a refusal) ends the sequence; the report and the journal's
+    entry still say what went through, and ``error`` what failed.
+    """
     api = TradingAPI(config)
     check_mode(api.account(), config)
-    canceled = api.cancel_all()
-    closed = api.close_all_positions() if flatten else []
+    now = clock or (lambda: datetime.now(UTC))
+    report = KillReport(mode=config.mode, flatten=flatten, requested_at=now().isoformat())
     with Journal(config.journal) as journal:
-        for order in api.orders("all"):
-            if journal.get(str(order.get("client_order_id"))) is not None:
-                journal.mark_sent(str(order["client_order_id"]), order)
-    left = {str(p["symbol"]): float(p["qty"]) for p in api.positions()}
-    log.warning("kill switch: %d orders canceled, %d positions closed", len(canceled), len(closed))
-    return {"canceled": len(canceled), "closed": len(closed), "positions": left}
+        journal.set_meta(KILL_KEY, report.to_json("requested"))  # before anything is sent
+        try:
+            _kill_steps(api, journal, report)
+        except BtmlError as err:
+            report.error = err
+        try:
+            journal.set_meta(KILL_KEY, report.to_json("failed" if report.error else "done"))
+        except JournalError as err:  # the steps went through: report them all the same
+            report.error = report.error or err
+    log.warning("kill switch: %s%s", ", ".join(report.done) or "nothing done",
+                f"; failed: {report.error}" if report.error else "")  # fmt: skip
+    return report
+
+
+def _kill_steps(api: TradingAPI, journal: Journal, report: KillReport) -> None:
+    report.canceled = len(api.cancel_all())
+    report.done.append(f"canceled {report.canceled} orders")
+    if report.flatten:
+        report.closed = len(api.close_all_positions())
+        report.done.append(f"closed {report.closed} positions")
+    orders = api.orders("all")
+    for order in orders:
+        coid = str(order["client_order_id"])
+        if journal.get(coid) is not None:
+            journal.mark_sent(coid, order)
+            report.journaled += 1
+    report.done.append(f"journaled the state of {report.journaled} orders")
+    report.positions = {str(p["symbol"]): float(p["qty"]) for p in api.positions()}

@@ -6,6 +6,9 @@ broker knows when it must re-read orders and positions (fills that happened whil
 was down are not replayed by Alpaca), and stops at once instead of waiting out the SDK's 5 s
 receive poll. Payloads reach ``on_update`` as raw dicts (the ``data`` of each message) on the
 stream's thread; the callback must be thread-safe and quick (the broker journals and queues).
+Each payload is checked against its schema first (``brokers.alpaca.answers``): a malformed one
+is not passed on but logged in one line and counted in ``malformed``, and the ``on_reconnect``
+hooks run, as after a reconnect (an update was lost: the broker re-reads orders and positions).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any
 
 from alpaca.trading.stream import TradingStream
 
+from brokers.alpaca.answers import check_trade_update
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.rest import BrokerUnavailable
+from feeds.errors import BrokerProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,7 @@ class TradeUpdates:
         self.on_update = on_update
         self.on_reconnect: list[Callable[[], None]] = []
         self.connections = 0
+        self.malformed = 0  # payloads refused by the schema check
         self._connected = threading.Event()
         self._thread: threading.Thread | None = None
         self._stream = _HookedStream(
@@ -110,6 +116,9 @@ class TradeUpdates:
         if first:
             return
         log.warning("trade_updates stream reconnected (connection %d)", self.connections)
+        self._resync_hooks()
+
+    def _resync_hooks(self) -> None:
         for hook in list(self.on_reconnect):
             try:
                 hook()
@@ -120,6 +129,13 @@ class TradeUpdates:
         data = message.get("data") if isinstance(message, dict) else None
         if not isinstance(data, dict):
             log.warning("trade_updates: ignored a message without data: %.200s", message)
+            return
+        try:
+            check_trade_update(data)
+        except BrokerProtocolError as err:  # lost, as in a gap: re-read instead
+            log.error("%s", err)
+            self._resync_hooks()
+            self.malformed += 1
             return
         try:
             self.on_update(data)
