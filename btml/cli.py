@@ -18,7 +18,7 @@ from feeds.errors import BtmlError
     default=None,
     help="Store folder (default: $BTML_STORE or ./data_storage).",
 )
-@click.version_option(package_name="backtrader-ml")
+@click.version_option(package_name="backtrader-ml", prog_name="btml")
 @click.pass_context
 def main(ctx: click.Context, store: Path | None) -> None:
     """backtrader-ml: market data, ML signals and backtests for backtrader."""
@@ -56,6 +56,7 @@ from btml.features_cli import features  # noqa: E402
 from btml.index_cli import index  # noqa: E402
 from btml.models_cli import models, train  # noqa: E402
 from btml.research_cli import stress, walkforward  # noqa: E402
+from btml.runs_cli import runs  # noqa: E402
 from btml.serve_cli import serve  # noqa: E402
 from btml.trade_cli import trade  # noqa: E402
 
@@ -70,6 +71,7 @@ main.add_command(tearsheet)
 main.add_command(walkforward)
 main.add_command(stress)
 main.add_command(trade)
+main.add_command(runs)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

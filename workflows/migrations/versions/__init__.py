@@ -1,0 +1,1 @@
+"""The run registry's migration scripts, applied in ``down_revision`` order."""
