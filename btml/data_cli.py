@@ -143,13 +143,12 @@ def import_(
     Nothing is written unless every symbol can be: a row that breaks a rule, or a stored series
     of another source or adjustment, or other prices on the same days, refuses the import.
     """
-    from feeds.importer import import_csv
     from feeds.sources.csv_source import CsvOptions
-    from feeds.store import ParquetStore
+    from workflows.data import import_file
 
     try:
-        result = import_csv(
-            ParquetStore(config.store),
+        result, run_id = import_file(
+            config.store,
             file,
             CsvOptions(**opts),
             drop_invalid=drop_invalid,
@@ -160,6 +159,7 @@ def import_(
         fail(err)
     for line in result.lines():
         click.echo(line)
+    click.echo(f"run {run_id}")
     if not result.ok:
         click.echo("warning: check the findings above with `btml data validate`", err=True)
 

@@ -166,7 +166,7 @@ def test_bad_rows_are_reported_all_at_once_and_drop_invalid_keeps_the_rest(store
     res = btml(store, "data", "import", str(ALL_STOCKS), "--drop-invalid")
     assert res.exit_code == 0, res.output
     assert res.stdout.splitlines()[1].startswith("IBM: 3268 rows")
-    kept = Path(res.stdout.splitlines()[-1].split(" -> ")[1])
+    kept = Path(res.stdout.splitlines()[-2].split(" -> ")[1])
     assert kept.parent == store / "rejected" / "1Day"
     rejected = pd.read_csv(kept)
     assert rejected["line"].tolist() == [4772, 5672]
@@ -229,7 +229,7 @@ def test_close_only_and_wide_files(store: Path) -> None:
     assert stored["close"].tolist() == wide["IBM"].tolist()
     res = btml(other, "data", "import", wide_file, "--asset-class", "index")
     assert res.exit_code == 0, res.output  # IBM again: the same rows agree
-    assert [ln.split(":")[0] for ln in res.stdout.splitlines()] == ["AAPL", "IBM", "MSFT"]
+    assert [ln.split(":")[0] for ln in res.stdout.splitlines()[:-1]] == ["AAPL", "IBM", "MSFT"]
 
 
 def test_unknown_layout_names_the_options(store: Path, tmp_path: Path) -> None:
@@ -314,3 +314,32 @@ def test_sessions_follow_the_exchange() -> None:
     assert pd.Timestamp("2026-12-25", tz="UTC") not in days
     assert pd.Timestamp("2027-01-01", tz="UTC") not in days
     assert len(days) == 9
+
+
+# ------------------------------------------------------------------------ the run registry
+
+
+def test_an_import_is_recorded_as_a_run_and_a_refused_one_is_not(store: Path) -> None:
+    import hashlib
+    import json
+
+    path = KAGGLE / "MSFT_2000-03-01_to_2013-03-01.csv"
+    res = btml(store, "data", "import", str(path))
+    assert res.exit_code == 0, res.output
+    run_id = res.stdout.splitlines()[-1].removeprefix("run ")
+    shown = btml(store, "runs", "show", run_id, "--json")
+    assert shown.exit_code == 0, shown.output
+    record = json.loads(shown.stdout)
+    assert record["kind"] == "import" and record["status"] == "ok"
+    assert record["inputs"] == {path.name: hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert record["metrics"]["rows_MSFT"] == 3270
+    assert record["params"]["options"]["symbol"] is None
+    # a refused import (the same rows with other prices) leaves the store and registry as they were
+    other = store.parent / "MSFT.csv"
+    raw = pd.read_csv(path)
+    raw["Close"] = raw["Close"] * 1.01
+    raw["High"] = raw[["High", "Close"]].max(axis=1)
+    raw.to_csv(other, index=False)
+    refused(store, str(other), "--symbol", "MSFT")
+    listed = json.loads(btml(store, "runs", "list", "--json").stdout)
+    assert [r["id"] for r in listed] == [run_id]
