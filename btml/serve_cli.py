@@ -1,15 +1,21 @@
-"""``btml serve``: archive models, start / check / stop TorchServe."""
+"""``btml serve``: archive models, start / check / stop TorchServe, renew its token.
+
+Errors are one line on stderr: exit 2 for bad input (a bad value, an unknown model, an archive
+that does not match its pin), 1 for a server that failed; ``status`` exits 3 when none runs.
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
-from btml.common import fail, pass_config
+from btml.common import pass_config
 from btml.config import Config
-from feeds.errors import BtmlError
+from feeds.errors import BtmlError, UserError
 
 PORTS = (
     "inference_port",
@@ -24,7 +30,16 @@ def _server_cfg(config: Config, ports: tuple[int, ...] | None = None, **kw: obje
     from serving.server import ServerConfig
 
     extra = dict(zip(PORTS, ports, strict=True)) if ports else {}
-    return ServerConfig(home=config.store / "serving", **extra, **kw)  # type: ignore[arg-type]
+    home, registry = config.store / "serving", config.store / "models"
+    return ServerConfig(home=home, registry=registry, **extra, **kw)  # type: ignore[arg-type]
+
+
+def _fail(err: BtmlError) -> NoReturn:
+    """One line on stderr (a server's log tail stays in its logs/): exit 2 for the user's
+    input, 1 for a server fault."""
+    first = (str(err).splitlines() or [type(err).__name__])[0]
+    click.echo(f"error: {first}", err=True)
+    sys.exit(2 if isinstance(err, UserError) else 1)
 
 
 @click.group()
@@ -72,7 +87,7 @@ def archive_cmd(
             ModelRegistry(config.store / "models"), model, _server_cfg(config).model_store, mcfg
         )
     except BtmlError as err:
-        fail(err)
+        _fail(err)
     click.echo(f"archived {path}")
     click.echo(f"sha256 {sha256_file(path)}")
 
@@ -157,7 +172,7 @@ def start_cmd(
         click.echo(f"starting TorchServe with {', '.join(a.name for a in archives)} ...")
         state = start(cfg, archives, chosen)
     except BtmlError as err:
-        fail(err)
+        _fail(err)
     click.echo(f"ready: pid {state.pid}, inference http://127.0.0.1:{state.inference_port}")
     for name, vers in state.models.items():
         click.echo(
@@ -177,6 +192,12 @@ def status_cmd(config: Config, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(st, indent=1))
         return
+    if st.get("stale"):
+        click.echo(
+            f"not running: stale state file in {st['home']}: {st['stale']}; "
+            "btml serve stop removes it"
+        )
+        raise SystemExit(3)
     if not st["running"]:
         click.echo(f"not running ({st['home']})")
         raise SystemExit(3)
@@ -192,7 +213,43 @@ def status_cmd(config: Config, as_json: bool) -> None:
 @serve.command("stop")
 @pass_config
 def stop_cmd(config: Config) -> None:
-    """Stop the server and all its worker processes."""
-    from serving.server import stop
+    """Stop the server and all its worker processes (never a process it cannot identify)."""
+    from serving.server import shutdown
 
-    click.echo("stopped" if stop(_server_cfg(config)) else "no server was running")
+    click.echo(shutdown(_server_cfg(config)).message)
+
+
+@serve.command("scale")
+@click.argument("model")
+@click.option("--workers", type=click.IntRange(1, 64), required=True, help="Workers to run.")
+@pass_config
+def scale_cmd(config: Config, model: str, workers: int) -> None:
+    """Run WORKERS workers for MODEL:VERSION (its archive is checked against its pin first)."""
+    from mlmodels.registry import parse_ref
+    from serving.server import scale
+
+    name, ver = parse_ref(model)
+    if ver is None:
+        raise click.UsageError(f"scale needs NAME:VERSION, got {model!r}")
+    try:
+        scale(_server_cfg(config), name, ver, workers)
+    except BtmlError as err:
+        _fail(err)
+    click.echo(f"{name}:{ver}: {workers} workers")
+
+
+@serve.command("renew-token")
+@click.option(
+    "--kind", type=click.Choice(["inference", "management"]), default="inference", show_default=True
+)
+@pass_config
+def renew_token_cmd(config: Config, kind: str) -> None:
+    """Have the server issue a new token (clients re-read the key file when refused)."""
+    from serving.server import renew_token
+
+    cfg = _server_cfg(config)
+    try:
+        renew_token(cfg, kind)
+    except BtmlError as err:
+        _fail(err)
+    click.echo(f"renewed the {kind} token in {cfg.key_file}")

@@ -89,6 +89,7 @@ class ModelCard:
     parameters: int = 0
     code_version: str = ""
     created_at: str = ""
+    archives: dict[str, str] = field(default_factory=dict)  # served .mar path -> its sha256
     schema: int = CARD_SCHEMA
 
     @property
@@ -198,6 +199,17 @@ class ModelRegistry:
 
     def card(self, ref: str) -> ModelCard:
         return ModelCard.from_file(self.path(ref) / CARD_FILE)
+
+    def record_archive(self, ref: str, archive: Path, sha256: str) -> ModelCard:
+        """Pin the sha256 of a serving archive built from ``ref`` in its card (by resolved path)."""
+        d = self.path(ref)
+        card = ModelCard.from_file(d / CARD_FILE)
+        pins = {**card.archives, str(Path(archive).resolve()): sha256}
+        card = dataclasses.replace(card, archives=pins)
+        tmp = d / f"{CARD_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(card.to_json())
+        os.replace(tmp, d / CARD_FILE)
+        return card
 
     def load(self, ref: str, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
         """Rebuild the network from the card and load its weights (no pickled code)."""

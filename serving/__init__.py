@@ -7,6 +7,7 @@ from serving.client import (
     RestConfig,
     ServingUnavailable,
     SignalClient,
+    TokenRefused,
 )
 from serving.payload import BadRequest
 from serving.signal import FLAT, PositionState, Signal
@@ -22,4 +23,5 @@ __all__ = [
     "ServingUnavailable",
     "Signal",
     "SignalClient",
+    "TokenRefused",
 ]

@@ -1,10 +1,15 @@
-"""Build TorchServe ``.mar`` archives of registered models, with a sha256 beside each.
+"""Build TorchServe ``.mar`` archives of registered models, and check them before each load.
 
 An archive holds the weights (``weights.pt``, loaded with ``weights_only=True``), the model
 card, the per-model config (dynamic batching, workers, handler threads) and a one-class handler
 entry file (``serving/ts_entry.py``) that imports the installed ``SignalHandler``.
 Archives are named ``NAME.vVERSION.mar``; TorchServe reads the name and version from the
 archive's manifest, so several versions of one model can sit in one model store.
+
+Each archive's sha256 is pinned in the model registry (the ``archives`` of the model card
+beside the checkpoint), not in the model store: ``verify_archive`` compares against that pin
+before every load (start, register, scale). The ``.sha256`` file written beside the archive is
+for ``sha256sum -c`` only and is never trusted.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from feeds.errors import ConfigError, CorruptFileError, StoreError
+from feeds.errors import ConfigError, CorruptFileError, DataError, StoreError, SymbolNotFound
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelRegistry
 
 ENTRY = Path(__file__).with_name("ts_entry.py")
@@ -75,6 +80,14 @@ def archive_name(name: str, version: int) -> str:
     return f"{name}.v{version}.mar"
 
 
+def parse_archive_name(path: Path) -> tuple[str, int]:
+    """``NAME.vVERSION.mar`` -> (name, version)."""
+    name, _, ver = path.name.removesuffix(".mar").rpartition(".v")
+    if not path.name.endswith(".mar") or not name or not ver.isdigit():
+        raise ConfigError(f"{path}: archives are named NAME.vVERSION.mar (btml serve archive)")
+    return name, int(ver)
+
+
 def archiver_command() -> list[str]:
     """``torch-model-archiver`` next to this Python, or on PATH."""
     exe = Path(sys.executable).with_name("torch-model-archiver")
@@ -89,8 +102,8 @@ def build_archive(
 ) -> Path:
     """Archive model ``ref`` (``name[:version]``) into ``out_dir``; returns the ``.mar`` path.
 
-    The archive is built in a temporary folder and moved into place with its ``.sha256`` file
-    written first, so a half-built archive never appears in the model store.
+    The archive is built in a temporary folder, its sha256 pinned in the registry's model card,
+    and only then moved into place, so a half-built or unpinned archive never appears.
     """
     cfg = cfg or ModelServeConfig()
     src = registry.path(ref)
@@ -117,6 +130,7 @@ def build_archive(
                 f"torch-model-archiver failed for {card.ref}: {(proc.stderr or proc.stdout).strip()[-800:]}"
             )
         digest = sha256_file(built)
+        registry.record_archive(card.ref, final, digest)
         sha_tmp = Path(tmp) / "sha256"
         sha_tmp.write_text(f"{digest}  {final.name}\n")
         os.replace(sha_tmp, final.with_name(final.name + ".sha256"))
@@ -124,19 +138,34 @@ def build_archive(
     return final
 
 
-def verify_archive(path: Path) -> str:
-    """Check ``path`` against its ``.sha256`` file; returns the digest or raises with both."""
-    sha_file = path.with_name(path.name + ".sha256")
+def verify_archive(path: Path, registry: ModelRegistry) -> str:
+    """Check ``path`` against the sha256 pinned in ``registry``; returns the digest.
+
+    Raises ``CorruptFileError`` naming the file and the expected and actual hashes when they
+    differ, or saying how to rebuild when the registry pins nothing for this archive.
+    """
     if not path.exists():
         raise StoreError(f"archive {path} does not exist; build it with: btml serve archive")
-    if not sha_file.exists():
-        raise CorruptFileError(path, f"{path}: no {sha_file.name} beside it; rebuild the archive")
-    expected = sha_file.read_text().split()[0] if sha_file.read_text().strip() else ""
+    name, version = parse_archive_name(path)
+    ref = f"{name}:{version}"
+    try:
+        card_file = registry.path(ref) / CARD_FILE
+        expected = registry.card(ref).archives.get(str(path.resolve()))
+    except (SymbolNotFound, DataError) as err:
+        raise CorruptFileError(
+            path, f"{path}: cannot check it against the model registry {registry.root} ({err})"
+        ) from err
+    if not expected:
+        raise CorruptFileError(
+            path,
+            f"{path}: {card_file} pins no sha256 for this archive; rebuild it from the registry "
+            f"with: btml serve archive {ref}",
+        )
     actual = sha256_file(path)
     if actual != expected:
         raise CorruptFileError(
             path,
-            f"{path}: sha256 {actual[:16]}... does not match {sha_file.name} ({expected[:16]}...); "
-            "the archive is corrupt or was replaced: refusing to serve it (rebuild with btml serve archive)",
+            f"{path}: expected sha256 {expected} (pinned in {card_file}), found {actual}; the "
+            f"archive was changed or replaced: refusing to load it (rebuild: btml serve archive {ref})",
         )
     return actual

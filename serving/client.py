@@ -2,10 +2,11 @@
 
 Two implementations return the same numbers on the same input (a parity test checks 1e-5):
 
-* ``RestClient`` calls a TorchServe over REST: one keep-alive session, connect and read
-  timeouts, retries with backoff (the call is idempotent), a circuit breaker, the inference
-  token, binary payloads. When the server cannot answer it raises ``ServingUnavailable``
-  within its time budget, never hangs and never returns a made-up signal.
+* ``RestClient`` calls a TorchServe over REST: one keep-alive session, one deadline per call
+  across its retries with backoff (the call is idempotent), a circuit breaker counting server
+  faults only, the inference token (read again once when refused), binary payloads. When the
+  server cannot answer it raises ``ServingUnavailable`` within the deadline, never hangs and
+  never returns a made-up signal; a request the server refuses (4xx) raises ``BadRequest``.
 * ``InProcessClient`` runs the same ``SignalHandler`` in this process, without a server.
 """
 
@@ -31,6 +32,10 @@ from serving.signal import PositionState, Signal
 
 class ServingUnavailable(TransientError):
     """The model server did not answer (down, timing out, failing, or the breaker is open)."""
+
+
+class TokenRefused(ServingUnavailable):
+    """The server refused the inference token, also after the key file was read again."""
 
 
 def as_positions(
@@ -129,9 +134,12 @@ class RestConfig:
         url: the inference address.
         model: the registered model name; ``version`` None means the server's default version.
         token: the inference key; if None it is read from ``key_file`` (TorchServe's
-            ``key_file.json``), and read again when the server answers 401.
-        connect_timeout, read_timeout: seconds, per attempt.
+            ``key_file.json``), and read again once when the server refuses it.
+        deadline_s: the whole call's time budget, retries included: no attempt starts after
+            it, and each attempt waits at most the time left. Keep it shorter than a bar.
+        connect_timeout, read_timeout: caps per attempt, seconds (within the deadline).
         retries: extra attempts after a connection error, timeout or 5xx (backoff doubles).
+            Client errors (4xx) are never retried and do not count toward the breaker.
         breaker_failures: consecutive failed calls that open the breaker; while open, calls fail
             at once with ``ServingUnavailable`` for ``breaker_cooldown`` seconds.
         binary: send the binary payload (else JSON).
@@ -142,6 +150,7 @@ class RestConfig:
     version: int | None = None
     token: str | None = None
     key_file: Path | None = None
+    deadline_s: float = 10.0
     connect_timeout: float = 1.0
     read_timeout: float = 10.0
     retries: int = 2
@@ -151,8 +160,8 @@ class RestConfig:
     binary: bool = True
 
     def __post_init__(self) -> None:
-        if self.connect_timeout <= 0 or self.read_timeout <= 0:
-            raise ConfigError("connect_timeout and read_timeout must be > 0 seconds")
+        if self.deadline_s <= 0 or self.connect_timeout <= 0 or self.read_timeout <= 0:
+            raise ConfigError("deadline_s, connect_timeout and read_timeout must be > 0 seconds")
         if self.retries < 0 or self.breaker_failures < 1 or self.breaker_cooldown < 0:
             raise ConfigError("retries must be >= 0, breaker_failures >= 1, breaker_cooldown >= 0")
 
@@ -189,7 +198,10 @@ class CircuitBreaker:
             self.opened_at = self.clock()
 
 
-_RETRY_STATUS = {500, 502, 503, 504, 507}
+def _server_fault(status: int) -> bool:
+    """5xx, a request timeout or throttling: retried, and counted by the breaker. Any other
+    4xx is the client's error: raised at once, not counted."""
+    return status >= 500 or status in (408, 429)
 
 
 class RestClient(SignalClient):
@@ -245,55 +257,97 @@ class RestClient(SignalClient):
             ctype = "application/json"
         self.breaker.check()
         try:
-            data = self._post(body, ctype)
+            signals = _signals(self._post(body, ctype), self.endpoint, len(windows))
         except ServingUnavailable:
             self.breaker.failure()
             raise
         self.breaker.success()
-        return [Signal.from_dict(d) for d in data]
+        return signals
 
-    def _post(self, body: bytes, ctype: str) -> list[dict[str, Any]]:
-        cfg, last = self.cfg, ""
-        refreshed = False
-        attempt = 0
-        while attempt <= cfg.retries:
-            if self._token is None:
-                self._token = self._read_token()
-            headers = {"Content-Type": ctype}
-            if self._token:
-                headers["Authorization"] = f"Bearer {self._token}"
+    def _post(self, body: bytes, ctype: str) -> Any:
+        """POST within one deadline: retry server faults, re-read a refused token once."""
+        cfg = self.cfg
+        start = time.monotonic()
+        deadline, last, attempts, refreshed = start + cfg.deadline_s, "", 0, False
+        while (left := deadline - time.monotonic()) > 0:
+            attempts += 1
             try:
-                r = self.session.post(
-                    self.endpoint, data=body, headers=headers,
-                    timeout=(cfg.connect_timeout, cfg.read_timeout),
-                )  # fmt: skip
+                r = self._send(body, ctype, left)
             except (requests.ConnectionError, requests.Timeout) as err:
                 last = f"{type(err).__name__}: {err}"
             else:
                 if r.status_code == 200:
-                    return r.json()  # type: ignore[no-any-return]
+                    return _json(r, self.endpoint)
                 if _auth_failed(r) and not refreshed and cfg.key_file is not None:
                     self._token, refreshed = None, True  # the key may have been rotated
                     continue
-                if r.status_code not in _RETRY_STATUS:
-                    raise _client_error(r, self.endpoint)
+                if _auth_failed(r) or not _server_fault(r.status_code):
+                    raise self._refusal(r)
                 last = f"HTTP {r.status_code}: {_message(r)}"
-            attempt += 1
-            if attempt <= cfg.retries:
-                time.sleep(cfg.backoff * 2 ** (attempt - 1))
+            pause = cfg.backoff * 2 ** (attempts - 1)
+            if attempts > cfg.retries or time.monotonic() + pause >= deadline:
+                break
+            time.sleep(pause)
         raise ServingUnavailable(
-            f"model server at {self.endpoint} did not answer after {cfg.retries + 1} attempts ({last})"
+            f"model server at {self.endpoint} did not answer after {attempts} attempts in "
+            f"{time.monotonic() - start:.1f} s (deadline {cfg.deadline_s:g} s; {last or 'no time left'})"
+        )
+
+    def _send(self, body: bytes, ctype: str, left: float) -> requests.Response:
+        if self._token is None:
+            self._token = self._read_token()
+        headers = {"Content-Type": ctype}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        timeout = (min(self.cfg.connect_timeout, left), min(self.cfg.read_timeout, left))
+        return self.session.post(self.endpoint, data=body, headers=headers, timeout=timeout)
+
+    def _refusal(self, r: requests.Response) -> Exception:
+        """The error for a 4xx: ``TokenRefused`` for a refused token, else a client error."""
+        if not _auth_failed(r):
+            return _client_error(r, self.endpoint)
+        where = f"after reading {self.cfg.key_file} again" if self.cfg.key_file else "(fixed token)"
+        return TokenRefused(
+            f"{self.endpoint}: the inference token was refused {where} ({_message(r)}); "
+            "if it expired, renew it with: btml serve renew-token"
         )
 
     def close(self) -> None:
         self.session.close()
 
 
-def _message(r: requests.Response) -> str:
+def _json(r: requests.Response, endpoint: str) -> Any:
     try:
-        return str(r.json().get("message", r.text))
+        return r.json()
+    except ValueError as err:
+        raise ServingUnavailable(
+            f"{endpoint}: unreadable answer (HTTP 200, not JSON: {r.text.strip()[:80]!r})"
+        ) from err
+
+
+def _signals(data: Any, endpoint: str, n: int) -> list[Signal]:
+    """``n`` signals from an answer, or ``ServingUnavailable``: a garbled answer is a fault."""
+    try:
+        signals = [Signal.from_dict(d) for d in data]
+    except (TypeError, KeyError, ValueError) as err:
+        raise ServingUnavailable(
+            f"{endpoint}: unreadable answer (not a list of signals: {err!r})"
+        ) from err
+    if len(signals) != n:
+        raise ServingUnavailable(
+            f"{endpoint}: unreadable answer ({len(signals)} signals for {n} windows)"
+        )
+    return signals
+
+
+def _message(r: requests.Response) -> str:
+    """The server's message on one line: the JSON ``message``, else the start of the text."""
+    try:
+        body = r.json()
+        text = str(body.get("message", r.text)) if isinstance(body, dict) else r.text
     except ValueError:
-        return r.text.strip()[:300]
+        text = r.text
+    return " ".join(text.split())[:300]
 
 
 def _auth_failed(r: requests.Response) -> bool:
@@ -303,12 +357,12 @@ def _auth_failed(r: requests.Response) -> bool:
 
 def _client_error(r: requests.Response, endpoint: str) -> Exception:
     msg = _message(r)
-    if _auth_failed(r):
-        return ConfigError(f"{endpoint}: token refused ({msg}); check the server's key file")
     if r.status_code == 400:
         return BadRequest(f"the server refused the request: {msg}")
     if r.status_code == 404:
         return SymbolNotFound(f"{endpoint}: {msg}")
     if r.status_code == 413:
         return BadRequest(f"the request is larger than the server accepts (HTTP 413): {msg}")
-    return ServingUnavailable(f"{endpoint}: HTTP {r.status_code}: {msg}")
+    if 400 <= r.status_code < 500:
+        return BadRequest(f"the server refused the request (HTTP {r.status_code}): {msg}")
+    return ServingUnavailable(f"{endpoint}: unexpected HTTP {r.status_code}: {msg}")

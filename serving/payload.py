@@ -107,12 +107,13 @@ def decode(body: Any, *, window: int, features: list[str], max_windows: int) -> 
     """Decode and check one request body (bytes in either format, or an already parsed dict).
 
     Raises ``BadRequest`` naming the expected and received shapes, or the window, bar and
-    feature of the first NaN or infinite value.
+    feature of the first NaN or infinite value. A binary header's counts are checked against
+    the limits before anything is allocated.
     """
     if isinstance(body, (bytes, bytearray, memoryview)):
         raw = bytes(body)
         if raw[:4] == MAGIC:
-            batch = _decode_binary(raw)
+            batch = _decode_binary(raw, window=window, features=features, max_windows=max_windows)
         else:
             try:
                 parsed = json.loads(raw.decode("utf-8"))
@@ -133,7 +134,7 @@ def decode(body: Any, *, window: int, features: list[str], max_windows: int) -> 
     return batch
 
 
-def _decode_binary(raw: bytes) -> Batch:
+def _decode_binary(raw: bytes, *, window: int, features: list[str], max_windows: int) -> Batch:
     if len(raw) < HEADER.size:
         raise BadRequest(f"binary body of {len(raw)} bytes is shorter than the 24-byte header")
     _, version, _, n, w, f, p = HEADER.unpack_from(raw)
@@ -141,6 +142,7 @@ def _decode_binary(raw: bytes) -> Batch:
         raise BadRequest(f"binary format version {version} is not {FORMAT_VERSION}")
     if p not in (0, POSITION_FIELDS):
         raise BadRequest(f"position fields must be 0 or 3, got {p}")
+    _check_counts(n, w, f, window=window, features=features, max_windows=max_windows)
     n_win, n_pos = n * w * f, n * p
     need = HEADER.size + 4 * (n_win + n_pos) + 4
     if len(raw) < need:
@@ -154,16 +156,22 @@ def _decode_binary(raw: bytes) -> Batch:
         values[n_win:].reshape(n, p) if p else np.zeros((n, POSITION_FIELDS), dtype=np.float32)
     )
     (m,) = struct.unpack_from("<I", raw, need - 4)
-    meta: dict[str, Any] = {}
+    meta: Any = {}
     if m:
         try:
             meta = json.loads(raw[need : need + m].decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as err:
             raise BadRequest("binary body metadata is not valid UTF-8 JSON") from err
+    if not isinstance(meta, dict):
+        raise BadRequest(f"binary body metadata must be a JSON object, got {type(meta).__name__}")
     return _batch(windows, positions, meta.get("symbols"), meta.get("timestamps"))
 
 
-def _decode_json(body: dict[str, Any]) -> Batch:
+def _decode_json(body: Any) -> Batch:
+    if not isinstance(body, dict):
+        raise BadRequest(
+            f"JSON body must be an object with a 'windows' key, got {type(body).__name__}"
+        )
     if "windows" not in body:
         raise BadRequest(f"JSON body needs a 'windows' key, got keys {sorted(body)}")
     try:
@@ -195,8 +203,10 @@ def _batch(windows: np.ndarray, positions: np.ndarray, symbols: Any, timestamps:
     n = len(windows)
 
     def echo(values: Any, what: str) -> list[str | None]:
-        if not values:
+        if values is None or (isinstance(values, list) and not values):
             return [None] * n
+        if not isinstance(values, list):
+            raise BadRequest(f"{what} must be a list (one per window), got {type(values).__name__}")
         if len(values) != n:
             raise BadRequest(f"{len(values)} {what} for {n} windows")
         return [None if v is None else str(v) for v in values]
@@ -204,8 +214,10 @@ def _batch(windows: np.ndarray, positions: np.ndarray, symbols: Any, timestamps:
     return Batch(windows, positions, echo(symbols, "symbols"), echo(timestamps, "timestamps"))
 
 
-def _check(batch: Batch, *, window: int, features: list[str], max_windows: int) -> None:
-    n, w, f = batch.windows.shape
+def _check_counts(
+    n: int, w: int, f: int, *, window: int, features: list[str], max_windows: int
+) -> None:
+    """Refuse a request's counts (from a header, before allocating) or its decoded shape."""
     if n == 0:
         raise BadRequest("the request holds no windows")
     if n > max_windows:
@@ -215,6 +227,11 @@ def _check(batch: Batch, *, window: int, features: list[str], max_windows: int) 
             f"expected windows of {window} bars x {len(features)} features, "
             f"received {w} bars x {f} features"
         )
+
+
+def _check(batch: Batch, *, window: int, features: list[str], max_windows: int) -> None:
+    n, w, f = batch.windows.shape
+    _check_counts(n, w, f, window=window, features=features, max_windows=max_windows)
     bad = ~np.isfinite(batch.windows)
     if bad.any():
         i, t, k = (int(v) for v in np.argwhere(bad)[0])

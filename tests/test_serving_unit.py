@@ -153,3 +153,132 @@ def test_rest_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="breaker_failures >= 1"):
         RestConfig(model="m", breaker_failures=0)
     assert len(FEATS) == N_FEATURES
+
+
+def test_a_header_claiming_huge_counts_is_refused_before_allocating() -> None:
+    import struct
+    import tracemalloc
+
+    from serving.payload import HEADER, MAGIC
+
+    no_values = HEADER.pack(MAGIC, 1, 0, 1 << 23, 0, 0, 0) + struct.pack("<I", 0)
+    huge_window = HEADER.pack(MAGIC, 1, 0, 1, 1 << 20, 1 << 10, 0) + struct.pack("<I", 0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(BadRequest, match=r"8388608 windows in one request; at most 10"):
+            decode(no_values, window=WINDOW, features=FEATS, max_windows=10)
+        peak = tracemalloc.get_traced_memory()[1]
+        assert peak < 1 << 20, f"{peak / 1e6:.0f} MB allocated before the counts were checked"
+        with pytest.raises(BadRequest, match="received 1048576 bars x 1024 features"):
+            decode(huge_window, window=WINDOW, features=FEATS, max_windows=10)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"5", "JSON body must be an object"),
+        (b'["windows"]', "JSON body must be an object"),
+        (json.dumps({"windows": [[[0.0] * 51] * 16], "symbols": 5}).encode(), "symbols must be"),
+        (json.dumps({"windows": [[[0.0] * 51] * 16], "timestamps": "t"}).encode(), "timestamps"),
+        (encode_binary(windows(1))[:-4] + b"\x02\x00\x00\x00[]", "metadata must be a JSON object"),
+    ],
+)
+def test_malformed_json_and_metadata_are_bad_requests(body, message) -> None:
+    with pytest.raises(BadRequest, match=message):
+        decode(body, window=WINDOW, features=FEATS, max_windows=10)
+
+
+def test_a_hung_server_costs_one_deadline_per_call() -> None:
+    import socket
+    import time
+
+    with socket.socket() as hung:  # connections complete in the kernel; nothing ever answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        cfg = RestConfig(
+            url=f"http://127.0.0.1:{hung.getsockname()[1]}", model="m", token="t",
+            read_timeout=10.0, retries=2, deadline_s=1.0, breaker_failures=2,
+        )  # fmt: skip
+        with RestClient(cfg) as c:
+            for _ in range(2):
+                t0 = time.monotonic()
+                with pytest.raises(ServingUnavailable, match="did not answer"):
+                    c.predict(windows(1))
+                assert time.monotonic() - t0 < 3.0  # was 3 x 10 s read timeouts
+            t0 = time.monotonic()
+            with pytest.raises(ServingUnavailable, match="circuit breaker open"):
+                c.predict(windows(1))
+            assert time.monotonic() - t0 < 0.5
+
+
+def test_client_errors_are_not_retried_and_do_not_count_toward_the_breaker() -> None:
+    from tests.loopback import LoopbackServer, Reply
+
+    path = "/predictions/m"
+    bad = {"code": 400, "type": "BadRequest", "message": "expected windows of 16 bars x 51"}
+    with LoopbackServer() as srv:
+        srv.route("POST", path, Reply(400, bad))
+        cfg = RestConfig(url=srv.base_url, model="m", token="t", retries=2, backoff=0.01,
+                         breaker_failures=1)  # fmt: skip
+        with RestClient(cfg) as c:
+            for _ in range(3):
+                with pytest.raises(BadRequest, match="expected windows of 16 bars x 51"):
+                    c.predict(windows(1))
+            assert srv.hits("POST", path) == 3  # one request per call: none retried
+            assert c.breaker.state == "closed" and c.breaker.count == 0
+            srv.route("POST", path, Reply(405, {"message": "Method not allowed"}))
+            with pytest.raises(BadRequest, match=r"HTTP 405\): Method not allowed"):
+                c.predict(windows(1))
+            assert srv.hits("POST", path) == 4 and c.breaker.state == "closed"
+            srv.route("POST", path, Reply(500, {"message": "worker died"}))
+            with pytest.raises(ServingUnavailable, match="HTTP 500: worker died"):
+                c.predict(windows(1))
+            assert srv.hits("POST", path) == 7  # a server fault is retried
+            assert c.breaker.state == "open"  # and counted
+        assert srv.errors == []
+
+
+def test_a_garbled_answer_is_a_serving_failure() -> None:
+    from tests.loopback import LoopbackServer, Reply
+
+    with LoopbackServer() as srv:
+        cfg = RestConfig(url=srv.base_url, model="m", token="t", retries=0, breaker_failures=2)
+        with RestClient(cfg) as c:
+            for answer in (Reply(200, "<html>proxy error</html>"), Reply(200, [{"model": "m"}])):
+                srv.route("POST", "/predictions/m", answer)
+                with pytest.raises(ServingUnavailable, match="unreadable answer"):
+                    c.predict(windows(1))
+            assert c.breaker.state == "open"
+
+
+def test_a_refused_token_is_re_read_once_then_a_serving_failure(tmp_path) -> None:
+    from serving.client import TokenRefused
+    from tests.loopback import LoopbackServer, Reply
+
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": "old"}}))
+    refused = Reply(400, {"code": 400, "type": "InvalidKeyException", "message": "Token expired"})
+    with LoopbackServer() as srv:
+        srv.route("POST", "/predictions/m", refused)
+        cfg = RestConfig(url=srv.base_url, model="m", key_file=key_file, retries=2)
+        with RestClient(cfg) as c:
+            with pytest.raises(TokenRefused, match=r"token .*refused.*key_file\.json"):
+                c.predict(windows(1))
+            sent = [r.headers["Authorization"] for r in srv.requests]
+            assert sent == ["Bearer old", "Bearer old"]  # re-read once, not retried further
+            key_file.write_text(json.dumps({"inference": {"key": "new"}}))
+            sig = Signal(
+                model="m", version=1, returns=(0.0, 0.0, 0.0), horizons=(1, 4, 24),
+                direction=(0.2, 0.3, 0.5), action=(0.1, 0.2, 0.7), size=0.4, volatility=0.02,
+                risk=0.03, confidence=0.8,
+            )  # fmt: skip
+            srv.route("POST", "/predictions/m", lambda r: Reply(
+                200 if r.headers["Authorization"] == "Bearer new" else 401, [sig.to_dict()]))  # fmt: skip
+            assert c.predict(windows(1)) == [sig]  # a rotated key is picked up
+        with RestClient(RestConfig(url=srv.base_url, model="m", token="fixed")) as c:
+            srv.route("POST", "/predictions/m", Reply(401, {"message": "Unauthorized"}))
+            with pytest.raises(ServingUnavailable, match="token .*refused"):
+                c.predict(windows(1))
+    assert issubclass(TokenRefused, ServingUnavailable)
