@@ -8,77 +8,28 @@ are skipped with that reason; CI always runs them.
 
 from __future__ import annotations
 
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from brokers.alpaca.journal import IntentConflictError, Journal, OrderIntent
 from brokers.alpaca.reconcile import reconcile
+from tests.postgres import new_database, pg_cluster
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI installs it")
-    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (in the dev extras)")
-    # not under pytest's tmp folder: it is private to root, the postgres user cannot enter it
-    root = Path(tempfile.mkdtemp(prefix="btml-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root: run the cluster as the postgres user
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port = _free_port()
-    run = {"check": True, "capture_output": True, "timeout": 60}
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "btml"], **run)  # type: ignore[call-overload]
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-w", "start",
-                    "-l", str(root / "log")], **run)  # type: ignore[call-overload]  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://btml@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], **run)  # type: ignore[call-overload]
-        shutil.rmtree(root, ignore_errors=True)
+    with pg_cluster("btml-pg-") as url:
+        yield url
 
 
 @pytest.fixture
 def db(pg_url: str, request: pytest.FixtureRequest) -> str:
     """A new empty database on the cluster for one test."""
-    import sqlalchemy as sa
-
-    name = "t_" + request.node.name.lower().replace("-", "_")[:40]
-    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return pg_url.rsplit("/", 1)[0] + f"/{name}"
+    return new_database(pg_url, "t_" + request.node.name)
 
 
 def _intent(i: int, **kw: object) -> OrderIntent:

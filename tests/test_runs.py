@@ -3,17 +3,14 @@ a real PostgreSQL cluster when the machine has one (skipped with the reason othe
 
 from __future__ import annotations
 
-import glob
 import json
 import multiprocessing as mp
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import traceback
 from collections.abc import Iterator
 from contextlib import closing
@@ -28,6 +25,7 @@ from click.testing import CliRunner
 
 from btml.cli import main
 from feeds.errors import ConfigError
+from tests.postgres import new_database, pg_cluster
 from workflows import (
     RegistryError,
     RunInUse,
@@ -457,59 +455,19 @@ def test_cli_db_option_and_env_var(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# PostgreSQL (the fixture follows tests/test_journal_postgres.py)
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return candidates[-1] if candidates else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# PostgreSQL (a throw-away cluster from tests/postgres.py)
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI installs it")
-    pytest.importorskip("psycopg", reason="pip install 'psycopg[binary]' (in the dev extras)")
-    root = Path(tempfile.mkdtemp(prefix="btml-runs-pg-"))  # the postgres user must enter it
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port = _free_port()
-    run: dict[str, Any] = {"check": True, "capture_output": True, "timeout": 60}
-    subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "btml"], **run)
-    opts = f"-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-o", opts, "-w", "start",
-                    "-l", str(root / "log")], **run)  # fmt: skip
-    try:
-        yield f"postgresql+psycopg://btml@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], **run)
-        shutil.rmtree(root, ignore_errors=True)
+    with pg_cluster("btml-runs-pg-") as url:
+        yield url
 
 
 @pytest.fixture
 def pg_db(pg_url: str, request: pytest.FixtureRequest) -> str:
     """A new empty database on the cluster for one test."""
-    name = "r_" + re.sub(r"\W", "_", request.node.name.lower())[:40]
-    engine = sa.create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return pg_url.rsplit("/", 1)[0] + f"/{name}"
+    return new_database(pg_url, "r_" + request.node.name)
 
 
 def test_postgresql_round_trip_and_refused_rm(tmp_path: Path, pg_db: str) -> None:
