@@ -16,16 +16,16 @@ from typing import Any
 
 import sqlalchemy as sa
 from filelock import FileLock
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.sqlite import foreign_header, sqlite_engine
 from workflows.errors import RegistryError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "runs_alembic_version"  # not "alembic_version": the database may be shared
 BUSY_TIMEOUT_S = 60.0
 _PG_LOCK_KEY = 7_261_535
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 DEPENDENT_KINDS = ("run", "model")
 
 
@@ -120,36 +120,18 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     if database in ("", ":memory:"):
         raise RegistryError("run registry: give SQLite a file, not an in-memory database")
     _check_sqlite_file(Path(database))
-    engine = sa.create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's is lazy)
-        cursor = dbapi_conn.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # take the write lock at once: a read-then-write cannot deadlock with another process
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
+    return sqlite_engine(url, busy_timeout_s=BUSY_TIMEOUT_S)
 
 
 def _check_sqlite_file(path: Path) -> None:
     if path.is_dir():
         raise RegistryError(f"run registry path {path} is a folder; give a file path")
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as fh:
-            head = fh.read(len(_SQLITE_MAGIC))
-        if head != _SQLITE_MAGIC:
-            raise RegistryError(
-                f"run registry {path} is not an SQLite database (it starts with {head[:8]!r}); "
-                "it was left untouched: move it aside or give another --db"
-            )
+    head = foreign_header(path)
+    if head is not None:
+        raise RegistryError(
+            f"run registry {path} is not an SQLite database (it starts with {head[:8]!r}); "
+            "it was left untouched: move it aside or give another --db"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
 
 

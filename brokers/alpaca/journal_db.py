@@ -21,7 +21,6 @@ from brokers.alpaca.journal_model import (
     _MAX_ID,
     _RANK,
     _REJECTED_REQUESTS,
-    _SQLITE_MAGIC,
     FINAL_STATUSES,
     GAP_PREFIX,
     SCHEMA_VERSION,
@@ -38,6 +37,7 @@ from brokers.alpaca.journal_model import (
     _str_or_none,
     _utc,
 )
+from core.sqlite import foreign_header, sqlite_engine
 
 # ---------------------------------------------------------------------------------------------
 # schema
@@ -116,46 +116,21 @@ def _make_engine(url: sa.URL, cfg: JournalConfig) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     database = url.database or ""
-    memory = database in ("", ":memory:")
-    if not memory:
+    if database not in ("", ":memory:"):
         _check_sqlite_file(Path(database))
-    kwargs: dict[str, Any] = {
-        "connect_args": {"check_same_thread": False, "timeout": cfg.busy_timeout_s}
-    }
-    if memory:
-        kwargs["poolclass"] = sa.StaticPool
-    engine = sa.create_engine(url, **kwargs)
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (pysqlite's own is lazy)
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={cfg.synchronous}")
-        cursor.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_s * 1000)}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        # writes take the lock at once, so a read-then-write cannot race another process
-        conn.exec_driver_sql("BEGIN" if conn.info.get("read_only") else "BEGIN IMMEDIATE")
-
-    return engine
+    return sqlite_engine(url, busy_timeout_s=cfg.busy_timeout_s, synchronous=cfg.synchronous)
 
 
 def _check_sqlite_file(path: Path) -> None:
     if path.is_dir():
         raise JournalError(f"order journal path {path} is a directory; give a file path")
-    if path.exists() and path.stat().st_size > 0:
-        with path.open("rb") as fh:
-            head = fh.read(len(_SQLITE_MAGIC))
-        if head != _SQLITE_MAGIC:
-            raise CorruptJournalError(
-                path,
-                f"order journal {path} is not an SQLite database (it starts with {head[:8]!r}); "
-                "it was left untouched: move it aside or point the journal at another file",
-            )
+    head = foreign_header(path)
+    if head is not None:
+        raise CorruptJournalError(
+            path,
+            f"order journal {path} is not an SQLite database (it starts with {head[:8]!r}); "
+            "it was left untouched: move it aside or point the journal at another file",
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
 
 

@@ -25,7 +25,6 @@ _EVENT_STATUS = {"fill": "filled", "partial_fill": "partially_filled"}
 _REJECTED_REQUESTS = frozenset({"order_cancel_rejected", "order_replace_rejected"})
 _MAX_ID = 128  # Alpaca's limit on client_order_id
 _HASH_LEN = 10
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 SCHEMA_VERSION = "1"
 GAP_PREFIX = "gap-"  # execution ids of fills that reconciliation filled in for a stream gap
 

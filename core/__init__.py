@@ -1,0 +1,1 @@
+"""Below every other package: small shared mechanisms that import none of the project's packages."""
