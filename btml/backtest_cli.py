@@ -78,7 +78,9 @@ def backtest(
 ) -> None:
     """Backtest --model (beside buy-and-hold and SMA at the same costs) or --baseline."""
     from analyzers.backtest import CostConfig
-    from btml.backtest import (
+    from feeds.store import ParquetStore
+    from strategies.risk import RiskConfig
+    from workflows.backtest import (
         MLRunConfig,
         clip_range,
         load_frames,
@@ -86,8 +88,6 @@ def backtest(
         run_model,
         save_run,
     )
-    from feeds.store import ParquetStore
-    from strategies.risk import RiskConfig
 
     if (model is None) == (baseline is None):
         raise click.UsageError("give exactly one of --model or --baseline")
@@ -115,7 +115,7 @@ def backtest(
             config.store, name or (model or baseline or "run").replace(":", "-v"), results, card
         )
         if tearsheet_path:
-            from btml.reports import tearsheet_for_run
+            from workflows.reports import tearsheet_for_run
 
             tearsheet_for_run(run_dir, tearsheet_path)
     except BtmlError as err:
@@ -149,7 +149,7 @@ def tearsheet(config: Config, run: str, out: str) -> None:
     """
     from pathlib import Path
 
-    from btml.reports import tearsheet_for_run
+    from workflows.reports import tearsheet_for_run
 
     run_dir = Path(run) if Path(run).is_dir() else config.store / "backtests" / run
     try:

@@ -35,7 +35,7 @@ def main(ctx: click.Context, store: Path | None) -> None:
 @pass_config
 def demo(config: Config, synthetic: bool) -> None:
     """Run the whole system offline on the embedded default and print a summary."""
-    from btml.demo import run_demo, summary_table
+    from workflows.demo import run_demo, summary_table
 
     try:
         result = run_demo(config.store, synthetic=synthetic, log=click.echo)

@@ -55,12 +55,12 @@ def walkforward(
     """Train, serve and backtest per fold; report only the stitched out-of-sample result."""
     import os
 
-    from btml.backtest import load_frames
-    from btml.research import save_walk_forward, walk_forward
     from feeds.store import ParquetStore
     from mlmodels.dataset import DatasetConfig
     from mlmodels.splits import WalkForward
     from mlmodels.trainer import TrainConfig
+    from workflows.backtest import load_frames
+    from workflows.research import save_walk_forward, walk_forward
 
     try:
         store = ParquetStore(config.store)
@@ -78,7 +78,7 @@ def walkforward(
         )  # fmt: skip
         run_dir, stitched = save_walk_forward(config.store, name, res)
         if tearsheet_path:
-            from btml.reports import tearsheet_for_run
+            from workflows.reports import tearsheet_for_run
 
             tearsheet_for_run(run_dir, tearsheet_path)
     except BtmlError as err:
@@ -99,9 +99,9 @@ def walkforward(
 @pass_config
 def stress(config: Config, model: str, symbols: str, timeframe: str) -> None:
     """The model's strategy over crash windows the data covers and synthetic shocks."""
-    from btml.backtest import load_frames
-    from btml.research import stress as run_stress
     from feeds.store import ParquetStore
+    from workflows.backtest import load_frames
+    from workflows.research import stress as run_stress
 
     try:
         frames = load_frames(

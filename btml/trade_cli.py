@@ -87,7 +87,7 @@ def trade(ctx: click.Context, **opts: Any) -> None:
         fail(err)
     if not opts["model"] or not opts["symbols"]:
         fail(ValueError("btml trade needs --model NAME[:VERSION] and --symbols A,B,..."))
-    from btml.trading import run_live
+    from workflows.trading import run_live
 
     try:
         strat = run_live(
@@ -134,7 +134,7 @@ def kill(ctx: click.Context, flatten: bool, yes: bool) -> None:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Reconcile the journal with the account; exit 1 on a position mismatch."""
-    from btml.trading import trade_status
+    from workflows.trading import trade_status
 
     try:
         report = trade_status(_alpaca_config(ctx.obj, ctx.meta["trade_opts"]))

@@ -1,7 +1,7 @@
 """A full paper session: the backtested strategy, unchanged, on the live Alpaca stack.
 
 A ``tiny`` model trained on synthetic minute bars (three symbols, no index) is traded by
-``btml.trading.run_live``: ``AlpacaStore`` -> ``AlpacaBroker`` (journal, guarded REST,
+``workflows.trading.run_live``: ``AlpacaStore`` -> ``AlpacaBroker`` (journal, guarded REST,
 ``trade_updates``) and ``LiveBars`` over ``AlpacaBarHub`` (backfill over REST, then one
 multiplexed stock stream), with ``MLSignalStrategy`` asking the in-process client. A replay
 thread plays a day of minute bars (390) into the market-data fake and sets the trading fake's
@@ -24,8 +24,6 @@ import pytest
 
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.journal import Journal
-from btml.backtest import MLRunConfig
-from btml.trading import run_live
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from mlmodels.dataset import DatasetConfig
 from mlmodels.pipeline import train_model
@@ -36,6 +34,8 @@ from strategies.risk import RiskConfig
 from tests.alpaca_data_fake import AlpacaDataFake
 from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig
 from tests.loopback import LoopbackServer
+from workflows.backtest import MLRunConfig
+from workflows.trading import run_live
 
 pytestmark = pytest.mark.timeout(300)
 

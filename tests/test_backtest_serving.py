@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from btml.backtest import signal_client
 from feeds.errors import ConfigError
 from mlmodels.features import feature_names
 from mlmodels.pipeline import register_untrained
 from mlmodels.registry import ModelRegistry
 from serving.server import ServerConfig
+from workflows.backtest import signal_client
 
 
 def test_a_running_server_without_the_model_is_refused(tmp_path: Path) -> None:

@@ -18,9 +18,7 @@ from click.testing import CliRunner
 
 from analyzers.backtest import CostConfig, run_backtest
 from analyzers.performance import deflated_sharpe
-from btml.backtest import MLRunConfig
 from btml.cli import main
-from btml.research import gap_shock, limits_held, stress, vol_shock, walk_forward
 from feeds.errors import ConfigError, DataError, SymbolNotFound
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from feeds.store import ParquetStore
@@ -35,6 +33,8 @@ from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
 from strategies.risk import RiskConfig
 from strategies.sizing import FixedFraction
 from strategies.windows import FeatureWindows
+from workflows.backtest import MLRunConfig
+from workflows.research import gap_shock, limits_held, stress, vol_shock, walk_forward
 
 SYMBOLS = ("SYN000", "SYN001")
 WINDOW = 16

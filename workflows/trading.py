@@ -18,11 +18,11 @@ from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.reconcile import ReconcileReport, reconcile
 from brokers.alpaca.rest import TradingAPI
 from brokers.alpaca.store import AlpacaStore, check_mode
-from btml.backtest import MLRunConfig, signal_client
 from feeds.errors import ConfigError
 from mlmodels.registry import ModelRegistry
 from strategies.ml_signal import MLSignalStrategy
 from strategies.windows import LiveFeatureWindows
+from workflows.backtest import MLRunConfig, signal_client
 
 
 class SessionLimit(bt.Analyzer):  # type: ignore[misc]

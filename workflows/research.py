@@ -29,7 +29,6 @@ import pandas as pd
 from analyzers.backtest import BacktestResult, CostConfig
 from analyzers.metrics import performance
 from analyzers.performance import deflated_sharpe
-from btml.backtest import MLRunConfig, run_model, save_run
 from feeds.errors import ConfigError, DataError
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
 from mlmodels.features import WARMUP
@@ -38,6 +37,7 @@ from mlmodels.registry import ModelCard, ModelRegistry
 from mlmodels.splits import Split, WalkForward
 from mlmodels.trainer import TrainConfig
 from strategies.audit import decisions_frame
+from workflows.backtest import MLRunConfig, run_model, save_run
 
 CRASHES = {
     "dot-com 2000-2002": ("2000-03-01", "2002-10-31"),

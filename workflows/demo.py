@@ -143,9 +143,9 @@ def run_demo(
     store_path: Path, *, synthetic: bool = False, log: Callable[[str], None] = print
 ) -> DemoResult:
     """Run the demo, writing under ``store_path``; ``log`` receives progress lines."""
-    from btml.backtest import MLRunConfig, clip_range, run_baseline, run_model, save_run
-    from btml.reports import tearsheet_for_run
     from serving.server import stop
+    from workflows.backtest import MLRunConfig, clip_range, run_baseline, run_model, save_run
+    from workflows.reports import tearsheet_for_run
 
     t0 = time.perf_counter()
     out = DemoResult(store=store_path)
