@@ -1,7 +1,7 @@
 """The one configuration model: frozen dataclasses, read from flags and the environment.
 
-Credentials come from the environment (``APCA_API_KEY_ID`` / ``APCA_API_SECRET_KEY``, the
-names Alpaca's own tools use) and are never printed: their ``repr`` masks them.
+Credentials come from the environment through :class:`core.credentials.AlpacaCredentials` (the
+one place keys are read) and are never printed: their ``repr`` masks them.
 """
 
 from __future__ import annotations
@@ -11,38 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from feeds.errors import ConfigError
+from core.credentials import AlpacaCredentials
+from core.errors import ConfigError
 
 DEFAULT_STORE = "./data_storage"
 ALPACA_FEEDS = ("iex", "sip")
-
-
-@dataclass(frozen=True, kw_only=True)
-class AlpacaCredentials:
-    """Alpaca API keys. ``repr``/``str`` never show them."""
-
-    key_id: str = field(repr=False)
-    secret_key: str = field(repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.key_id or not self.secret_key:
-            raise ConfigError(
-                "Alpaca credentials need both APCA_API_KEY_ID and APCA_API_SECRET_KEY"
-            )
-
-    def __repr__(self) -> str:
-        return "AlpacaCredentials(key_id='***', secret_key='***')"
-
-    __str__ = __repr__
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AlpacaCredentials | None:
-        """Keys from ``APCA_API_KEY_ID``/``APCA_API_SECRET_KEY``; None when neither is set."""
-        key = env.get("APCA_API_KEY_ID") or env.get("ALPACA_API_KEY")
-        secret = env.get("APCA_API_SECRET_KEY") or env.get("ALPACA_SECRET_KEY")
-        if not key and not secret:
-            return None
-        return cls(key_id=key or "", secret_key=secret or "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,3 +57,6 @@ def load_config(
         ccxt_exchange=env.get("BTML_CCXT_EXCHANGE", "binance"),
     )
     return Config(store=path, alpaca=AlpacaCredentials.from_env(env), sources=sources)
+
+
+__all__ = ["DEFAULT_STORE", "AlpacaCredentials", "Config", "SourceSettings", "load_config"]

@@ -185,3 +185,32 @@ def test_credentials_never_appear_in_cli_output_or_logs(
             assert out.strip(), args  # every command says something
     assert KEY not in caplog.text and SECRET not in caplog.text
     assert seen_codes == {0, 2}  # the failing commands were exercised too
+
+
+def test_one_credentials_type_serves_the_cli_the_broker_and_the_data_source() -> None:
+    from brokers.alpaca.config import AlpacaConfig
+    from core.credentials import AlpacaCredentials as Core
+    from feeds.sources.alpaca import AlpacaSource
+
+    assert AlpacaCredentials is Core
+    env = {"ALPACA_API_KEY": KEY, "ALPACA_SECRET_KEY": SECRET}  # the alias names work everywhere
+    cfg = AlpacaConfig.from_env(env)
+    assert (cfg.key_id, cfg.secret_key) == (KEY, SECRET)
+    assert cfg.redact(f"{KEY}/{SECRET}") == "***/***"
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.delenv("APCA_API_KEY_ID", raising=False)
+        mp.delenv("APCA_API_SECRET_KEY", raising=False)
+        assert repr(AlpacaSource()).endswith("keys=set)")
+
+
+def test_the_journal_default_follows_paper_or_live() -> None:
+    from brokers.alpaca.config import AlpacaConfig
+
+    paper = AlpacaConfig(key_id=KEY, secret_key=SECRET)
+    live = AlpacaConfig(key_id=KEY, secret_key=SECRET, paper=False, live_confirmed=True)
+    assert str(paper.journal).endswith("journal-paper.sqlite")
+    assert str(live.journal).endswith("journal-live.sqlite")
+    chosen = AlpacaConfig(key_id=KEY, secret_key=SECRET, journal="x.sqlite")
+    assert chosen.journal == "x.sqlite"

@@ -46,8 +46,8 @@ import pandas as pd
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
+from core.credentials import KEY_ENV, SECRET_ENV
 from feeds.errors import ConfigError, DataError, SourceUnavailable
-from feeds.sources.alpaca import KEY_ENV, SECRET_ENV
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from feeds.errors import ConfigError
+from core.credentials import KEY_ENV, SECRET_ENV, AlpacaCredentials
+from core.errors import ConfigError
 
-KEY_ENV, SECRET_ENV = "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"
 PAPER_URL = "https://paper-api.alpaca.markets"
 LIVE_URL = "https://api.alpaca.markets"
 
@@ -56,7 +56,7 @@ class AlpacaConfig:
     stock_stream_url: str | None = None
     crypto_stream_url: str | None = None
     feed: str = "iex"
-    journal: str | Path = "data_storage/live/journal-paper.sqlite"
+    journal: str | Path = ""  # default: data_storage/live/journal-{paper,live}.sqlite
     strategy: str = "btml"
     connect_timeout: float = 5.0
     read_timeout: float = 15.0
@@ -70,6 +70,8 @@ class AlpacaConfig:
     fractional: bool = True
 
     def __post_init__(self) -> None:
+        if not str(self.journal):  # one journal per account mode, never shared
+            object.__setattr__(self, "journal", f"data_storage/live/journal-{self.mode}.sqlite")
         if not self.key_id or not self.secret_key:
             raise ConfigError(
                 f"Alpaca keys missing: set {KEY_ENV} and {SECRET_ENV} (paper keys for --paper)"
@@ -118,10 +120,7 @@ class AlpacaConfig:
 
     def redact(self, text: str) -> str:
         """``text`` with both keys replaced by ``***``."""
-        for secret in (self.key_id, self.secret_key):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return AlpacaCredentials(key_id=self.key_id, secret_key=self.secret_key).redact(text)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> AlpacaConfig:
@@ -130,9 +129,10 @@ class AlpacaConfig:
         ``APCA_API_BASE_URL`` (Alpaca's own variable) overrides the Trading API URL.
         """
         env = os.environ if env is None else env
+        creds = AlpacaCredentials.from_env(env)
         values: dict[str, Any] = {
-            "key_id": env.get(KEY_ENV, ""),
-            "secret_key": env.get(SECRET_ENV, ""),
+            "key_id": creds.key_id if creds else "",
+            "secret_key": creds.secret_key if creds else "",
         }
         if env.get("APCA_API_BASE_URL"):
             values["trading_url"] = env["APCA_API_BASE_URL"]

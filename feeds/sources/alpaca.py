@@ -18,7 +18,6 @@ the ``repr``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -34,6 +33,7 @@ from alpaca.data.requests import CryptoBarsRequest, StockBarsRequest
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 from requests.adapters import HTTPAdapter
 
+from core.credentials import KEY_ENV, SECRET_ENV, AlpacaCredentials
 from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import guess_asset_class, make_frame
 from feeds.sources.base import to_utc
@@ -41,7 +41,6 @@ from feeds.timeframes import get_timeframe
 
 log = logging.getLogger(__name__)
 
-KEY_ENV, SECRET_ENV = "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"
 FEEDS: tuple[str, ...] = tuple(f.value for f in DataFeed)
 ADJUSTMENTS: tuple[str, ...] = tuple(a.value for a in Adjustment)
 
@@ -123,7 +122,11 @@ class AlpacaSource:
             self.settings = AlpacaSettings(**settings)
         except TypeError as err:
             raise ConfigError(f"AlpacaSource: {err}; settings are {_FIELDS}") from None
-        self.__keys = (key_id or os.environ.get(KEY_ENV), secret_key or os.environ.get(SECRET_ENV))
+        env = AlpacaCredentials.from_env() if not (key_id and secret_key) else None
+        self.__keys = (
+            key_id or (env.key_id if env else None),
+            secret_key or (env.secret_key if env else None),
+        )
         self._stock: StockHistoricalDataClient | None = None
         self._crypto: CryptoHistoricalDataClient | None = None
 
