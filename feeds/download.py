@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.utc import to_utc
 from feeds.errors import BtmlError
-from feeds.sources.base import Source, to_utc
+from feeds.sources.base import Source
 from feeds.store import ParquetStore
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
+from core.utc import to_utc
 from feeds.errors import (
     ConfigError,
     CorruptFileError,
@@ -32,7 +33,6 @@ from feeds.errors import (
     SymbolNotFound,
 )
 from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, guess_asset_class
-from feeds.sources.base import to_utc
 from feeds.timeframes import get_timeframe
 from feeds.validate import parse_seams, validate
 

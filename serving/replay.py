@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from core.utc import to_utc
 from feeds.errors import DataError
 from serving.client import SignalClient
 from serving.signal import PositionState, Signal
@@ -21,8 +22,8 @@ from serving.signal import PositionState, Signal
 def _key(symbol: str | None, timestamp: str | pd.Timestamp | None) -> tuple[str, int]:
     if symbol is None or timestamp is None:
         raise DataError("ReplayClient needs symbols and timestamps with every window")
-    ts = pd.Timestamp(timestamp)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    ts = to_utc(timestamp)
+    assert ts is not None
     return symbol, int(ts.value)
 
 

@@ -47,6 +47,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
 from core.credentials import KEY_ENV, SECRET_ENV
+from core.utc import to_utc
 from feeds.errors import ConfigError, DataError, SourceUnavailable
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ def parse_bar(msg: Message) -> Bar:
         if isinstance(stamp, msgpack.Timestamp):
             ts = pd.Timestamp(stamp.to_unix_nano(), unit="ns", tz="UTC")
         elif isinstance(stamp, str):
-            ts = pd.Timestamp(stamp)
-            ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+            ts = to_utc(stamp)
         else:
             raise TypeError(f"t is a {type(stamp).__name__}")
         o, h, low, c, v = (float(msg[k]) for k in "ohlcv")

@@ -53,10 +53,10 @@ import pandas as pd
 from alpaca.common.exceptions import APIError
 
 from brokers.alpaca.barstream import Bar, BarStream, StreamSettings
+from core.utc import to_utc
 from feeds.errors import ConfigError, SymbolNotFound
 from feeds.frame import OHLCV_COLUMNS, empty_frame, guess_asset_class, make_frame
 from feeds.sources.alpaca import AlpacaSource
-from feeds.sources.base import to_utc
 from feeds.timeframes import Timeframe, get_timeframe
 
 log = logging.getLogger(__name__)

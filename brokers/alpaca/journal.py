@@ -78,10 +78,10 @@ from brokers.alpaca.journal_model import (
     OrderRecord,
     _db_time,
     _order_dict,
-    _utc,
     make_client_order_id,
     net_position,
 )
+from core.utc import utc_datetime
 
 __all__ = [
     "Applied",
@@ -317,7 +317,7 @@ class Journal:
             query = query.where(_FILLS.c.symbol == symbol)
         with self._read() as conn:
             rows = conn.execute(query).mappings().all()
-        return [FillRecord(**{**r, "timestamp": _utc(r["timestamp"])}) for r in rows]
+        return [FillRecord(**{**r, "timestamp": utc_datetime(r["timestamp"])}) for r in rows]
 
     def position_from_fills(self, symbol: str) -> FillPosition:
         """The position in ``symbol`` that the journaled fills add up to (see :func:`net_position`)."""

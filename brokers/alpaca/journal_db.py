@@ -35,9 +35,9 @@ from brokers.alpaca.journal_model import (
     _jsonable,
     _parse_time,
     _str_or_none,
-    _utc,
 )
 from core.sqlite import foreign_header, sqlite_engine
+from core.utc import utc_datetime
 
 # ---------------------------------------------------------------------------------------------
 # schema
@@ -186,7 +186,7 @@ def _fetch(conn: Connection, coid: str) -> sa.RowMapping:
 def _record(row: sa.RowMapping) -> OrderRecord:
     values = {k: v for k, v in row.items() if k != "raw"}
     for key in ("created_at", "updated_at", "sent_at", "bar_time"):
-        values[key] = _utc(values[key]) if values[key] is not None else None
+        values[key] = utc_datetime(values[key]) if values[key] is not None else None
     values["external"] = bool(values["external"])
     return OrderRecord(**values)
 
@@ -318,7 +318,7 @@ def _parse_event(event: Any) -> tuple[Mapping[str, Any], Mapping[str, Any], str,
     if not name:
         raise JournalError(f"trade update without an event name for {order['client_order_id']}")
     stamp = event.get("timestamp") or order.get("updated_at")
-    return event, order, name, _utc(_parse_time(stamp)) if stamp else datetime.now(UTC)
+    return event, order, name, utc_datetime(_parse_time(stamp)) if stamp else datetime.now(UTC)
 
 
 def _fill_of(

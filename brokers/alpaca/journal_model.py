@@ -8,10 +8,11 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.utc import utc_datetime
 from feeds.errors import CorruptFileError, StoreError
 
 PENDING_SUBMIT = "pending_submit"  # written, not yet sent
@@ -61,7 +62,7 @@ def make_client_order_id(strategy: str, symbol: str, bar_time: Any, leg: str | i
             raise ValueError(
                 f"make_client_order_id: {name} must be a non-empty string, got {value!r}"
             )
-    when = _utc(_parse_time(bar_time))
+    when = utc_datetime(_parse_time(bar_time))
     stamp = when.strftime("%Y%m%dT%H%M%S") + (
         f".{when.microsecond:06d}" if when.microsecond else ""
     )
@@ -157,7 +158,7 @@ class OrderIntent:
             object.__setattr__(self, "model_name", str(heads["model"]))
         if heads is not None and self.model_version is None and heads.get("version") is not None:
             object.__setattr__(self, "model_version", int(heads["version"]))
-        object.__setattr__(self, "bar_time", _utc(_parse_time(self.bar_time)))
+        object.__setattr__(self, "bar_time", utc_datetime(_parse_time(self.bar_time)))
 
     @property
     def client_order_id(self) -> str:
@@ -315,9 +316,5 @@ def _parse_time(value: Any) -> datetime:
     raise ValueError(f"expected a datetime or an ISO 8601 string, got {value!r}")
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _db_time(value: datetime) -> datetime:
-    return _utc(value).replace(tzinfo=None)
+    return utc_datetime(value).replace(tzinfo=None)

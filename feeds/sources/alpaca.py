@@ -34,9 +34,9 @@ from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 from requests.adapters import HTTPAdapter
 
 from core.credentials import KEY_ENV, SECRET_ENV, AlpacaCredentials
+from core.utc import to_utc
 from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import guess_asset_class, make_frame
-from feeds.sources.base import to_utc
 from feeds.timeframes import get_timeframe
 
 log = logging.getLogger(__name__)

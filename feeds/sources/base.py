@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-from feeds.errors import ConfigError, unknown_name
+from feeds.errors import unknown_name
 
 
 @runtime_checkable
@@ -32,19 +32,6 @@ class Source(Protocol):
     ) -> pd.DataFrame:
         """Return the canonical frame for ``symbol`` with bars in ``[start, end)``."""
         ...
-
-
-def to_utc(ts: object | None) -> pd.Timestamp | None:
-    """Parse a date or timestamp; naive values are taken as UTC."""
-    if ts is None:
-        return None
-    try:
-        t = pd.Timestamp(ts)  # type: ignore[arg-type]
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"cannot read {ts!r} as a date; write it as YYYY-MM-DD") from err
-    if t is pd.NaT:
-        raise ConfigError(f"cannot read {ts!r} as a date; write it as YYYY-MM-DD")
-    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 SourceFactory = Callable[..., Source]

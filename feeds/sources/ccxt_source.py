@@ -24,9 +24,9 @@ from urllib.parse import urlsplit
 import ccxt
 import pandas as pd
 
+from core.utc import to_utc
 from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import make_frame
-from feeds.sources.base import to_utc
 from feeds.timeframes import get_timeframe
 
 log = logging.getLogger(__name__)

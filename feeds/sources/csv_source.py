@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.utc import to_utc
 from feeds.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, make_frame
-from feeds.sources.base import to_utc
 from feeds.sources.csv_layout import Layout, find_layout
 from feeds.sources.csv_parse import parse_local_times, read_table, to_numbers, utc_index
 from feeds.timeframes import Timeframe, get_timeframe, infer_timeframe

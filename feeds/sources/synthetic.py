@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.utc import to_utc
 from feeds.errors import ConfigError, SymbolNotFound
 from feeds.frame import make_frame
-from feeds.sources.base import to_utc
 from feeds.timeframes import get_timeframe, resample
 
 SYMBOL_PREFIX = "SYN"
@@ -218,10 +218,10 @@ class SyntheticConfig:
 
     def first_bar(self) -> pd.Timestamp:
         """``start`` as a UTC timestamp (a naive value is taken as UTC)."""
-        t = pd.Timestamp(self.start)
-        if t is pd.NaT:
+        t = to_utc(self.start)
+        if t is None:
             raise ValueError("start is missing")
-        return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+        return t
 
     def index(self) -> pd.DatetimeIndex:
         """The bar timestamps (UTC) of a symbol that is never delisted."""

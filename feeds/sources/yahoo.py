@@ -35,9 +35,9 @@ import pandas as pd
 import yfinance as yf
 from yfinance.exceptions import YFDataException, YFRateLimitError, YFTickerMissingError
 
+from core.utc import to_utc
 from feeds.errors import BtmlError, ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import guess_asset_class, make_frame
-from feeds.sources.base import to_utc
 from feeds.timeframes import Timeframe, get_timeframe, resample
 
 #: Yahoo's interval for each of our timeframes (4h has none: 1h is fetched and resampled).
