@@ -43,7 +43,7 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticError
 
-from brokers.alpaca.journal_model import _parse_time
+from brokers.alpaca.journal_model import parse_time
 from feeds.errors import BrokerProtocolError
 
 __all__ = [
@@ -83,7 +83,7 @@ def _uuid(value: str) -> str:
 
 def _stamp(value: str) -> str:
     try:
-        _parse_time(value)  # the journal's parser: what passes here, the journal can store
+        parse_time(value)  # the journal's parser: what passes here, the journal can store
     except ValueError:
         raise ValueError("not an ISO 8601 time") from None
     return value

@@ -44,22 +44,22 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from brokers.alpaca.journal_db import (
-    _FILLS,
-    _INTENT_FIELDS,
-    _META_KV,
-    _ORDERS,
-    _create_schema,
-    _external_row,
-    _fetch,
-    _fill_of,
-    _insert_fill,
-    _make_engine,
-    _order_changes,
-    _parse_event,
-    _record,
-    _select,
-    _set_gap,
-    _update,
+    FILLS,
+    INTENT_FIELDS,
+    META_KV,
+    ORDERS,
+    create_schema,
+    external_row,
+    fetch_order_row,
+    fill_of,
+    insert_fill,
+    make_engine,
+    order_changes,
+    order_record,
+    parse_event,
+    select_order_row,
+    set_gap,
+    update_order_row,
 )
 from brokers.alpaca.journal_model import (
     FINAL_STATUSES,
@@ -76,10 +76,10 @@ from brokers.alpaca.journal_model import (
     JournalError,
     OrderIntent,
     OrderRecord,
-    _db_time,
-    _order_dict,
+    db_time,
     make_client_order_id,
     net_position,
+    order_dict,
 )
 from core.utc import utc_datetime
 
@@ -123,9 +123,9 @@ class Journal:
         self._lock = threading.RLock()
         self._url = sa.make_url(self.config.sqlalchemy_url)
         self.where = self._url.render_as_string(hide_password=True)
-        self._engine = _make_engine(self._url, self.config)
+        self._engine = make_engine(self._url, self.config)
         try:
-            _create_schema(self._engine, self.where)
+            create_schema(self._engine, self.where)
         except BaseException:
             self._engine.dispose()
             raise
@@ -152,51 +152,51 @@ class Journal:
         :class:`IntentConflictError` (give the new order its own ``leg``).
         """
         coid = intent.client_order_id
-        now = _db_time(self._clock())
-        values = {f: getattr(intent, f) for f in _INTENT_FIELDS} | {
+        now = db_time(self._clock())
+        values = {f: getattr(intent, f) for f in INTENT_FIELDS} | {
             "client_order_id": coid,
             "status": PENDING_SUBMIT,
             "filled_qty": 0.0,
             "created_at": now,
             "updated_at": now,
-            "bar_time": _db_time(intent.bar_time),
+            "bar_time": db_time(intent.bar_time),
             "model_name": intent.model_name,
             "model_version": intent.model_version,
             "signal": intent.signal,
             "external": False,
         }
         with self._write() as conn:
-            row = _select(conn, coid)
+            row = select_order_row(conn, coid)
             if row is None:
-                conn.execute(_ORDERS.insert().values(**values))
-                return _record(_fetch(conn, coid))
-        old = {f: row[f] for f in _INTENT_FIELDS}
-        new = {f: values[f] for f in _INTENT_FIELDS}
+                conn.execute(ORDERS.insert().values(**values))
+                return order_record(fetch_order_row(conn, coid))
+        old = {f: row[f] for f in INTENT_FIELDS}
+        new = {f: values[f] for f in INTENT_FIELDS}
         if old != new:
             diff = {k: (old[k], new[k]) for k in old if old[k] != new[k]}
             raise IntentConflictError(
                 f"{coid}: already recorded with other order fields {diff}; an order that differs "
                 "needs its own leg name (OrderIntent.leg)"
             )
-        return _record(row)
+        return order_record(row)
 
     def mark_sent(self, client_order_id: str, order: Any) -> OrderRecord:
         """Store Alpaca's answer to the submit (its order JSON, or an alpaca-py ``Order``).
 
         Also the way to store what a lookup by ``client_order_id`` found for an ``unknown`` order.
         """
-        body = _order_dict(order)
+        body = order_dict(order)
         if body.get("client_order_id") not in (None, client_order_id):
             raise JournalError(
                 f"mark_sent({client_order_id!r}) got the order of {body['client_order_id']!r}"
             )
         with self._write() as conn:
             row = self._require(conn, client_order_id)
-            changes = _order_changes(row, body, event=None)
+            changes = order_changes(row, body, event=None)
             if row["sent_at"] is None:
-                changes["sent_at"] = _db_time(self._clock())
-            _update(conn, client_order_id, changes, body)
-            return _record(_fetch(conn, client_order_id))
+                changes["sent_at"] = db_time(self._clock())
+            update_order_row(conn, client_order_id, changes, body)
+            return order_record(fetch_order_row(conn, client_order_id))
 
     def mark_unknown(self, client_order_id: str, reason: str) -> OrderRecord:
         """The submit got no answer (timeout, dropped connection): status ``unknown``.
@@ -221,21 +221,21 @@ class Journal:
         whole message, or an alpaca-py ``TradeUpdate``. Idempotent; an order the journal does not
         know is adopted as external first.
         """
-        event, order, name, when = _parse_event(event)
+        event, order, name, when = parse_event(event)
         coid = str(order["client_order_id"])
         with self._write() as conn:
-            row = _select(conn, coid)
+            row = select_order_row(conn, coid)
             created = row is None
             if row is None:
-                conn.execute(_ORDERS.insert().values(**_external_row(order, when)))
-                row = _fetch(conn, coid)
-            fill = _fill_of(event, name, order, row, when)
-            added = fill is not None and _insert_fill(conn, fill)
-            changes = _order_changes(row, order, event=name)
-            _update(conn, coid, changes, order)
+                conn.execute(ORDERS.insert().values(**external_row(order, when)))
+                row = fetch_order_row(conn, coid)
+            fill = fill_of(event, name, order, row, when)
+            added = fill is not None and insert_fill(conn, fill)
+            changes = order_changes(row, order, event=name)
+            update_order_row(conn, coid, changes, order)
             if added and fill is not None and not fill.execution_id.startswith(GAP_PREFIX):
-                _set_gap(conn, coid, when, only_if_gap=True)
-            record = _record(_fetch(conn, coid))
+                set_gap(conn, coid, when, only_if_gap=True)
+            record = order_record(fetch_order_row(conn, coid))
         return Applied(
             record=record, changed=created or added or bool(changes), fill=fill if added else None
         )
@@ -245,25 +245,25 @@ class Journal:
 
         An order already journaled is only brought up to date (its flags are kept).
         """
-        body = _order_dict(order)
+        body = order_dict(order)
         if not body.get("client_order_id"):
             raise JournalError(f"adopt_external: order without client_order_id: {body}")
         coid = str(body["client_order_id"])
         with self._write() as conn:
-            row = _select(conn, coid)
+            row = select_order_row(conn, coid)
             if row is None:
-                conn.execute(_ORDERS.insert().values(**_external_row(body, self._clock())))
+                conn.execute(ORDERS.insert().values(**external_row(body, self._clock())))
             else:
-                _update(conn, coid, _order_changes(row, body, event=None), body)
-            return _record(_fetch(conn, coid))
+                update_order_row(conn, coid, order_changes(row, body, event=None), body)
+            return order_record(fetch_order_row(conn, coid))
 
     def set_meta(self, key: str, value: str) -> None:
         """Store a small named value with the journal (the adopted position baseline, say)."""
         if key == "schema_version":
             raise JournalError("schema_version is the journal's own")
         with self._write() as conn:
-            conn.execute(_META_KV.delete().where(_META_KV.c.key == key))
-            conn.execute(_META_KV.insert().values(key=key, value=value))
+            conn.execute(META_KV.delete().where(META_KV.c.key == key))
+            conn.execute(META_KV.insert().values(key=key, value=value))
 
     def fill_gaps(self) -> dict[str, float]:
         """Journal the executions the stream missed (:meth:`missing_fills`) as one gap fill per
@@ -271,7 +271,7 @@ class Journal:
         added = {}
         for coid in self.missing_fills():
             with self._write() as conn:
-                qty = _set_gap(conn, coid, self._clock(), only_if_gap=False)
+                qty = set_gap(conn, coid, self._clock(), only_if_gap=False)
             if qty:
                 added[coid] = qty
         return added
@@ -281,14 +281,14 @@ class Journal:
     def meta(self, key: str) -> str | None:
         """A value stored with :meth:`set_meta`, or ``None``."""
         with self._read() as conn:
-            row = conn.execute(sa.select(_META_KV.c.value).where(_META_KV.c.key == key)).first()
+            row = conn.execute(sa.select(META_KV.c.value).where(META_KV.c.key == key)).first()
         return None if row is None else str(row[0])
 
     def get(self, client_order_id: str) -> OrderRecord | None:
         """The row of ``client_order_id``, or ``None``."""
         with self._read() as conn:
-            row = _select(conn, client_order_id)
-        return None if row is None else _record(row)
+            row = select_order_row(conn, client_order_id)
+        return None if row is None else order_record(row)
 
     def orders(self, symbol: str | None = None) -> list[OrderRecord]:
         """Every journaled order (external ones included), oldest first."""
@@ -297,24 +297,24 @@ class Journal:
     def open_orders(self, symbol: str | None = None) -> list[OrderRecord]:
         """Orders live at Alpaca as far as the journal knows (answered, not final)."""
         skip = FINAL_STATUSES | {PENDING_SUBMIT, UNKNOWN}
-        return self._orders(_ORDERS.c.status.not_in(sorted(skip)), symbol)
+        return self._orders(ORDERS.c.status.not_in(sorted(skip)), symbol)
 
     def unknown_orders(self) -> list[OrderRecord]:
         """Orders whose fate is not known: sent without an answer, or written and maybe sent.
 
         After a restart every one of them must be looked up by ``client_order_id`` at Alpaca.
         """
-        return self._orders(_ORDERS.c.status.in_([PENDING_SUBMIT, UNKNOWN]), None)
+        return self._orders(ORDERS.c.status.in_([PENDING_SUBMIT, UNKNOWN]), None)
 
     def fills(
         self, client_order_id: str | None = None, symbol: str | None = None
     ) -> list[FillRecord]:
         """Executions in time order, optionally of one order or one symbol."""
-        query = _FILLS.select().order_by(_FILLS.c.timestamp, _FILLS.c.execution_id)
+        query = FILLS.select().order_by(FILLS.c.timestamp, FILLS.c.execution_id)
         if client_order_id is not None:
-            query = query.where(_FILLS.c.client_order_id == client_order_id)
+            query = query.where(FILLS.c.client_order_id == client_order_id)
         if symbol is not None:
-            query = query.where(_FILLS.c.symbol == symbol)
+            query = query.where(FILLS.c.symbol == symbol)
         with self._read() as conn:
             rows = conn.execute(query).mappings().all()
         return [FillRecord(**{**r, "timestamp": utc_datetime(r["timestamp"])}) for r in rows]
@@ -330,12 +330,12 @@ class Journal:
         ``filled_qty`` (from :meth:`mark_sent`/:meth:`adopt_external`); they need a backfill
         (Alpaca's account activities) before :meth:`position_from_fills` can be trusted.
         """
-        filled = sa.func.coalesce(sa.func.sum(_FILLS.c.qty), 0.0)
+        filled = sa.func.coalesce(sa.func.sum(FILLS.c.qty), 0.0)
         query = (
-            sa.select(_ORDERS.c.client_order_id, _ORDERS.c.filled_qty - filled)
-            .select_from(_ORDERS.outerjoin(_FILLS))
-            .group_by(_ORDERS.c.client_order_id, _ORDERS.c.filled_qty)
-            .having(_ORDERS.c.filled_qty - filled > 1e-9)
+            sa.select(ORDERS.c.client_order_id, ORDERS.c.filled_qty - filled)
+            .select_from(ORDERS.outerjoin(FILLS))
+            .group_by(ORDERS.c.client_order_id, ORDERS.c.filled_qty)
+            .having(ORDERS.c.filled_qty - filled > 1e-9)
         )
         with self._read() as conn:
             return {coid: float(gap) for coid, gap in conn.execute(query).all()}
@@ -343,13 +343,11 @@ class Journal:
     # -- internals ------------------------------------------------------------------------------
 
     def _orders(self, where: Any, symbol: str | None) -> list[OrderRecord]:
-        query = (
-            _ORDERS.select().where(where).order_by(_ORDERS.c.created_at, _ORDERS.c.client_order_id)
-        )
+        query = ORDERS.select().where(where).order_by(ORDERS.c.created_at, ORDERS.c.client_order_id)
         if symbol is not None:
-            query = query.where(_ORDERS.c.symbol == symbol)
+            query = query.where(ORDERS.c.symbol == symbol)
         with self._read() as conn:
-            return [_record(r) for r in conn.execute(query).mappings().all()]
+            return [order_record(r) for r in conn.execute(query).mappings().all()]
 
     def _mark(
         self, coid: str, status: str, reason: str, from_statuses: tuple[str, ...]
@@ -357,17 +355,17 @@ class Journal:
         with self._write() as conn:
             row = self._require(conn, coid)
             if row["status"] in from_statuses:
-                now = _db_time(self._clock())
+                now = db_time(self._clock())
                 changes = {"status": status, "error": reason, "updated_at": now}
                 if row["sent_at"] is None:
                     changes["sent_at"] = now
                 conn.execute(
-                    _ORDERS.update().where(_ORDERS.c.client_order_id == coid).values(**changes)
+                    ORDERS.update().where(ORDERS.c.client_order_id == coid).values(**changes)
                 )
-            return _record(_fetch(conn, coid))
+            return order_record(fetch_order_row(conn, coid))
 
     def _require(self, conn: Connection, coid: str) -> sa.RowMapping:
-        row = _select(conn, coid)
+        row = select_order_row(conn, coid)
         if row is None:
             raise JournalError(
                 f"{coid}: not in the journal at {self.where}; record_intent() comes first"

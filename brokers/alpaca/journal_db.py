@@ -17,24 +17,24 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from brokers.alpaca.journal_model import (
-    _EVENT_STATUS,
-    _MAX_ID,
-    _RANK,
-    _REJECTED_REQUESTS,
+    EVENT_STATUS,
     FINAL_STATUSES,
     GAP_PREFIX,
+    MAX_ID,
+    REJECTED_REQUESTS,
     SCHEMA_VERSION,
+    STATUS_RANK,
     UNKNOWN,
     CorruptJournalError,
     FillRecord,
     JournalConfig,
     JournalError,
     OrderRecord,
-    _db_time,
-    _float,
-    _jsonable,
-    _parse_time,
-    _str_or_none,
+    as_float,
+    db_time,
+    jsonable,
+    parse_time,
+    str_or_none,
 )
 from core.sqlite import foreign_header, sqlite_engine
 from core.utc import utc_datetime
@@ -43,11 +43,11 @@ from core.utc import utc_datetime
 # schema
 
 
-_META = sa.MetaData()
-_ORDERS = sa.Table(
+META = sa.MetaData()
+ORDERS = sa.Table(
     "journal_orders",
-    _META,
-    sa.Column("client_order_id", sa.String(_MAX_ID), primary_key=True),
+    META,
+    sa.Column("client_order_id", sa.String(MAX_ID), primary_key=True),
     sa.Column("alpaca_id", sa.String(64), unique=True),
     sa.Column("symbol", sa.String(64), nullable=False, index=True),
     sa.Column("side", sa.String(8), nullable=False),
@@ -74,9 +74,9 @@ _ORDERS = sa.Table(
     sa.Column("external", sa.Boolean, nullable=False),
     sa.Column("raw", sa.JSON),  # the latest order JSON seen from Alpaca
 )
-_FILLS = sa.Table(
+FILLS = sa.Table(
     "journal_fills",
-    _META,
+    META,
     sa.Column("execution_id", sa.String(64), primary_key=True),
     sa.Column(
         "client_order_id",
@@ -90,13 +90,13 @@ _FILLS = sa.Table(
     sa.Column("price", sa.Float, nullable=False),
     sa.Column("timestamp", sa.DateTime, nullable=False),
 )
-_META_KV = sa.Table(
+META_KV = sa.Table(
     "journal_meta",
-    _META,
+    META,
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
 )
-_INTENT_FIELDS: tuple[str, ...] = (
+INTENT_FIELDS: tuple[str, ...] = (
     "symbol",
     "side",
     "qty",
@@ -105,14 +105,14 @@ _INTENT_FIELDS: tuple[str, ...] = (
     "limit_price",
     "stop_price",
 )
-_INTENT_FIELDS += ("time_in_force", "order_class", "strategy", "leg")
+INTENT_FIELDS += ("time_in_force", "order_class", "strategy", "leg")
 
 
 # ---------------------------------------------------------------------------------------------
 # engine and schema
 
 
-def _make_engine(url: sa.URL, cfg: JournalConfig) -> Engine:
+def make_engine(url: sa.URL, cfg: JournalConfig) -> Engine:
     if url.get_backend_name() != "sqlite":
         return sa.create_engine(url, pool_pre_ping=True)
     database = url.database or ""
@@ -134,23 +134,23 @@ def _check_sqlite_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _create_schema(engine: Engine, where: str) -> None:
+def create_schema(engine: Engine, where: str) -> None:
     try:
         with engine.begin() as conn:
             if engine.url.get_backend_name() == "postgresql":  # one creator at a time
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(7261534)"))
             tables = set(sa.inspect(conn).get_table_names())
-            ours = {t.name for t in _META.sorted_tables}
+            ours = {t.name for t in META.sorted_tables}
             if tables & ours and "journal_meta" not in tables:
                 raise JournalError(
                     f"{where} has tables {sorted(tables & ours)} that no order journal wrote"
                 )
-            _META.create_all(conn)
+            META.create_all(conn)
             version = conn.execute(
-                sa.select(_META_KV.c.value).where(_META_KV.c.key == "schema_version")
+                sa.select(META_KV.c.value).where(META_KV.c.key == "schema_version")
             ).scalar()
             if version is None:
-                conn.execute(_META_KV.insert().values(key="schema_version", value=SCHEMA_VERSION))
+                conn.execute(META_KV.insert().values(key="schema_version", value=SCHEMA_VERSION))
             elif version != SCHEMA_VERSION:
                 raise JournalError(
                     f"{where} holds journal schema {version}; this code reads {SCHEMA_VERSION}"
@@ -171,19 +171,17 @@ def _create_schema(engine: Engine, where: str) -> None:
 # rows
 
 
-def _select(conn: Connection, coid: str) -> sa.RowMapping | None:
-    return (
-        conn.execute(_ORDERS.select().where(_ORDERS.c.client_order_id == coid)).mappings().first()
-    )
+def select_order_row(conn: Connection, coid: str) -> sa.RowMapping | None:
+    return conn.execute(ORDERS.select().where(ORDERS.c.client_order_id == coid)).mappings().first()
 
 
-def _fetch(conn: Connection, coid: str) -> sa.RowMapping:
-    row = _select(conn, coid)
+def fetch_order_row(conn: Connection, coid: str) -> sa.RowMapping:
+    row = select_order_row(conn, coid)
     assert row is not None, coid
     return row
 
 
-def _record(row: sa.RowMapping) -> OrderRecord:
+def order_record(row: sa.RowMapping) -> OrderRecord:
     values = {k: v for k, v in row.items() if k != "raw"}
     for key in ("created_at", "updated_at", "sent_at", "bar_time"):
         values[key] = utc_datetime(values[key]) if values[key] is not None else None
@@ -191,23 +189,25 @@ def _record(row: sa.RowMapping) -> OrderRecord:
     return OrderRecord(**values)
 
 
-def _update(conn: Connection, coid: str, changes: dict[str, Any], order: Mapping[str, Any]) -> None:
+def update_order_row(
+    conn: Connection, coid: str, changes: dict[str, Any], order: Mapping[str, Any]
+) -> None:
     if changes:
-        changes = changes | {"raw": _jsonable(order)}
-        conn.execute(_ORDERS.update().where(_ORDERS.c.client_order_id == coid).values(**changes))
+        changes = changes | {"raw": jsonable(order)}
+        conn.execute(ORDERS.update().where(ORDERS.c.client_order_id == coid).values(**changes))
 
 
-def _insert_fill(conn: Connection, fill: FillRecord) -> bool:
+def insert_fill(conn: Connection, fill: FillRecord) -> bool:
     exists = conn.execute(
-        sa.select(_FILLS.c.execution_id).where(_FILLS.c.execution_id == fill.execution_id)
+        sa.select(FILLS.c.execution_id).where(FILLS.c.execution_id == fill.execution_id)
     ).first()
     if exists is not None:
         return False
-    conn.execute(_FILLS.insert().values(**{**asdict(fill), "timestamp": _db_time(fill.timestamp)}))
+    conn.execute(FILLS.insert().values(**{**asdict(fill), "timestamp": db_time(fill.timestamp)}))
     return True
 
 
-def _set_gap(conn: Connection, coid: str, when: datetime, *, only_if_gap: bool) -> float:
+def set_gap(conn: Connection, coid: str, when: datetime, *, only_if_gap: bool) -> float:
     """Make the order's gap row (fills the stream missed) what its real fills leave uncovered
     of its ``filled_qty``, at the exact price the averages imply; returns the gap's quantity.
 
@@ -216,16 +216,16 @@ def _set_gap(conn: Connection, coid: str, when: datetime, *, only_if_gap: bool) 
     it replaces the gap instead of being counted twice. The execution id is deterministic, so
     repeating it changes nothing.
     """
-    rows = conn.execute(_FILLS.select().where(_FILLS.c.client_order_id == coid)).mappings().all()
+    rows = conn.execute(FILLS.select().where(FILLS.c.client_order_id == coid)).mappings().all()
     gaps = [r for r in rows if str(r["execution_id"]).startswith(GAP_PREFIX)]
     if only_if_gap and not gaps:
         return 0.0
-    order = _fetch(conn, coid)
+    order = fetch_order_row(conn, coid)
     real = [r for r in rows if not str(r["execution_id"]).startswith(GAP_PREFIX)]
     left = float(order["filled_qty"]) - sum(float(r["qty"]) for r in real)
     if gaps:
         ids = [g["execution_id"] for g in gaps]
-        conn.execute(_FILLS.delete().where(_FILLS.c.execution_id.in_(ids)))
+        conn.execute(FILLS.delete().where(FILLS.c.execution_id.in_(ids)))
     if left <= 1e-9 or not order["filled_avg_price"]:
         return 0.0
     done = sum(float(r["qty"]) * float(r["price"]) for r in real)
@@ -235,51 +235,49 @@ def _set_gap(conn: Connection, coid: str, when: datetime, *, only_if_gap: bool) 
         client_order_id=coid, symbol=str(order["symbol"]), side=str(order["side"]), qty=left,
         price=price, timestamp=when,
     )  # fmt: skip
-    _insert_fill(conn, gap)
+    insert_fill(conn, gap)
     return left
 
 
-def _external_row(order: Mapping[str, Any], now: datetime) -> dict[str, Any]:
-    created = _parse_time(order["created_at"]) if order.get("created_at") else now
+def external_row(order: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    created = parse_time(order["created_at"]) if order.get("created_at") else now
     return {
         "client_order_id": str(order["client_order_id"]),
-        "alpaca_id": _str_or_none(order.get("id")),
+        "alpaca_id": str_or_none(order.get("id")),
         "symbol": str(order.get("symbol") or ""),
         "side": str(order.get("side") or ""),
-        "qty": _float(order.get("qty")),
-        "notional": _float(order.get("notional")),
+        "qty": as_float(order.get("qty")),
+        "notional": as_float(order.get("notional")),
         "order_type": str(order.get("type") or order.get("order_type") or ""),
-        "limit_price": _float(order.get("limit_price")),
-        "stop_price": _float(order.get("stop_price")),
+        "limit_price": as_float(order.get("limit_price")),
+        "stop_price": as_float(order.get("stop_price")),
         "time_in_force": str(order.get("time_in_force") or ""),
         "order_class": str(order.get("order_class") or "simple"),
         "status": str(order.get("status") or UNKNOWN),
-        "filled_qty": _float(order.get("filled_qty")) or 0.0,
-        "filled_avg_price": _float(order.get("filled_avg_price")),
-        "created_at": _db_time(created),
-        "updated_at": _db_time(
-            _parse_time(order["updated_at"]) if order.get("updated_at") else now
-        ),
+        "filled_qty": as_float(order.get("filled_qty")) or 0.0,
+        "filled_avg_price": as_float(order.get("filled_avg_price")),
+        "created_at": db_time(created),
+        "updated_at": db_time(parse_time(order["updated_at"]) if order.get("updated_at") else now),
         "external": True,
-        "raw": _jsonable(order),
+        "raw": jsonable(order),
     }
 
 
-def _order_changes(
+def order_changes(
     row: sa.RowMapping, order: Mapping[str, Any], event: str | None
 ) -> dict[str, Any]:
     """The column changes an order JSON (from a reply or an event) makes to ``row``; {} if none."""
     changes: dict[str, Any] = {}
-    proposed = order.get("status") or _EVENT_STATUS.get(event or "", event)
+    proposed = order.get("status") or EVENT_STATUS.get(event or "", event)
     status = _next_status(row["status"], str(proposed) if proposed else None, event)
     if status != row["status"]:
         changes["status"] = status
     if order.get("id") and row["alpaca_id"] is None:
         changes["alpaca_id"] = str(order["id"])
-    filled = _float(order.get("filled_qty"))
+    filled = as_float(order.get("filled_qty"))
     if filled is not None and filled > row["filled_qty"]:
         changes["filled_qty"] = filled
-    avg = _float(order.get("filled_avg_price"))
+    avg = as_float(order.get("filled_avg_price"))
     if (
         avg is not None
         and filled is not None
@@ -289,7 +287,7 @@ def _order_changes(
         changes["filled_avg_price"] = avg
     if changes:
         stamp = order.get("updated_at")
-        when = _db_time(_parse_time(stamp)) if stamp else row["updated_at"]
+        when = db_time(parse_time(stamp)) if stamp else row["updated_at"]
         changes["updated_at"] = max(when, row["updated_at"])
     return changes
 
@@ -299,12 +297,12 @@ def _next_status(old: str, new: str | None, event: str | None) -> str:
         return old
     if old in FINAL_STATUSES:  # only a late fill overrides a cancel/expiry
         return new if new == "filled" and event == "fill" else old
-    if new in FINAL_STATUSES or event in _REJECTED_REQUESTS:
+    if new in FINAL_STATUSES or event in REJECTED_REQUESTS:
         return new
-    return new if _RANK.get(new, 3) >= _RANK.get(old, 3) else old
+    return new if STATUS_RANK.get(new, 3) >= STATUS_RANK.get(old, 3) else old
 
 
-def _parse_event(event: Any) -> tuple[Mapping[str, Any], Mapping[str, Any], str, datetime]:
+def parse_event(event: Any) -> tuple[Mapping[str, Any], Mapping[str, Any], str, datetime]:
     if hasattr(event, "model_dump"):  # an alpaca-py TradeUpdate
         event = event.model_dump(mode="json")
     if not isinstance(event, Mapping):
@@ -318,10 +316,10 @@ def _parse_event(event: Any) -> tuple[Mapping[str, Any], Mapping[str, Any], str,
     if not name:
         raise JournalError(f"trade update without an event name for {order['client_order_id']}")
     stamp = event.get("timestamp") or order.get("updated_at")
-    return event, order, name, utc_datetime(_parse_time(stamp)) if stamp else datetime.now(UTC)
+    return event, order, name, utc_datetime(parse_time(stamp)) if stamp else datetime.now(UTC)
 
 
-def _fill_of(
+def fill_of(
     event: Mapping[str, Any],
     name: str,
     order: Mapping[str, Any],
@@ -330,7 +328,7 @@ def _fill_of(
 ) -> FillRecord | None:
     if name not in ("fill", "partial_fill"):
         return None
-    qty, price = _float(event.get("qty")), _float(event.get("price"))
+    qty, price = as_float(event.get("qty")), as_float(event.get("price"))
     if qty is None or price is None:
         raise JournalError(
             f"{name} event for {order['client_order_id']} without qty/price: {dict(event)}"

@@ -18,13 +18,17 @@ from feeds.errors import CorruptFileError, StoreError
 PENDING_SUBMIT = "pending_submit"  # written, not yet sent
 UNKNOWN = "unknown"  # sent, but no answer came back
 FINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced"})
-_RANK = {PENDING_SUBMIT: 0, UNKNOWN: 1, "new": 3}  # an unlisted (future) status ranks as "new"
-_RANK |= dict.fromkeys(("accepted", "pending_new", "held", "accepted_for_bidding"), 2)
-_RANK |= dict.fromkeys(("partially_filled", "pending_cancel", "pending_replace"), 4)
-_RANK |= dict.fromkeys(("done_for_day", "stopped", "suspended", "calculated"), 4)
-_EVENT_STATUS = {"fill": "filled", "partial_fill": "partially_filled"}
-_REJECTED_REQUESTS = frozenset({"order_cancel_rejected", "order_replace_rejected"})
-_MAX_ID = 128  # Alpaca's limit on client_order_id
+STATUS_RANK = {
+    PENDING_SUBMIT: 0,
+    UNKNOWN: 1,
+    "new": 3,
+}  # an unlisted (future) status ranks as "new"
+STATUS_RANK |= dict.fromkeys(("accepted", "pending_new", "held", "accepted_for_bidding"), 2)
+STATUS_RANK |= dict.fromkeys(("partially_filled", "pending_cancel", "pending_replace"), 4)
+STATUS_RANK |= dict.fromkeys(("done_for_day", "stopped", "suspended", "calculated"), 4)
+EVENT_STATUS = {"fill": "filled", "partial_fill": "partially_filled"}
+REJECTED_REQUESTS = frozenset({"order_cancel_rejected", "order_replace_rejected"})
+MAX_ID = 128  # Alpaca's limit on client_order_id
 _HASH_LEN = 10
 SCHEMA_VERSION = "1"
 GAP_PREFIX = "gap-"  # execution ids of fills that reconciliation filled in for a stream gap
@@ -62,14 +66,14 @@ def make_client_order_id(strategy: str, symbol: str, bar_time: Any, leg: str | i
             raise ValueError(
                 f"make_client_order_id: {name} must be a non-empty string, got {value!r}"
             )
-    when = utc_datetime(_parse_time(bar_time))
+    when = utc_datetime(parse_time(bar_time))
     stamp = when.strftime("%Y%m%dT%H%M%S") + (
         f".{when.microsecond:06d}" if when.microsecond else ""
     )
     canonical = "\x1f".join([strategy, symbol, when.isoformat(), str(leg)])
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:_HASH_LEN]
     clean = [re.sub(r"[^A-Za-z0-9._]", "_", p) for p in (strategy, symbol, stamp + "Z", str(leg))]
-    readable = "-".join(clean)[: _MAX_ID - _HASH_LEN - 1]
+    readable = "-".join(clean)[: MAX_ID - _HASH_LEN - 1]
     return f"{readable}-{digest}"
 
 
@@ -158,7 +162,7 @@ class OrderIntent:
             object.__setattr__(self, "model_name", str(heads["model"]))
         if heads is not None and self.model_version is None and heads.get("version") is not None:
             object.__setattr__(self, "model_version", int(heads["version"]))
-        object.__setattr__(self, "bar_time", utc_datetime(_parse_time(self.bar_time)))
+        object.__setattr__(self, "bar_time", utc_datetime(parse_time(self.bar_time)))
 
     @property
     def client_order_id(self) -> str:
@@ -257,7 +261,7 @@ def net_position(symbol: str, fills: Iterable[FillRecord]) -> FillPosition:
 # values
 
 
-def _order_dict(order: Any) -> dict[str, Any]:
+def order_dict(order: Any) -> dict[str, Any]:
     if hasattr(order, "model_dump"):  # an alpaca-py pydantic model
         return dict(order.model_dump(mode="json"))
     if isinstance(order, Mapping):
@@ -275,36 +279,36 @@ def _signal_dict(signal: Any) -> dict[str, Any] | None:
         raise ValueError(
             f"OrderIntent.signal must be a mapping or have to_dict(), got {type(signal).__name__}"
         )
-    return dict(_jsonable(raw))
+    return dict(jsonable(raw))
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """JSON-safe copy: NaN/inf become None (Postgres' JSON refuses them), tuples become lists."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if value is None or isinstance(value, str | int | bool):
         return value
     return json.loads(json.dumps(value, default=str))
 
 
-def _float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     if value is None or value == "":
         return None
     return float(value)
 
 
-def _str_or_none(value: Any) -> str | None:
+def str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
 
-def _parse_time(value: Any) -> datetime:
+def parse_time(value: Any) -> datetime:
     if isinstance(value, datetime):  # also pandas.Timestamp
         return value.to_pydatetime() if hasattr(value, "to_pydatetime") else value
     if isinstance(value, str):
@@ -316,5 +320,5 @@ def _parse_time(value: Any) -> datetime:
     raise ValueError(f"expected a datetime or an ISO 8601 string, got {value!r}")
 
 
-def _db_time(value: datetime) -> datetime:
+def db_time(value: datetime) -> datetime:
     return utc_datetime(value).replace(tzinfo=None)

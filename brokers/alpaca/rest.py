@@ -53,7 +53,7 @@ from brokers.alpaca.answers import (
 )
 from brokers.alpaca.config import AlpacaConfig
 from feeds.errors import BrokerProtocolError, BtmlError, ConfigError, SourceUnavailable
-from feeds.sources.alpaca import _TimeoutAdapter as TimeoutAdapter
+from feeds.sources.alpaca import TimeoutAdapter as TimeoutAdapter
 
 log = logging.getLogger(__name__)
 

@@ -92,7 +92,7 @@ class AlpacaSettings:
             )
 
 
-class _TimeoutAdapter(HTTPAdapter):
+class TimeoutAdapter(HTTPAdapter):
     """Gives every request sent through it a timeout unless the caller set one."""
 
     def __init__(self, timeout: float) -> None:
@@ -253,7 +253,7 @@ class AlpacaSource:
 
     def _configure(self, client: RESTClient) -> None:
         """Add a timeout to every request and set alpaca-py's retry policy (private fields)."""
-        adapter = _TimeoutAdapter(self.settings.timeout)
+        adapter = TimeoutAdapter(self.settings.timeout)
         client._session.mount("http://", adapter)
         client._session.mount("https://", adapter)
         client._retry = self.settings.retries
