@@ -10,6 +10,7 @@ import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
+from btml.config_file import config_file_option
 from feeds.errors import BtmlError, SymbolNotFound
 
 
@@ -19,6 +20,7 @@ def data() -> None:
 
 
 @data.command()
+@config_file_option
 @click.argument("symbols", nargs=-1)
 @click.option("--universe", help="A named universe instead of SYMBOLS (see `btml data universes`).")
 @click.option(
@@ -81,6 +83,7 @@ def download(
 
 
 @data.command(name="import")
+@config_file_option
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
     "--symbol",
@@ -193,6 +196,7 @@ def rm(
 
 
 @data.command()
+@config_file_option
 @click.option("--symbols", "n_symbols", default=10, show_default=True, help="Number of symbols.")
 @click.option("--bars", "n_bars", default=2520, show_default=True, help="Bars per symbol.")
 @click.option("--seed", default=0, show_default=True)

@@ -15,6 +15,7 @@ import click
 
 from btml.common import pass_config
 from btml.config import Config
+from btml.config_file import config_file_option
 from feeds.errors import BtmlError, UserError
 
 PORTS = (
@@ -48,6 +49,7 @@ def serve() -> None:
 
 
 @serve.command("archive")
+@config_file_option
 @click.argument("model")
 @click.option(
     "--batch-size",
@@ -117,6 +119,7 @@ def _archives_for(config: Config, refs: tuple[str, ...]) -> list[Path]:
 
 
 @serve.command("start")
+@config_file_option
 @click.argument("models", nargs=-1)
 @click.option(
     "--default", "defaults", multiple=True, help="NAME:VERSION to serve by default (repeatable)."
