@@ -10,12 +10,13 @@ import backtrader as bt
 import pandas as pd
 
 from analyzers.metrics import Performance, performance
+from core.config import DataConfig
 from feeds.btfeeds import StoreData
 from feeds.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
-class CostConfig:
+class CostConfig(DataConfig):
     """Trading costs: commission and slippage as fractions of traded value.
 
     Defaults: 0.1 % commission and 10 bps slippage; market orders fill at the next bar's open.

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config import DataConfig
 from core.credentials import AlpacaCredentials
 from core.errors import ConfigError
 
@@ -19,7 +20,7 @@ ALPACA_FEEDS = ("iex", "sip")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SourceSettings:
+class SourceSettings(DataConfig):
     """Settings shared by the data sources."""
 
     timeout_s: float = 10.0

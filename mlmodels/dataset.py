@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.config import DataConfig
 from feeds.errors import ConfigError, DataError
 from mlmodels.labels import LABEL_COLUMNS, LabelConfig, make_labels
 from mlmodels.selection import Selection
@@ -31,7 +32,7 @@ _REF_LOOKBACK = 20
 
 
 @dataclass(frozen=True, kw_only=True)
-class DatasetConfig:
+class DatasetConfig(DataConfig):
     """Window length, label definitions and the (optional) feature selection to apply."""
 
     window: int = 60

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from core.config import DataConfig
 from feeds.errors import ConfigError
 
 LABEL_COLUMNS: tuple[str, ...] = (
@@ -41,7 +42,7 @@ LABEL_COLUMNS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True, kw_only=True)
-class LabelConfig:
+class LabelConfig(DataConfig):
     """Label definitions (horizons in bars)."""
 
     horizons: tuple[int, int, int] = (1, 4, 24)

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.config import DataConfig
 from feeds.errors import ConfigError
 
 TASKS: tuple[str, ...] = ("price", "direction", "position", "volatility", "risk", "confidence")
@@ -37,7 +38,7 @@ SEED_WEIGHTS: dict[str, float] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class LossConfig:
+class LossConfig(DataConfig):
     """Task weights, and whether to learn them (uncertainty weighting)."""
 
     weights: Mapping[str, float] = field(default_factory=lambda: dict(SEED_WEIGHTS))
@@ -104,7 +105,7 @@ class MultiTaskLoss(nn.Module):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Curriculum:
+class Curriculum(DataConfig):
     """Loss weights by phase: ``phases`` are (fraction of epochs, tasks switched on).
 
     Default: direction first (20 % of epochs), then price and direction (30 %), then all.

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from core.config import DataConfig
 from feeds.errors import ConfigError, DataError
 
 
@@ -85,7 +86,7 @@ def _calendar(times: pd.DatetimeIndex | np.ndarray) -> tuple[pd.DatetimeIndex, n
 
 
 @dataclass(frozen=True, kw_only=True)
-class WalkForward:
+class WalkForward(DataConfig):
     """Walk-forward folds: an expanding or rolling training window, then a fixed-length test.
 
     ``test_size`` and ``train_size`` count calendar bars; ``val_fraction`` of each training

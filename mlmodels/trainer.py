@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.config import DataConfig
 from feeds.errors import ConfigError, DataError
 from mlmodels.dataset import WindowDataset
 from mlmodels.labels import LABEL_COLUMNS
@@ -32,7 +33,7 @@ from mlmodels.losses import Curriculum, LossConfig, MultiTaskLoss
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainConfig:
+class TrainConfig(DataConfig):
     """Trainer settings (see the module docstring for the defaults' origin)."""
 
     epochs: int = 100

@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import DataConfig
 from feeds.errors import ConfigError, CorruptFileError, DataError, StoreError, SymbolNotFound
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelRegistry
 
@@ -30,7 +31,7 @@ ENTRY = Path(__file__).with_name("ts_entry.py")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelServeConfig:
+class ModelServeConfig(DataConfig):
     """Per-model serving settings written into the archive's model config.
 
     ``batch_size``/``max_batch_delay_ms`` turn on TorchServe's dynamic batching: a worker waits

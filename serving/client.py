@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import requests
 
+from core.config import DataConfig
 from feeds.errors import ConfigError, SymbolNotFound, TransientError
 from mlmodels.registry import ModelCard, ModelRegistry
 from serving.payload import BadRequest, encode_binary, encode_json
@@ -127,7 +128,7 @@ class InProcessClient(SignalClient):
 
 
 @dataclass(frozen=True, kw_only=True)
-class RestConfig:
+class RestConfig(DataConfig):
     """Where and how ``RestClient`` calls TorchServe.
 
     Attributes:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.config import DataConfig
 from feeds.errors import ConfigError
 
 SECRET_ENV = r"(?i).*(KEY|SECRET|TOKEN|PASSW|CREDENTIAL|APCA_|ALPACA_|PRIVATE).*"
@@ -23,7 +24,7 @@ SOCKET_PATH_MAX = 100
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServerConfig:
+class ServerConfig(DataConfig):
     """Where TorchServe lives and how it is configured (all addresses are 127.0.0.1).
 
     ``registry`` is the model registry whose cards pin each archive's sha256 (default: the

@@ -46,6 +46,7 @@ import pandas as pd
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.sync.client import ClientConnection, connect
 
+from core.config import DataConfig
 from core.credentials import KEY_ENV, SECRET_ENV
 from core.utc import to_utc
 from feeds.errors import ConfigError, DataError, SourceUnavailable
@@ -91,7 +92,7 @@ _LEGACY: dict[str, Any] = {"legacy": True} if "legacy" in signature(connect).par
 
 
 @dataclass(frozen=True, kw_only=True)
-class StreamSettings:
+class StreamSettings(DataConfig):
     """Where one stream connects and how patiently (validated by the hub's ``HubConfig``)."""
 
     name: str  # "stocks" or "crypto", for messages

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from core.config import DataConfig
 from core.credentials import KEY_ENV, SECRET_ENV, AlpacaCredentials
 from core.errors import ConfigError
 
@@ -22,7 +23,7 @@ LIVE_URL = "https://api.alpaca.markets"
 
 
 @dataclass(frozen=True, kw_only=True)
-class AlpacaConfig:
+class AlpacaConfig(DataConfig):
     """Everything the live Alpaca components need, checked at construction.
 
     Attributes:
@@ -107,6 +108,10 @@ class AlpacaConfig:
         return f"AlpacaConfig(key_id='***', secret_key='***', {shown})"
 
     __str__ = __repr__
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values, without the keys (they come from the environment)."""
+        return {k: v for k, v in super().to_dict().items() if k not in ("key_id", "secret_key")}
 
     @property
     def mode(self) -> str:

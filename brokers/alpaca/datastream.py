@@ -53,6 +53,7 @@ import pandas as pd
 from alpaca.common.exceptions import APIError
 
 from brokers.alpaca.barstream import Bar, BarStream, StreamSettings
+from core.config import DataConfig
 from core.utc import to_utc
 from feeds.errors import ConfigError, SymbolNotFound
 from feeds.frame import OHLCV_COLUMNS, empty_frame, guess_asset_class, make_frame
@@ -76,7 +77,7 @@ _CRYPTO_QUOTES = ("USDT", "USDC", "USD", "BTC")
 
 
 @dataclass(frozen=True, kw_only=True)
-class HubConfig:
+class HubConfig(DataConfig):
     """Everything about an :class:`AlpacaBarHub` except the keys.
 
     ``feed``: stock stream and history feed (``iex`` free, ``sip`` with a subscription,

@@ -33,6 +33,7 @@ from alpaca.data.requests import CryptoBarsRequest, StockBarsRequest
 from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
 from requests.adapters import HTTPAdapter
 
+from core.config import DataConfig
 from core.credentials import KEY_ENV, SECRET_ENV, AlpacaCredentials
 from core.utc import to_utc
 from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
@@ -58,7 +59,7 @@ TIMEFRAMES: dict[str, TimeFrame] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class AlpacaSettings:
+class AlpacaSettings(DataConfig):
     """Everything about an :class:`AlpacaSource` except the keys.
 
     ``feed``: stock feed, ``iex`` (free) or ``sip`` (all US exchanges, subscription for recent

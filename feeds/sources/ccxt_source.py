@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import ccxt
 import pandas as pd
 
+from core.config import DataConfig
 from core.utc import to_utc
 from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import make_frame
@@ -58,7 +59,7 @@ EXCHANGE_OPTIONS: dict[str, dict[str, Any]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class CcxtSettings:
+class CcxtSettings(DataConfig):
     """Everything about a :class:`CcxtSource` except the keys.
 
     ``exchange``: a ccxt exchange id. ``page_limit``: bars asked per request. ``timeout``:

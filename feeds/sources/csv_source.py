@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.config import DataConfig
 from core.utc import to_utc
 from feeds.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, make_frame
@@ -44,7 +45,7 @@ MAX_SHOWN = 10
 
 
 @dataclass(frozen=True, kw_only=True)
-class CsvOptions:
+class CsvOptions(DataConfig):
     """How to read a CSV file; every field left at None is sniffed or inferred."""
 
     symbol: str | None = None

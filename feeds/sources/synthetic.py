@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.config import DataConfig
 from core.utc import to_utc
 from feeds.errors import ConfigError, SymbolNotFound
 from feeds.frame import make_frame
@@ -78,7 +79,7 @@ def _require(ok: bool, message: str) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class GarchConfig:
+class GarchConfig(DataConfig):
     """GARCH(1, 1) volatility clustering with variance targeting (``omega = 1 - alpha - beta``).
 
     ``alpha`` is the reaction to the last squared shock, ``beta`` the persistence of variance;
@@ -104,7 +105,7 @@ class GarchConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RegimeConfig:
+class RegimeConfig(DataConfig):
     """A market-wide two-state Markov chain: calm (0) and stressed (1).
 
     Each bar a calm market turns stressed with probability ``p_enter_stress`` and a stressed one
@@ -132,7 +133,7 @@ class RegimeConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SyntheticConfig:
+class SyntheticConfig(DataConfig):
     """Everything that defines a synthetic market; the same config always gives the same market.
 
     ``timeframe`` ``1Day`` uses business days (Mon-Fri, 00:00 UTC); intraday timeframes use

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from core.config import DataConfig
 from feeds.errors import ConfigError, unknown_name
 from mlmodels.nets.heads import AttentionFusion, MultiTaskHeads, PositionEncoder
 from mlmodels.nets.transformer import TransformerPath
@@ -20,7 +21,7 @@ from mlmodels.nets.xlstm import XLSTMStack
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+class ModelConfig(DataConfig):
     """One architecture's sizes. ``n_features`` and ``window`` are set from the data."""
 
     arch: str
@@ -60,19 +61,6 @@ class ModelConfig:
 
     def with_data(self, n_features: int, window: int) -> ModelConfig:
         return dataclasses.replace(self, n_features=n_features, window=window)
-
-    def to_dict(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"model config has unknown field(s) {sorted(unknown)}")
-        kw = dict(d)
-        kw["slstm_at"] = tuple(kw.get("slstm_at", (0,)))  # type: ignore[arg-type]
-        return cls(**kw)  # type: ignore[arg-type]
 
 
 ARCHITECTURES: dict[str, ModelConfig] = {
