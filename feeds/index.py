@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.config import DataConfig
 from feeds.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import make_frame
 from feeds.store import ParquetStore
@@ -43,15 +44,58 @@ REBALANCE = {"M": "month", "Q": "quarter"}
 
 
 @dataclass(frozen=True, kw_only=True)
-class IndexConfig:
-    """How to build one index. Give ``constituents`` or ``membership``, not both."""
+class MemberRow(DataConfig):
+    """One row of a point-in-time table: from ``date`` on, ``symbol`` is a member (with a
+    weight or a share count when the table has them)."""
+
+    date: str
+    symbol: str
+    weight: float | None = None
+    shares: float | None = None
+
+
+def rows_from_table(
+    table: pd.DataFrame | tuple[MemberRow, ...] | None,
+) -> tuple[MemberRow, ...] | None:
+    """A ``date,symbol[,weight][,shares]`` frame as rows (rows are returned as they are)."""
+    if table is None or isinstance(table, tuple):
+        return table
+    cols = [c for c in ("weight", "shares") if c in table.columns]
+    return tuple(
+        MemberRow(
+            date=pd.Timestamp(r["date"]).isoformat(),
+            symbol=str(r["symbol"]),
+            **{c: float(r[c]) for c in cols if pd.notna(r[c])},
+        )
+        for _, r in table.iterrows()
+    )
+
+
+def _table(rows: tuple[MemberRow, ...]) -> pd.DataFrame:
+    """Rows as a frame: UTC ``date``, ``symbol``, and ``weight``/``shares`` when any row has them."""
+    out = pd.DataFrame({"date": [r.date for r in rows], "symbol": [r.symbol for r in rows]})
+    out["date"] = pd.to_datetime(out["date"], utc=True)
+    for c in ("weight", "shares"):
+        values = [getattr(r, c) for r in rows]
+        if any(v is not None for v in values):
+            out[c] = [float("nan") if v is None else v for v in values]
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig(DataConfig):
+    """How to build one index. Give ``constituents`` or ``membership``, not both.
+
+    ``membership`` and ``shares`` are point-in-time rows (a ``date,symbol,...`` frame is
+    accepted and turned into rows), so the config stays plain data.
+    """
 
     name: str
     method: str = "equal"
     constituents: tuple[str, ...] = ()
-    membership: pd.DataFrame | None = None
-    weights: Mapping[str, float] | None = None
-    shares: pd.DataFrame | None = None
+    membership: tuple[MemberRow, ...] | None = None
+    weights: dict[str, float] | None = None
+    shares: tuple[MemberRow, ...] | None = None
     rebalance: str | None = None
     carry_limit: int = 5
     base_level: float = 1000.0
@@ -59,6 +103,13 @@ class IndexConfig:
     end: pd.Timestamp | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "membership", rows_from_table(self.membership))
+        object.__setattr__(self, "shares", rows_from_table(self.shares))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", dict(self.weights))
+        self._check()
+
+    def _check(self) -> None:
         if not self.name or "/" in self.name:
             raise ConfigError(f"index name must be non-empty and without '/', got {self.name!r}")
         if self.method not in METHODS:
@@ -77,6 +128,12 @@ class IndexConfig:
             raise ConfigError(f"base_level must be > 0, got {self.base_level}")
         if self.weights and any(w < 0 for w in self.weights.values()):
             raise ConfigError(f"weights must be >= 0, got {dict(self.weights)}")
+
+    def symbols(self) -> list[str]:
+        """The members, in order of first appearance."""
+        if self.membership is not None:
+            return list(dict.fromkeys(r.symbol for r in self.membership))
+        return list(dict.fromkeys(self.constituents))
 
 
 @dataclass
@@ -159,7 +216,7 @@ def _members(
         last = len(cal) - 1 - np.argmax(has_bar[::-1], axis=0)
         t = np.arange(len(cal))[:, None]
         return (t >= first) & (t <= last) & has_bar.any(axis=0)
-    m = cfg.membership
+    m = _table(cfg.membership)
     dates = sorted(m["date"].unique())
     member = np.zeros((len(cal), len(symbols)), dtype=bool)
     col = {s: j for j, s in enumerate(symbols)}
@@ -268,89 +325,94 @@ def build_index(
 ) -> IndexResult:
     """Build the index described by ``cfg`` from constituent OHLCV ``frames`` (by symbol)."""
     notes: list[str] = []
-    if cfg.membership is not None:
-        symbols = list(dict.fromkeys(cfg.membership["symbol"].astype(str)))
-    else:
-        symbols = list(dict.fromkeys(cfg.constituents))
+    symbols = cfg.symbols()
     p = _panel(frames, symbols, cfg)
     cal = pd.DatetimeIndex(p["close"].index)
     has_bar = p["close"].notna().to_numpy()
     member = _members(cfg, symbols, cal, has_bar)
     _check_gaps(cfg, symbols, cal, member, has_bar)
+    src = _weight_sources(cfg, symbols, cal, notes)
+    drifting = cfg.method in ("equal", "fixed") or (cfg.method == "cap" and src.shares_t is None)
+    if cfg.method == "fixed" and cfg.rebalance is None:
+        drifting = False  # restored every bar
+    reset = _resets(cfg, cal, member, drifting)
+    return _chain(cfg, symbols, cal, _Bars.of(p, member), reset, src, notes, timeframe)
+
+
+@dataclass(frozen=True)
+class _WeightSources:
+    """Where target weights come from: given weights, point-in-time weights or share counts."""
+
+    given: np.ndarray | None
+    given_t: np.ndarray | None
+    shares_t: np.ndarray | None
+
+
+def _weight_sources(
+    cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, notes: list[str]
+) -> _WeightSources:
     given = _given_weights(cfg, symbols, notes)
-    given_t = None
-    shares_t = None
-    if cfg.membership is not None and "weight" in cfg.membership and cfg.method in ("fixed", "cap"):
-        given_t = _point_in_time(cfg.membership, "weight", symbols, cal)
+    table = _table(cfg.membership) if cfg.membership is not None else None
+    given_t = shares_t = None
+    if table is not None and "weight" in table and cfg.method in ("fixed", "cap"):
+        given_t = _point_in_time(table, "weight", symbols, cal)
     if cfg.shares is not None:
-        shares_t = _point_in_time(cfg.shares, "shares", symbols, cal)
-    elif cfg.membership is not None and "shares" in cfg.membership:
-        shares_t = _point_in_time(cfg.membership, "shares", symbols, cal)
+        shares_t = _point_in_time(_table(cfg.shares), "shares", symbols, cal)
+    elif table is not None and "shares" in table:
+        shares_t = _point_in_time(table, "shares", symbols, cal)
     if cfg.method == "cap" and shares_t is None and given is None and given_t is None:
         raise ConfigError(
             f"index {cfg.name}: method 'cap' needs a shares table or starting weights"
         )
-    drifting = cfg.method in ("equal", "fixed") or (cfg.method == "cap" and shares_t is None)
-    if cfg.method == "fixed" and cfg.rebalance is None:
-        drifting = False  # restored every bar
-    reset = _resets(cfg, cal, member, drifting)
-    return _chain(cfg, symbols, cal, p, member, reset, given, given_t, shares_t, notes, timeframe)
+    return _WeightSources(given=given, given_t=given_t, shares_t=shares_t)
+
+
+@dataclass(frozen=True)
+class _Bars:
+    """The members' bars as arrays: closes carried forward, a carried bar flat at its close."""
+
+    close: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    split: np.ndarray
+    volume: np.ndarray  # the members' summed volume per bar
+    member: np.ndarray
+
+    @classmethod
+    def of(cls, p: dict[str, pd.DataFrame], member: np.ndarray) -> _Bars:
+        close = p["close"].ffill().to_numpy()
+        flat = {k: p[k].to_numpy() for k in ("open", "high", "low")}
+        flat = {k: np.where(np.isnan(v), close, v) for k, v in flat.items()}
+        vol = np.where(member, np.nan_to_num(p["volume"].to_numpy()), 0.0).sum(axis=1)
+        split = p["split"].to_numpy(dtype=np.float64)
+        return cls(close=close, split=split, volume=vol, member=member, **flat)
 
 
 def _chain(
     cfg: IndexConfig,
     symbols: list[str],
     cal: pd.DatetimeIndex,
-    p: dict[str, pd.DataFrame],
-    member: np.ndarray,
+    bars: _Bars,
     reset: np.ndarray,
-    given: np.ndarray | None,
-    given_t: np.ndarray | None,
-    shares_t: np.ndarray | None,
+    src: _WeightSources,
     notes: list[str],
     timeframe: str,
 ) -> IndexResult:
-    close = p["close"].ffill().to_numpy()
-    bars = {k: p[k].to_numpy() for k in ("open", "high", "low")}
-    for k in bars:  # a carried bar is flat at the last close
-        bars[k] = np.where(np.isnan(bars[k]), close, bars[k])
-    split = p["split"].to_numpy(dtype=np.float64)
-    vol = np.where(member, np.nan_to_num(p["volume"].to_numpy()), 0.0).sum(axis=1)
-    T, N = close.shape
-    level = np.full(T, cfg.base_level)
-    o = level.copy()
-    h = level.copy()
-    lo = level.copy()
+    """Chain the level bar by bar (the module docstring's formula) and build the index frame."""
+    T, N = bars.close.shape
+    ohlc = np.full((T, 4), cfg.base_level)
     weights = np.zeros((T, N))
     w = np.zeros(N)
     for t in range(1, T):
-        prev = close[t - 1]
-        valid = member[t] & np.isfinite(prev) & np.isfinite(close[t])
-        if reset[t] or t == 1:
-            g = given_t[t] if given_t is not None else given
-            w = _target_weights(cfg, symbols, t, cal, np.nan_to_num(prev), valid, shares_t, g)
-        else:
-            w = np.where(valid, w, 0.0)
-            s = w.sum()
-            w = (
-                w / s
-                if s > 0
-                else _target_weights(
-                    cfg, symbols, t, cal, np.nan_to_num(prev), valid, shares_t, given
-                )
-            )
+        valid = bars.member[t] & np.isfinite(bars.close[t - 1]) & np.isfinite(bars.close[t])
+        w = _weights_before(cfg, symbols, cal, bars, src, t, w, valid, reset[t] or t == 1)
         weights[t] = w
-        safe_prev = np.where(valid, prev, 1.0)
-        rel = {k: np.where(valid, bars[k][t] * split[t] / safe_prev, 1.0) for k in bars}
-        rc = np.where(valid, close[t] * split[t] / safe_prev, 1.0)
-        r = float(w @ (rc - 1.0)) if w.sum() > 0 else 0.0
-        level[t] = level[t - 1] * (1.0 + r)
-        o[t] = level[t - 1] * (1.0 + float(w @ (rel["open"] - 1.0)))
-        h[t] = max(level[t - 1] * (1.0 + float(w @ (rel["high"] - 1.0))), o[t], level[t])
-        lo[t] = min(level[t - 1] * (1.0 + float(w @ (rel["low"] - 1.0))), o[t], level[t])
-        if 1.0 + r > 0:
-            w = w * rc / (1.0 + r)
-    data = pd.DataFrame({"open": o, "high": h, "low": lo, "close": level, "volume": vol}, index=cal)
+        ohlc[t], growth = _bar(ohlc[t - 1, 3], w, bars, t, valid)
+        if growth > 0:
+            w = w * growth_of_members(bars, t, valid) / growth
+    data = pd.DataFrame(ohlc, index=cal, columns=["open", "high", "low", "close"])
+    data["volume"] = bars.volume
     frame = make_frame(
         data,
         symbol=cfg.name,
@@ -367,6 +429,53 @@ def _chain(
     return IndexResult(
         frame=frame, weights=pd.DataFrame(weights, index=cal, columns=symbols), notes=notes
     )
+
+
+def _weights_before(
+    cfg: IndexConfig,
+    symbols: list[str],
+    cal: pd.DatetimeIndex,
+    bars: _Bars,
+    src: _WeightSources,
+    t: int,
+    w: np.ndarray,
+    valid: np.ndarray,
+    reset: bool,
+) -> np.ndarray:
+    """Bar ``t``'s weights: new targets at a reset, else the drifted ones over the valid members."""
+    prev = np.nan_to_num(bars.close[t - 1])
+    if reset:
+        g = src.given_t[t] if src.given_t is not None else src.given
+        return _target_weights(cfg, symbols, t, cal, prev, valid, src.shares_t, g)
+    w = np.where(valid, w, 0.0)
+    total = w.sum()
+    if total > 0:
+        return w / total
+    return _target_weights(cfg, symbols, t, cal, prev, valid, src.shares_t, src.given)
+
+
+def growth_of_members(bars: _Bars, t: int, valid: np.ndarray) -> np.ndarray:
+    """Each member's close-to-close growth into bar ``t`` (split-adjusted; 1 for non-members)."""
+    safe_prev = np.where(valid, bars.close[t - 1], 1.0)
+    return np.where(valid, bars.close[t] * bars.split[t] / safe_prev, 1.0)
+
+
+def _bar(
+    level: float, w: np.ndarray, bars: _Bars, t: int, valid: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Bar ``t``'s index open, high, low, close from the previous ``level``; and 1 + its return."""
+    safe_prev = np.where(valid, bars.close[t - 1], 1.0)
+
+    def moved(px: np.ndarray) -> float:
+        rel = np.where(valid, px[t] * bars.split[t] / safe_prev, 1.0)
+        return level * (1.0 + float(w @ (rel - 1.0)))
+
+    r = float(w @ (growth_of_members(bars, t, valid) - 1.0)) if w.sum() > 0 else 0.0
+    close = level * (1.0 + r)
+    o = moved(bars.open)
+    h = max(moved(bars.high), o, close)
+    lo = min(moved(bars.low), o, close)
+    return np.array([o, h, lo, close]), 1.0 + r
 
 
 def read_weights(path: str) -> tuple[dict[str, float] | None, pd.DataFrame | None]:
@@ -388,11 +497,7 @@ def build_from_store(
     store: ParquetStore, cfg: IndexConfig, timeframe: str = "1Day"
 ) -> tuple[IndexResult, Path]:
     """Read the constituents from ``store``, build the index and store it under ``raw/index``."""
-    symbols = (
-        list(dict.fromkeys(cfg.membership["symbol"].astype(str)))
-        if cfg.membership is not None
-        else list(cfg.constituents)
-    )
+    symbols = cfg.symbols()
     frames = {}
     unknown = []
     for s in symbols:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from analyzers.backtest import CostConfig
@@ -14,6 +15,7 @@ from brokers.alpaca.datastream import HubConfig
 from btml.config import SourceSettings
 from core.config import DataConfig
 from core.errors import ConfigError
+from feeds.index import IndexConfig
 from feeds.sources.alpaca import AlpacaSettings
 from feeds.sources.ccxt_source import CcxtSettings
 from feeds.sources.csv_source import CsvOptions
@@ -46,6 +48,19 @@ CONFIGS: list[DataConfig] = [
     ServerConfig(home=Path("/tmp/serving")),
     CostConfig(),
     HubConfig(),
+    IndexConfig(name="EQ", constituents=("AAPL", "IBM"), rebalance="Q", weights={"AAPL": 1.0}),
+    IndexConfig(
+        name="PIT",
+        method="cap",
+        membership=pd.DataFrame(
+            {
+                "date": pd.to_datetime(["2004-01-02", "2004-01-02", "2008-01-02"], utc=True),
+                "symbol": ["AAPL", "IBM", "GOOG"],
+                "shares": [10.0, 20.0, 30.0],
+            }
+        ),
+        start=pd.Timestamp("2005-01-03", tz="UTC"),
+    ),
 ]
 
 
