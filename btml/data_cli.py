@@ -11,6 +11,7 @@ import click
 from btml.common import fail, pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
+from btml.output import echo_json, json_option, series_dict, stamp
 from feeds.errors import BtmlError, SymbolNotFound
 
 
@@ -237,17 +238,19 @@ def synth(
 
 
 @data.command(name="list")
+@json_option
 @pass_config
-def list_(config: Config) -> None:
+def list_(config: Config, as_json: bool) -> None:
     """List what the store holds."""
     from feeds.store import ParquetStore
 
     good, bad = ParquetStore(config.store).list()
-    if not good and not bad:
+    if as_json:
+        echo_json([series_dict(s) for s in good])
+    elif not good and not bad:
         click.echo(f"the store at {config.store} is empty")
-    for s in good:
-        first = s.first.date() if s.first is not None else "-"
-        last = s.last.date() if s.last is not None else "-"
+    for s in [] if as_json else good:
+        first, last = stamp(s.first, s.timeframe), stamp(s.last, s.timeframe)
         click.echo(
             f"{s.asset_class:<7} {s.timeframe:<5} {s.symbol:<12} {s.rows:>7} rows  {first} .. {last}  "
             f"{s.source}"

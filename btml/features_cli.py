@@ -9,6 +9,7 @@ import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
+from btml.output import echo_json, json_option
 from feeds.errors import BtmlError
 
 
@@ -18,10 +19,19 @@ def features() -> None:
 
 
 @features.command(name="list")
-def list_() -> None:
+@json_option
+def list_(as_json: bool) -> None:
     """Print every feature with its family, window and formula."""
     from mlmodels.features import FEATURES, WARMUP
 
+    if as_json:
+        echo_json(
+            [
+                {"name": f.name, "family": f.family, "window": f.window, "formula": f.formula}
+                for f in FEATURES
+            ]
+        )
+        return
     for f in FEATURES:
         click.echo(f"{f.name:<22} {f.family:<10} {f.window:>4}  {f.formula}")
     click.echo(f"{len(FEATURES)} features; warm-up {WARMUP} bars")

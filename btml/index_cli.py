@@ -6,6 +6,7 @@ import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
+from btml.output import echo_json, json_option, series_dict, stamp
 from feeds.errors import BtmlError
 
 
@@ -101,14 +102,19 @@ def build(
 
 
 @index.command(name="list")
+@json_option
 @pass_config
-def list_(config: Config) -> None:
+def list_(config: Config, as_json: bool) -> None:
     """List the stored indices."""
     from feeds.store import ParquetStore
 
     good, _bad = ParquetStore(config.store).list()
     rows = [s for s in good if s.asset_class == "index"]
+    if as_json:
+        echo_json([series_dict(s) for s in rows])
+        return
     if not rows:
         click.echo("no indices stored; build one with `btml index build NAME --constituents ...`")
     for s in rows:
-        click.echo(f"{s.symbol:<12} {s.timeframe:<5} {s.rows:>6} bars  {s.first} .. {s.last}")
+        first, last = stamp(s.first, s.timeframe), stamp(s.last, s.timeframe)
+        click.echo(f"{s.symbol:<12} {s.timeframe:<5} {s.rows:>6} bars  {first} .. {last}")
