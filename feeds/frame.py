@@ -53,30 +53,8 @@ def make_frame(
     """
     if not isinstance(data.index, pd.DatetimeIndex):
         raise DataError(f"{symbol}: the index must be timestamps, got {type(data.index).__name__}")
-    lower = {str(c).strip().lower(): c for c in data.columns}
-    missing = [c for c in OHLCV_COLUMNS if c not in lower]
-    if missing:
-        raise DataError(
-            f"{symbol}: missing column(s) {', '.join(missing)}; "
-            f"have {', '.join(map(str, data.columns))}. Rename them to open, high, low, close, volume."
-        )
-    cols = list(OHLCV_COLUMNS) + [k for k in keep if k in lower]
-    out = pd.DataFrame(
-        {
-            c: pd.to_numeric(data[lower[c]], errors="coerce").to_numpy(dtype=np.float64)
-            for c in cols
-        },
-        index=data.index.copy(),
-    )
-    idx = out.index
-    if idx.tz is None:
-        if tz is None:
-            raise DataError(
-                f"{symbol}: timestamps have no timezone; say which zone they are in "
-                "(for example tz='America/New_York' or --tz UTC)"
-            )
-        idx = idx.tz_localize(tz)
-    out.index = pd.DatetimeIndex(idx.tz_convert("UTC"), name="datetime").as_unit("ns")
+    out = _float_columns(data, symbol, keep)
+    out.index = _utc_index(pd.DatetimeIndex(out.index), symbol, tz)
     out.attrs = {
         "symbol": symbol,
         "source": source,
@@ -86,6 +64,34 @@ def make_frame(
         **(dict(extra_attrs) if extra_attrs else {}),
     }
     return out
+
+
+def _float_columns(data: pd.DataFrame, symbol: str, keep: tuple[str, ...]) -> pd.DataFrame:
+    """The OHLCV columns (matched case-insensitively) and ``keep``'s, as float64."""
+    lower = {str(c).strip().lower(): c for c in data.columns}
+    missing = [c for c in OHLCV_COLUMNS if c not in lower]
+    if missing:
+        raise DataError(
+            f"{symbol}: missing column(s) {', '.join(missing)}; "
+            f"have {', '.join(map(str, data.columns))}. Rename them to open, high, low, close, volume."
+        )
+    cols = list(OHLCV_COLUMNS) + [k for k in keep if k in lower]
+    values = {
+        c: pd.to_numeric(data[lower[c]], errors="coerce").to_numpy(dtype=np.float64) for c in cols
+    }
+    return pd.DataFrame(values, index=data.index.copy())
+
+
+def _utc_index(idx: pd.DatetimeIndex, symbol: str, tz: str | None) -> pd.DatetimeIndex:
+    """The index in UTC, named ``datetime``, in nanoseconds; a naive one needs ``tz``."""
+    if idx.tz is None:
+        if tz is None:
+            raise DataError(
+                f"{symbol}: timestamps have no timezone; say which zone they are in "
+                "(for example tz='America/New_York' or --tz UTC)"
+            )
+        idx = idx.tz_localize(tz)
+    return pd.DatetimeIndex(idx.tz_convert("UTC"), name="datetime").as_unit("ns")
 
 
 def empty_frame(**attrs: Any) -> pd.DataFrame:

@@ -67,60 +67,42 @@ def _fail(symbol: str, rule: str, ts: object, msg: str, fix: str) -> ValidationE
     return ValidationError(symbol, rule, f"{symbol}{where}: {msg} [rule: {rule}]. {fix}", ts)
 
 
-def _check_index(
-    frame: pd.DataFrame, symbol: str, repair: bool, report: ValidationReport
-) -> pd.DataFrame:
-    idx = frame.index
+def _check_utc(idx: pd.Index, symbol: str) -> None:
     if not isinstance(idx, pd.DatetimeIndex):
         raise _fail(
             symbol, "timestamps", None, "index is not timestamps", "Index rows by datetime."
         )
     if idx.tz is None:
-        raise _fail(
-            symbol,
-            "utc",
-            None,
-            "timestamps are naive",
-            "Localise them to their zone, then convert to UTC.",
-        )
+        fix = "Localise them to their zone, then convert to UTC."
+        raise _fail(symbol, "utc", None, "timestamps are naive", fix)
     if str(idx.tz) != "UTC":
-        raise _fail(
-            symbol,
-            "utc",
-            None,
-            f"timestamps are in {idx.tz}",
-            "Convert them with .tz_convert('UTC').",
-        )
+        fix = "Convert them with .tz_convert('UTC')."
+        raise _fail(symbol, "utc", None, f"timestamps are in {idx.tz}", fix)
+
+
+def _check_index(
+    frame: pd.DataFrame, symbol: str, repair: bool, report: ValidationReport
+) -> pd.DataFrame:
+    """UTC timestamps, increasing (sorted with ``repair``), unique (the last kept with ``repair``)."""
+    idx = frame.index
+    _check_utc(idx, symbol)
     if not idx.is_monotonic_increasing:
         if not repair:
             pos = int(np.argmax(np.diff(idx.asi8) < 0)) + 1
-            raise _fail(
-                symbol,
-                "increasing",
-                idx[pos],
-                "timestamps go backwards",
-                "Sort them (repair=True / --repair).",
-            )
+            fix = "Sort them (repair=True / --repair)."
+            raise _fail(symbol, "increasing", idx[pos], "timestamps go backwards", fix)
         frame = frame.sort_index(kind="stable")
         report.repaired.append("sorted")
     dup = frame.index.duplicated(keep="last")
-    if dup.any():
-        if not repair:
-            first = frame.index[dup][0]
-            raise _fail(
-                symbol,
-                "duplicates",
-                first,
-                f"{int(dup.sum())} duplicate timestamp(s)",
-                "Drop them (repair=True / --repair keeps the last row of each).",
-            )
-        dropped = frame.index[dup]
-        shown = ", ".join(str(t) for t in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
-        frame = frame[~dup]
-        report.repaired.append(
-            f"dropped {len(dropped)} duplicate(s) (kept the last of each): {shown}"
-        )
-    return frame
+    if not dup.any():
+        return frame
+    dropped = frame.index[dup]
+    if not repair:
+        fix = "Drop them (repair=True / --repair keeps the last row of each)."
+        raise _fail(symbol, "duplicates", dropped[0], f"{len(dropped)} duplicate timestamp(s)", fix)
+    shown = ", ".join(str(t) for t in dropped[:10]) + (" ..." if len(dropped) > 10 else "")
+    report.repaired.append(f"dropped {len(dropped)} duplicate(s) (kept the last of each): {shown}")
+    return frame[~dup]
 
 
 # (rule, what it means, how to fix it); :func:`row_rules` tests every row against each in order
