@@ -1,11 +1,12 @@
-# The two commands: `make demo` (runs `btml demo`) and `make test` (lint, types, tests).
-# Both create .venv and install everything on first use.
+# The two commands: `make demo` (runs `btml demo`) and `make test` (lint, types, the fast tests).
+# `make test-all` also runs the tests marked slow (what CI runs). All create .venv and install
+# everything on first use.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-all lint clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,7 +28,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The fast tier: every test not marked slow (one real TorchServe, real backtests, real SQLite).
 test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Everything, the slow tier included (TorchServe end to end, heavy training, paper sessions).
+test-all: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -3,7 +3,9 @@ trade statistics, and the backtrader analyzers that collect what they need.
 
 With simple per-period returns ``r_t``, equity ``E_t = prod(1 + r)``:
 
-* drawdown duration = the longest run of periods with ``E_t`` below its running peak;
+* drawdown duration = the longest run of periods with ``E_t`` below its running peak; in
+  days: calendar days from the first to the last bar of that run, both included (QuantStats'
+  "Longest DD Days" when the first return is not a loss);
 * Calmar = CAGR / |max drawdown|;
 * exposure = mean over bars of gross exposure ``sum_i |q_i p_i| / V`` and the share of bars
   with any position (time in market);
@@ -36,6 +38,20 @@ def drawdown_duration(returns: pd.Series) -> int:
         run = run + 1 if b else 0
         longest = max(longest, run)
     return longest
+
+
+def drawdown_days(returns: pd.Series) -> int:
+    """Longest drawdown in calendar days: from its first bar below the previous peak to its
+    last bar before the peak is regained (or the last bar), both days included."""
+    r = returns.fillna(0.0)
+    equity = np.concatenate([[1.0], (1.0 + r.to_numpy()).cumprod()])
+    below = (equity < np.maximum.accumulate(equity) - 1e-15)[1:]
+    if not below.any():
+        return 0
+    days = pd.DatetimeIndex(r.index).normalize()
+    spell = np.cumsum(~below)[below]  # bars of one drawdown share the count of bars above
+    spans = pd.Series(days[below]).groupby(spell).agg(["first", "last"])
+    return int(((spans["last"] - spans["first"]).dt.days + 1).max())
 
 
 def calmar(returns: pd.Series, periods: int = 252) -> float:
@@ -133,6 +149,7 @@ def run_statistics(returns: pd.Series, periods: int = 252) -> dict[str, float]:
         "sortino": p.sortino,
         "max_drawdown": p.max_drawdown,
         "max_drawdown_duration": float(drawdown_duration(returns)),
+        "max_drawdown_days": float(drawdown_days(returns)),
         "calmar": calmar(returns, periods),
     }
 

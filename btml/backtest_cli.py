@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from analyzers.backtest import BacktestResult
+    from workflows.backtest import BacktestConfig
 
 
 @click.command()
@@ -50,83 +58,55 @@ from feeds.errors import BtmlError
     show_default=True, help="What to do when the model server fails mid-run.",
 )  # fmt: skip
 @click.option(
-    "--name", default=None, help="Run name under {store}/backtests (default: model or baseline)."
+    "--tearsheet", "tearsheet_path", default=None, help="Also write the HTML tearsheet here."
 )
-@click.option("--tearsheet", "tearsheet_path", default=None, help="Write an HTML tearsheet here.")
+@click.option("--plot", "plot_path", default=None, help="Also write backtrader's chart here (PNG).")
 @pass_config
 def backtest(
-    config: Config,
-    model: str | None,
-    baseline: str | None,
-    symbols: str,
-    serving: str,
-    start: str | None,
-    end: str | None,
-    timeframe: str,
-    cash: float,
-    commission: float,
-    slippage: float,
-    allow_short: bool,
-    entry_prob: float,
-    min_edge: float,
-    max_position: float,
-    daily_loss_stop: float,
-    max_drawdown: float,
-    on_serving_failure: str,
-    name: str | None,
-    tearsheet_path: str | None,
+    config: Config, tearsheet_path: str | None, plot_path: str | None, **opts: Any
 ) -> None:
-    """Backtest --model (beside buy-and-hold and SMA at the same costs) or --baseline."""
-    from analyzers.backtest import CostConfig
-    from feeds.store import ParquetStore
-    from strategies.risk import RiskConfig
-    from workflows.backtest import (
-        MLRunConfig,
-        clip_range,
-        load_frames,
-        run_baseline,
-        run_model,
-        save_run,
-    )
+    """Backtest --model (beside buy-and-hold and SMA at the same costs) or --baseline.
 
-    if (model is None) == (baseline is None):
-        raise click.UsageError("give exactly one of --model or --baseline")
+    Every backtest is recorded as a run: its folder {store}/runs/ID holds the returns, the
+    audit trail, the summary and, when asked, the tearsheet and the plot (btml runs show ID).
+    """
+    from workflows.backtest import backtest as run_backtest
+
     try:
-        costs = CostConfig(cash=cash, commission=commission, slippage=slippage)
-        frames = load_frames(
-            ParquetStore(config.store), [s.strip() for s in symbols.split(",")], timeframe
+        request = _request(opts, tearsheet=tearsheet_path is not None, plot=plot_path is not None)
+        result = run_backtest(
+            config.store, request, tearsheet_to=tearsheet_path, plot_to=plot_path, log=click.echo
         )
-        card = None
-        if model:
-            ml = MLRunConfig(
-                entry_prob=entry_prob, min_edge=min_edge, allow_short=allow_short, serving_failure=on_serving_failure,
-                risk=RiskConfig(max_position=max_position, daily_loss_stop=daily_loss_stop,
-                                max_drawdown=max_drawdown),
-            )  # fmt: skip
-            res, card = run_model(
-                config.store, model, frames, serving=serving, start=start, end=end,
-                costs=costs, ml=ml, log=click.echo,
-            )  # fmt: skip
-            span = clip_range(frames, res.returns.index[0], res.returns.index[-1])
-            results = [res, run_baseline("buyhold", span, costs), run_baseline("sma", span, costs)]
-        else:
-            results = [run_baseline(baseline or "", clip_range(frames, start, end), costs)]
-        run_dir = save_run(
-            config.store, name or (model or baseline or "run").replace(":", "-v"), results, card
-        )
-        if tearsheet_path:
-            from workflows.reports import tearsheet_for_run
-
-            tearsheet_for_run(run_dir, tearsheet_path)
     except BtmlError as err:
         fail(err)
-    click.echo(summary(results))
-    click.echo(f"run saved in {run_dir}")
-    if tearsheet_path:
-        click.echo(f"tearsheet: {tearsheet_path}")
+    click.echo(summary(result.results))
+    click.echo(f"recorded as run {result.run_id} in {result.run_dir}")
+    for label, path in (("tearsheet", result.tearsheet), ("plot", result.plot)):
+        if path is not None:
+            click.echo(f"{label}: {path}")
 
 
-def summary(results) -> str:  # type: ignore[no-untyped-def]
+def _request(o: dict[str, Any], *, tearsheet: bool, plot: bool) -> BacktestConfig:
+    """The backtest request of the command's options."""
+    from analyzers.backtest import CostConfig
+    from strategies.risk import RiskConfig
+    from workflows.backtest import BacktestConfig, MLRunConfig
+
+    ml = None
+    if o["model"] is not None:
+        risk = RiskConfig(max_position=o["max_position"], daily_loss_stop=o["daily_loss_stop"],
+                          max_drawdown=o["max_drawdown"])  # fmt: skip
+        ml = MLRunConfig(entry_prob=o["entry_prob"], min_edge=o["min_edge"], risk=risk,
+                         allow_short=o["allow_short"], serving_failure=o["on_serving_failure"])  # fmt: skip
+    return BacktestConfig(
+        symbols=tuple(s.strip() for s in o["symbols"].split(",")), model=o["model"],
+        baseline=o["baseline"], serving=o["serving"], start=o["start"], end=o["end"],
+        timeframe=o["timeframe"], ml=ml, tearsheet=tearsheet, plot=plot,
+        costs=CostConfig(cash=o["cash"], commission=o["commission"], slippage=o["slippage"]),
+    )  # fmt: skip
+
+
+def summary(results: Sequence[BacktestResult]) -> str:
     head = f"{'strategy':<22}{'final value':>14}{'CAGR':>9}{'Sharpe':>8}{'max DD':>9}{'trades':>8}"
     rows = [head, "-" * len(head)]
     for r in results:
@@ -143,17 +123,14 @@ def summary(results) -> str:  # type: ignore[no-untyped-def]
 @click.option("--out", required=True, help="HTML file to write.")
 @pass_config
 def tearsheet(config: Config, run: str, out: str) -> None:
-    """Write the QuantStats tearsheet (plus the ML section) of a saved backtest RUN.
+    """Write the QuantStats tearsheet (plus the ML section) of backtest RUN.
 
-    RUN is a name under {store}/backtests (see btml backtest) or a run folder.
+    RUN is a run id, or the start of exactly one (see btml runs list --kind backtest).
     """
-    from pathlib import Path
+    from workflows.reports import tearsheet_of_run
 
-    from workflows.reports import tearsheet_for_run
-
-    run_dir = Path(run) if Path(run).is_dir() else config.store / "backtests" / run
     try:
-        path = tearsheet_for_run(run_dir, out)
+        path = tearsheet_of_run(config.store, run, out)
     except BtmlError as err:
         fail(err)
     click.echo(f"tearsheet: {path}")

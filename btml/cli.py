@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from btml.common import fail, pass_config
+from btml.common import configure_process, fail, pass_config
 from btml.config import Config, load_config
 from feeds.errors import BtmlError
 
@@ -18,10 +18,22 @@ from feeds.errors import BtmlError
     default=None,
     help="Store folder (default: $BTML_STORE or ./data_storage).",
 )
+@click.option("-v", "--verbose", is_flag=True, help="Also show the debug log lines.")
+@click.option("-q", "--quiet", is_flag=True, help="Show only warnings and errors in the log.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    envvar="BTML_THREADS",
+    default=None,
+    help="Torch CPU threads of this process (default: $BTML_THREADS, else min(cores, 4)).",
+)
 @click.version_option(package_name="backtrader-ml", prog_name="btml")
 @click.pass_context
-def main(ctx: click.Context, store: Path | None) -> None:
+def main(
+    ctx: click.Context, store: Path | None, verbose: bool, quiet: bool, threads: int | None
+) -> None:
     """backtrader-ml: market data, ML signals and backtests for backtrader."""
+    configure_process(ctx, verbose=verbose, quiet=quiet, threads=threads)
     try:
         ctx.obj = load_config(store)
     except BtmlError as err:  # e.g. only one of the two Alpaca keys set
@@ -47,6 +59,9 @@ def demo(config: Config, synthetic: bool) -> None:
     click.echo(f"store: {result.store.resolve()}")
     for f in result.files:
         click.echo(f"  {f}")
+    click.echo("runs (btml runs show ID):")
+    for kind, run_id, folder in result.runs:
+        click.echo(f"  {kind:<9}{run_id}  {folder}")
     click.echo(f"done in {result.seconds:.1f} s")
 
 

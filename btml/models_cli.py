@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -24,9 +26,7 @@ from feeds.errors import BtmlError, DataError
 @click.option(
     "--universe", default=None, help="A named universe instead of --symbols (must be stored)."
 )
-@click.option(
-    "--index", "index_name", default=None, help="Stored index for the index-relative features."
-)
+@click.option("--index", default=None, help="Stored index for the index-relative features.")
 @click.option(
     "--features",
     "selection_file",
@@ -45,7 +45,9 @@ from feeds.errors import BtmlError, DataError
     "--uncertainty", is_flag=True, help="Learned uncertainty weighting of the task losses."
 )
 @click.option("--resume", is_flag=True, help="Continue the interrupted run of this name.")
-@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
+@click.option(
+    "--threads", default=None, type=int, help="CPU threads (default: those of btml --threads)."
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--timeframe", default="1Day", show_default=True)
 @click.option(
@@ -54,97 +56,45 @@ from feeds.errors import BtmlError, DataError
     help="Also train the same model with nn.LSTM of equal size; its test metrics go in the card.",
 )
 @pass_config
-def train(
-    config: Config,
-    arch: str,
-    symbols: str | None,
-    universe: str | None,
-    index_name: str | None,
-    selection_file: str | None,
-    name: str | None,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    patience: int,
-    window: int,
-    curriculum: bool,
-    uncertainty: bool,
-    resume: bool,
-    threads: int | None,
-    seed: int,
-    timeframe: str,
-    compare_lstm: bool,
-) -> None:
-    """Train a multi-task model on stored data and register it (70/15/15 chronological split)."""
-    import os
+def train(config: Config, symbols: str | None, **opts: Any) -> None:
+    """Train a multi-task model on stored data and register it (70/15/15 chronological split).
 
-    from feeds.store import ParquetStore
-    from feeds.universes import get_universe
-    from mlmodels.dataset import DatasetConfig
-    from mlmodels.losses import Curriculum, LossConfig
-    from mlmodels.pipeline import train_model
-    from mlmodels.registry import ModelRegistry
-    from mlmodels.selection import Selection
-    from mlmodels.trainer import TrainConfig
+    The training is recorded as a run (`btml runs show ID`); the model's card names it.
+    """
+    from workflows.train import TrainRunConfig, checkpoint_dir
+    from workflows.train import train as run_training
 
+    syms = tuple(s.strip() for s in symbols.split(",")) if symbols else ()
     try:
-        syms = (
-            [s.strip() for s in symbols.split(",")]
-            if symbols
-            else list(get_universe(universe or ""))
-        )
-        store = ParquetStore(config.store)
-        frames = {s: store.read(s, timeframe) for s in syms}
-        index = store.read(index_name, timeframe) if index_name else None
-        name = name or arch
-        tcfg = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            patience=patience,
-            seed=seed,
-            threads=threads or os.cpu_count(),
-            loss=LossConfig(uncertainty=uncertainty),
-            curriculum=Curriculum() if curriculum else None,
-        )
-        dcfg = DatasetConfig(
-            window=window,
-            skip_short=True,
-            selection=Selection.load(selection_file) if selection_file else None,
-        )
-        with click.progressbar(length=epochs, label=f"training {name} ({arch})") as bar:
-
-            def on_epoch(epoch: int, row: dict[str, float]) -> None:
-                bar.update(1)
-                click.echo(
-                    f"  epoch {epoch}: train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
-                    f"val direction CE {row['val_direction']:.4f}"
-                )
-
-            _, card = train_model(
-                frames,
-                arch,
-                name=name,
-                registry=ModelRegistry(config.store / "models"),
-                train_cfg=tcfg,
-                data_cfg=dcfg,
-                index=index,
-                index_name=index_name,
-                work_dir=config.store / "runs" / name,
-                resume=resume,
-                timeframe=timeframe,
-                on_epoch=on_epoch,
-                compare_lstm=compare_lstm,
-            )
+        cfg = TrainRunConfig.from_dict({**opts, "symbols": syms})
+        label = f"training {cfg.name or cfg.arch} ({cfg.arch})"
+        with click.progressbar(length=cfg.epochs, label=label) as bar:
+            result = run_training(config.store, cfg, on_epoch=_epoch_line(bar), log=click.echo)
     except BtmlError as err:
         fail(err)
     except KeyboardInterrupt:
+        where = checkpoint_dir(config.store, opts["name"] or opts["arch"])
         click.echo(
-            f"\ninterrupted: the last checkpoint in {config.store / 'runs' / (name or arch)} is valid; "
-            "continue with --resume",
+            f"\ninterrupted: the last checkpoint in {where} is valid; continue with --resume",
             err=True,
         )
         sys.exit(130)
+    _print_card(result.card)
+    click.echo(f"recorded as run {result.run_id}")
+
+
+def _epoch_line(bar: Any) -> Callable[[int, dict[str, float]], None]:
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        bar.update(1)
+        click.echo(
+            f"  epoch {epoch}: train {row['train_loss']:.4f}  val {row['val_loss']:.4f}  "
+            f"val direction CE {row['val_direction']:.4f}"
+        )
+
+    return on_epoch
+
+
+def _print_card(card: Any) -> None:
     t = card.metrics["test"]
     b = card.metrics["baselines_test"]
     click.echo(

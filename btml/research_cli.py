@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
 from feeds.errors import BtmlError
+
+
+def _symbols(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(","))
 
 
 @click.command()
@@ -23,7 +29,7 @@ from feeds.errors import BtmlError
     type=click.IntRange(min=1),
     help="Rolling training window in bars (default expanding).",
 )
-@click.option("--index", "index_name", default=None, help="Stored index for the index features.")
+@click.option("--index", default=None, help="Stored index for the index features.")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--window", default=30, show_default=True)
 @click.option(
@@ -38,58 +44,29 @@ from feeds.errors import BtmlError
 )
 @pass_config
 def walkforward(
-    config: Config,
-    symbols: str,
-    arch: str,
-    name: str,
-    folds: int,
-    test_bars: int,
-    rolling: int | None,
-    index_name: str | None,
-    epochs: int,
-    window: int,
-    serving: str,
-    timeframe: str,
-    tearsheet_path: str | None,
-) -> None:
+    config: Config, symbols: str, folds: int, test_bars: int, rolling: int | None, epochs: int,
+    tearsheet_path: str | None, **opts: Any,
+) -> None:  # fmt: skip
     """Train, serve and backtest per fold; report only the stitched out-of-sample result."""
-    import os
-
-    from feeds.store import ParquetStore
-    from mlmodels.dataset import DatasetConfig
-    from mlmodels.splits import WalkForward
-    from mlmodels.trainer import TrainConfig
-    from workflows.backtest import load_frames
-    from workflows.research import save_walk_forward, walk_forward
+    from workflows.research import WalkForwardConfig, run_walk_forward
 
     try:
-        store = ParquetStore(config.store)
-        frames = load_frames(store, [s.strip() for s in symbols.split(",")], timeframe)
-        index = store.read(index_name, timeframe) if index_name else None
-        wf = WalkForward(
-            n_splits=folds, test_size=test_bars,
-            train="expanding" if rolling is None else "rolling", train_size=rolling,
-        )  # fmt: skip
-        res = walk_forward(
-            config.store, frames, name=name, arch=arch, folds=wf,
-            train_cfg=TrainConfig(epochs=epochs, patience=5, threads=os.cpu_count()),
-            data_cfg=DatasetConfig(window=window, skip_short=True), index=index,
-            index_name=index_name, timeframe=timeframe, serving=serving, log=click.echo,
-        )  # fmt: skip
-        run_dir, stitched = save_walk_forward(config.store, name, res)
-        if tearsheet_path:
-            from workflows.reports import tearsheet_for_run
-
-            tearsheet_for_run(run_dir, tearsheet_path)
+        cfg = WalkForwardConfig.from_dict({
+            **opts, "symbols": _symbols(symbols), "tearsheet": tearsheet_path is not None,
+            "folds": {"n_splits": folds, "test_size": test_bars, "train_size": rolling,
+                      "train": "expanding" if rolling is None else "rolling"},
+            "train": {"epochs": epochs, "patience": 5},
+        })  # fmt: skip
+        out = run_walk_forward(config.store, cfg, tearsheet_to=tearsheet_path, log=click.echo)
     except BtmlError as err:
         fail(err)
+    res, p, d = out.result, out.stitched.stats, out.result.dsr
     click.echo(res.folds.drop(columns=["seconds"]).to_string(float_format=lambda v: f"{v:.4f}"))
-    p, d = stitched.stats, res.dsr
     click.echo(
         f"out-of-sample: return {p.total_return:.2%}, Sharpe {p.sharpe:.2f}, max DD {p.max_drawdown:.2%}; "
         f"deflated Sharpe {d['dsr']:.3f} (P[true Sharpe > best of {int(d['trials'])} unskilled trials])"
     )
-    click.echo(f"run saved in {run_dir}")
+    click.echo(f"recorded as run {out.run_id} in {out.run_dir}")
 
 
 @click.command()
@@ -99,18 +76,15 @@ def walkforward(
 @pass_config
 def stress(config: Config, model: str, symbols: str, timeframe: str) -> None:
     """The model's strategy over crash windows the data covers and synthetic shocks."""
-    from feeds.store import ParquetStore
-    from workflows.backtest import load_frames
-    from workflows.research import stress as run_stress
+    from workflows.research import StressConfig, run_stress
 
     try:
-        frames = load_frames(
-            ParquetStore(config.store), [s.strip() for s in symbols.split(",")], timeframe
-        )
-        table = run_stress(config.store, model, frames, log=click.echo)
+        cfg = StressConfig(model=model, symbols=_symbols(symbols), timeframe=timeframe)
+        out = run_stress(config.store, cfg, log=click.echo)
     except BtmlError as err:
         fail(err)
-    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if table.filter(like="limit_").eq(False).any().any():
+    click.echo(out.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    click.echo(f"recorded as run {out.run_id}")
+    if out.limits_breached:
         click.echo("a risk limit was breached (see the limit_ columns)", err=True)
         raise SystemExit(1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -90,7 +91,7 @@ def trade(ctx: click.Context, **opts: Any) -> None:
     from workflows.trading import run_live
 
     try:
-        strat = run_live(
+        out = run_live(
             config.store, opts["model"], [s.strip() for s in opts["symbols"].split(",")],
             alpaca, timeframe=opts["timeframe"], serving=opts["serving"],
             adopt_positions=opts["adopt_positions"], bars=opts["bars"], log=click.echo,
@@ -98,8 +99,10 @@ def trade(ctx: click.Context, **opts: Any) -> None:
         )  # fmt: skip
     except BtmlError as err:
         fail(err)
-    if strat is not None:
-        click.echo(f"session over: {len(strat.audit)} decisions")
+    except KeyboardInterrupt:
+        click.echo("session cancelled (recorded as such in its run)", err=True)
+        sys.exit(130)
+    click.echo(f"session over: {len(out.strategy.audit)} decisions; recorded as run {out.run_id}")
 
 
 @trade.command()

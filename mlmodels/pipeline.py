@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from mlmodels.nets.model import (
 )
 from mlmodels.registry import ModelCard, ModelRegistry, code_version, data_hash
 from mlmodels.splits import Split, chronological_split
-from mlmodels.trainer import TrainConfig, Trainer
+from mlmodels.trainer import TrainConfig, Trainer, TrainState
 
 
 def _range(ds: WindowDataset, idx: np.ndarray) -> list[str]:
@@ -50,70 +51,93 @@ def train_on_dataset(
     timeframe: str = "1Day",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     compare_lstm: bool = False,
+    training_run: str | None = None,
 ) -> tuple[torch.nn.Module, ModelCard]:
     """Fit scaling on ``split.train``, train, evaluate, and register (when ``registry`` is given).
 
     ``compare_lstm`` also trains the same model with ``nn.LSTM`` of equal size in place of the
     xLSTM stack (same data, split, seed and settings) and records its test metrics in the card
     as ``metrics["lstm_test"]`` (with its parameter count), beside the naive baselines.
+    ``training_run`` is the run registry's id of the run doing this, written into the card.
     """
     scaler = ds.fit_scaler(split.train) if ds.scaler is None else ds.scaler
     base = get_architecture(arch) if isinstance(arch, str) else arch
     mcfg = base.with_data(len(ds.feature_names), ds.window)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"btml-train-{name}-"))
-    model, trainer, state = _fit(mcfg, ds, split, train_cfg, work, resume, on_epoch)
-    metrics: dict[str, Any] = {
+    fitted = _fit(mcfg, ds, split, train_cfg, work, resume, on_epoch)
+    metrics = evaluate_splits(fitted.model, ds, split)
+    if compare_lstm and mcfg.xlstm_layers and not mcfg.ensemble:
+        twin = _fit(lstm_baseline(mcfg), ds, split, train_cfg, work / "lstm", resume, None).model
+        metrics["lstm_test"] = head_metrics(predict(twin, ds, split.test), ds, split.test)
+        metrics["lstm_test"]["parameters"] = float(count_parameters(twin))
+    card = _card(
+        name, mcfg, ds, split, data_cfg, train_cfg, fitted, metrics,
+        scaler=scaler.to_dict(), index=index_name, timeframe=timeframe,
+        training_run=training_run,
+    )  # fmt: skip
+    if registry is not None:
+        card = registry.register(fitted.model, card)
+    return fitted.model, card
+
+
+def evaluate_splits(model: torch.nn.Module, ds: WindowDataset, split: Split) -> dict[str, Any]:
+    """The card's metrics: every head on the validation and test splits, and the naive
+    baselines (fit on the training split) on the test split."""
+    return {
         "val": head_metrics(predict(model, ds, split.val), ds, split.val),
         "test": head_metrics(predict(model, ds, split.test), ds, split.test),
         "baselines_test": baseline_metrics(ds, split.train, split.test),
     }
-    if compare_lstm and mcfg.xlstm_layers and not mcfg.ensemble:
-        twin_cfg = lstm_baseline(mcfg)
-        twin, _, _ = _fit(twin_cfg, ds, split, train_cfg, work / "lstm", resume, None)
-        metrics["lstm_test"] = head_metrics(predict(twin, ds, split.test), ds, split.test)
-        metrics["lstm_test"]["parameters"] = float(count_parameters(twin))
-    labels = dataclasses.asdict(data_cfg.labels)
-    card = ModelCard(
-        name=name,
-        arch=mcfg.arch,
-        model_config=mcfg.to_dict(),
-        features=list(ds.feature_names),
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """A trained network (best checkpoint, eval mode, CPU), its trainer and final state."""
+
+    model: torch.nn.Module
+    trainer: Trainer
+    state: TrainState
+
+
+def _card(
+    name: str,
+    mcfg: ModelConfig,
+    ds: WindowDataset,
+    split: Split,
+    data_cfg: DatasetConfig,
+    train_cfg: TrainConfig,
+    fitted: _Fitted,
+    metrics: dict[str, Any],
+    **extra: Any,
+) -> ModelCard:
+    """The model card of a trained model; ``extra`` holds the scaler, index, timeframe and
+    training run."""
+    return ModelCard(
+        name=name, arch=mcfg.arch, model_config=mcfg.to_dict(), features=list(ds.feature_names),
         selection=dataclasses.asdict(data_cfg.selection) if data_cfg.selection else None,
-        scaler=scaler.to_dict(),
-        window=ds.window,
-        horizons=list(data_cfg.labels.horizons),
-        labels=labels,
-        price_scale=trainer.price_scale,
+        window=ds.window, horizons=list(data_cfg.labels.horizons),
+        labels=dataclasses.asdict(data_cfg.labels), price_scale=fitted.trainer.price_scale,
         symbols=list(ds.symbols),
-        index=index_name,
-        timeframe=timeframe,
         data_hash=data_hash(ds.rows, *(ds.targets[k] for k in sorted(ds.targets))),
-        date_ranges={
-            "train": _range(ds, split.train),
-            "val": _range(ds, split.val),
-            "test": _range(ds, split.test),
-        },
-        metrics=metrics,
-        training={
-            **{
-                k: v
-                for k, v in dataclasses.asdict(train_cfg).items()
-                if k not in ("loss", "curriculum")
-            },
-            "loss_weights": dict(train_cfg.loss.weights),
-            "uncertainty": train_cfg.loss.uncertainty,
-            "curriculum": train_cfg.curriculum is not None,
-            "epochs_run": state.epoch,
-            "best_epoch": state.best_epoch,
-            "history": state.history,
-        },
-        parameters=count_parameters(model),
-        code_version=code_version(),
-        created_at=pd.Timestamp.now(tz="UTC").isoformat(),
-    )
-    if registry is not None:
-        card = registry.register(model, card)
-    return model, card
+        date_ranges={k: _range(ds, getattr(split, k)) for k in ("train", "val", "test")},
+        metrics=metrics, training=_training_summary(train_cfg, fitted.state),
+        parameters=count_parameters(fitted.model), code_version=code_version(),
+        created_at=pd.Timestamp.now(tz="UTC").isoformat(), **extra,
+    )  # fmt: skip
+
+
+def _training_summary(train_cfg: TrainConfig, state: TrainState) -> dict[str, Any]:
+    """The card's ``training`` section: the settings, epochs run, best epoch, the history."""
+    settings = dataclasses.asdict(train_cfg)
+    return {
+        **{k: v for k, v in settings.items() if k not in ("loss", "curriculum")},
+        "loss_weights": dict(train_cfg.loss.weights),
+        "uncertainty": train_cfg.loss.uncertainty,
+        "curriculum": train_cfg.curriculum is not None,
+        "epochs_run": state.epoch,
+        "best_epoch": state.best_epoch,
+        "history": state.history,
+    }
 
 
 def _fit(
@@ -124,7 +148,7 @@ def _fit(
     work: Path,
     resume: bool,
     on_epoch: Callable[[int, dict[str, float]], None] | None,
-) -> tuple[torch.nn.Module, Trainer, Any]:
+) -> _Fitted:
     """Train ``mcfg`` from the seed; returns the best checkpoint's model (eval, CPU)."""
     torch.manual_seed(train_cfg.seed)
     model = build_model(mcfg)
@@ -133,7 +157,7 @@ def _fit(
     best = work / "best.pt"
     if best.exists():
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
-    return model.to("cpu").eval(), trainer, state
+    return _Fitted(model.to("cpu").eval(), trainer, state)
 
 
 def train_model(

@@ -4,8 +4,10 @@ Layout: ``{root}/{name}/v{N}/weights.pt`` (a plain ``state_dict``, loaded with
 ``torch.load(weights_only=True)``: no pickled code runs) beside ``model_card.json``, which
 holds everything needed to rebuild, reproduce and serve the model: architecture preset and
 config, feature list (and selection), scaler statistics, window, horizons, label definitions,
-the training data hash and date ranges, metrics per split, and the code version. Versions
-increase from 1; ``name`` alone means the latest. Serving reads the card; nothing is guessed.
+the training data hash and date ranges, metrics per split, the code version, and the id of
+the run that trained it (``training_run``; absent from cards written before runs were
+recorded, which load with ``None``). Versions increase from 1; ``name`` alone means the
+latest. Serving reads the card; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class ModelCard:
     code_version: str = ""
     created_at: str = ""
     archives: dict[str, str] = field(default_factory=dict)  # served .mar path -> its sha256
+    training_run: str | None = None  # the run registry's id of the run that trained it
     schema: int = CARD_SCHEMA
 
     @property

@@ -1,4 +1,9 @@
-"""Baseline strategies that every ML result is compared against, at the same costs."""
+"""Baseline strategies that every ML result is compared against, at the same costs.
+
+Both take their config as ``config=`` or its fields as backtrader params, like the ML
+strategy: ``cerebro.addstrategy(SmaCross, fast=5, slow=20)`` equals
+``cerebro.addstrategy(SmaCross, config=SmaCrossConfig(fast=5, slow=20))``.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,18 @@ from typing import Any
 
 import backtrader as bt
 
+from core.config import DataConfig
 from feeds.errors import ConfigError
+from strategies.plugins import config_from_params, config_params, refuse_unknown
+
+
+def _check_share(target_percent: float) -> None:
+    if not 0 < target_percent <= 1:
+        raise ConfigError(f"target_percent must be in (0, 1], got {target_percent}")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SmaCrossConfig:
+class SmaCrossConfig(DataConfig):
     """SMA crossover: long when the fast average is above the slow one, flat otherwise.
 
     ``target_percent`` is the share of equity put in each symbol when long (split evenly by the
@@ -27,8 +39,7 @@ class SmaCrossConfig:
             raise ConfigError(f"fast must be >= 1, got {self.fast}")
         if not self.fast < self.slow:
             raise ConfigError(f"slow must be > fast ({self.fast}), got {self.slow}")
-        if not 0 < self.target_percent <= 1:
-            raise ConfigError(f"target_percent must be in (0, 1], got {self.target_percent}")
+        _check_share(self.target_percent)
 
     @property
     def warmup(self) -> int:
@@ -36,13 +47,27 @@ class SmaCrossConfig:
         return self.slow
 
 
+@dataclass(frozen=True, kw_only=True)
+class BuyAndHoldConfig(DataConfig):
+    """Buy ``target_percent`` of equity, split evenly over the datas, on the first bar."""
+
+    target_percent: float = 0.95
+
+    def __post_init__(self) -> None:
+        _check_share(self.target_percent)
+
+
 class SmaCross(bt.Strategy):  # type: ignore[misc]
-    """Long/flat SMA crossover over every data; orders fill at the next bar's open."""
+    """Long/flat SMA crossover over every data; orders fill at the next bar's open.
 
-    params = (("config", SmaCrossConfig()),)
+    ``params``: ``config`` (a ``SmaCrossConfig`` or a table) and each of its fields by name.
+    """
 
-    def __init__(self) -> None:
-        cfg: SmaCrossConfig = self.p.config
+    params = config_params(SmaCrossConfig)
+
+    def __init__(self, **unknown: Any) -> None:
+        refuse_unknown("SmaCross", unknown, self.p._getkeys())
+        self.cfg = cfg = config_from_params(SmaCrossConfig, self.p, "SmaCross")
         self.cross = {
             d: bt.indicators.CrossOver(
                 bt.indicators.SMA(d.close, period=cfg.fast),
@@ -52,8 +77,7 @@ class SmaCross(bt.Strategy):  # type: ignore[misc]
         }
 
     def next(self) -> None:
-        cfg: SmaCrossConfig = self.p.config
-        share = cfg.target_percent / len(self.datas)
+        share = self.cfg.target_percent / len(self.datas)
         for d, cross in self.cross.items():
             if cross[0] > 0:
                 self.order_target_percent(data=d, target=share)
@@ -62,12 +86,19 @@ class SmaCross(bt.Strategy):  # type: ignore[misc]
 
 
 class BuyAndHold(bt.Strategy):  # type: ignore[misc]
-    """Buy an equal share of every data on the first bar and hold."""
+    """Buy an equal share of every data on the first bar and hold.
 
-    params = (("target_percent", 0.95),)
+    ``params``: ``config`` (a ``BuyAndHoldConfig`` or a table) and ``target_percent``.
+    """
+
+    params = config_params(BuyAndHoldConfig)
+
+    def __init__(self, **unknown: Any) -> None:
+        refuse_unknown("BuyAndHold", unknown, self.p._getkeys())
+        self.cfg = config_from_params(BuyAndHoldConfig, self.p, "BuyAndHold")
 
     def nextstart(self) -> None:
-        share = self.p.target_percent / len(self.datas)
+        share = self.cfg.target_percent / len(self.datas)
         for d in self.datas:
             self.order_target_percent(data=d, target=share)
 

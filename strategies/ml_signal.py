@@ -3,10 +3,18 @@
 Per timestamp, after the warm-up (feature warm-up plus the model's window, see
 ``strategies.windows``), the strategy sends ONE batched request covering every data with a new
 bar: its feature window and its position state. Each signal becomes a desired weight through
-the entry rules and the sizer, then a final target through the risk rules
-(``strategies.risk.apply_risk``); orders go out with ``order_target_percent`` and fill at the
-next bar's open. Every decision, with the model version and the raw heads, is appended to
-``self.audit`` (``strategies.audit.Decision``).
+the entry rules and the sizer, then a final target through the configured list of risk rules
+(``RiskConfig.rules``, run by ``strategies.risk_rules.apply_rules``); orders go out with
+``order_target_percent`` and fill at the next bar's open. Every decision, with the model
+version, the raw heads and each rule's outcome, is appended to ``self.audit``
+(``strategies.audit.Decision``).
+
+Set up like any backtrader strategy::
+
+    cerebro.addstrategy(MLSignalStrategy, model="tiny:1", store="data_storage",
+                        entry_prob=0.55, sizer="fixed")
+
+or with ``config=MLSignalConfig(...)`` and ``client=`` / ``windows=`` (see the class).
 
 Entry rules (``MLSignalConfig``): long when P(up) - P(down) >= ``min_edge``, P(up) >=
 ``entry_prob``, confidence >= ``min_confidence`` and at least ``horizon_agreement`` of the
@@ -24,22 +32,32 @@ risk rules' serving-failure policy (no new entries; keep or close positions).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import InitVar, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from core.config import DataConfig
 from feeds.errors import BtmlError, ConfigError
 from serving.client import ServingUnavailable, SignalClient
 from serving.signal import Signal
 from strategies.audit import Decision
-from strategies.risk import DailyLossState, DrawdownState, RiskConfig, RiskInputs, apply_risk
-from strategies.sizing import ModelSizer, Sizer
-from strategies.windows import FeatureWindows
+from strategies.plugins import PluginSpec, config_from_params, config_params, refuse_unknown
+from strategies.risk import DailyLossState, DrawdownState, RiskConfig, RiskInputs
+from strategies.risk_rules import RiskRule, apply_rules
+from strategies.sizing import Sizer, build_sizer, sizer_spec
+from strategies.windows import FeatureWindows, LiveFeatureWindows
+
+if TYPE_CHECKING:
+    from mlmodels.registry import ModelCard
 
 SERVING_POLICIES = ("abort", "hold", "flatten")
+RUNTIME_PARAMS = ("client", "windows", "model", "store")
+OHLCV = ("open", "high", "low", "close", "volume")
 
 
 class ServingAborted(BtmlError):
@@ -47,29 +65,38 @@ class ServingAborted(BtmlError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MLSignalConfig:
-    """Everything ``MLSignalStrategy`` needs, checked at construction."""
+class MLSignalConfig(DataConfig):
+    """The ML strategy's parameters, plain values checked at construction.
 
-    client: SignalClient
-    windows: FeatureWindows
+    ``sizer``: a ``strategies.sizing.SIZERS`` entry as a ``PluginSpec``, a name, or a sizer
+    object of a registered class (turned into its spec). The runtime objects (the signal
+    client, the feature windows) are not part of the config: give them to the strategy
+    (``client=``, ``windows=``, or ``model=`` and ``store=``). ``client=``/``windows=`` are
+    still accepted here for older scripts: they ride along outside the fields (not compared,
+    not in ``to_dict``, dropped by ``dataclasses.replace``).
+    """
+
     entry_prob: float = 0.0
     min_edge: float = 0.01
     min_confidence: float = 0.0
     horizon_agreement: int = 2
     allow_short: bool = False
-    sizer: Sizer = field(default_factory=ModelSizer)
+    sizer: PluginSpec | str = field(default_factory=lambda: PluginSpec(name="model"))
     risk: RiskConfig = field(default_factory=RiskConfig)
     serving_failure: str = "abort"
     rebalance_band: float = 0.02
     returns_lookback: int = 60
+    client: InitVar[SignalClient | None] = None
+    windows: InitVar[FeatureWindows | None] = None
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.entry_prob <= 1:
-            raise ConfigError(f"entry_prob must be in [0, 1], got {self.entry_prob}")
-        if not 0 <= self.min_edge <= 1:
-            raise ConfigError(f"min_edge must be in [0, 1], got {self.min_edge}")
-        if not 0 <= self.min_confidence <= 1:
-            raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+    def __post_init__(self, client: SignalClient | None, windows: FeatureWindows | None) -> None:
+        object.__setattr__(self, "_attached", (client, windows))
+        object.__setattr__(self, "sizer", sizer_spec(self.sizer))
+        if not isinstance(self.risk, RiskConfig):
+            raise ConfigError(f"risk must be a RiskConfig, got {type(self.risk).__name__}")
+        for name in ("entry_prob", "min_edge", "min_confidence"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.horizon_agreement <= 3:
             raise ConfigError(f"horizon_agreement must be 0..3, got {self.horizon_agreement}")
         if self.serving_failure not in SERVING_POLICIES:
@@ -80,52 +107,72 @@ class MLSignalConfig:
         if not 0 <= self.rebalance_band < 1:
             raise ConfigError(f"rebalance_band must be in [0, 1), got {self.rebalance_band}")
 
-    @property
-    def warmup(self) -> int:
-        """Bars needed before the first signal: the features' warm-up plus the window."""
-        from mlmodels.features import WARMUP
 
-        return WARMUP + self.windows.window
+def _agreeing(sig: Signal, sign: float) -> int:
+    """How many horizons' predicted returns have the sign of ``sign``."""
+    return sum(1 for r in sig.returns if r * sign > 0)
+
+
+def long_entry(sig: Signal, cfg: MLSignalConfig) -> bool:
+    """Confident, P(up) high enough, up more probable by ``min_edge``, horizons agreeing."""
+    edge = sig.p_up - sig.p_down
+    return (
+        sig.confidence >= cfg.min_confidence
+        and sig.p_up >= cfg.entry_prob
+        and edge >= cfg.min_edge
+        and edge > 0
+        and _agreeing(sig, 1.0) >= cfg.horizon_agreement
+    )
+
+
+def short_entry(sig: Signal, cfg: MLSignalConfig) -> bool:
+    """The mirror of :func:`long_entry`, when ``allow_short``."""
+    edge = sig.p_up - sig.p_down
+    return (
+        cfg.allow_short
+        and sig.confidence >= cfg.min_confidence
+        and sig.p_down >= cfg.entry_prob
+        and -edge >= cfg.min_edge
+        and edge < 0
+        and _agreeing(sig, -1.0) >= cfg.horizon_agreement
+    )
+
+
+def exit_now(sig: Signal, current: float) -> bool:
+    """An open position whose opposite direction is now the more probable."""
+    return (current > 0 and sig.p_down > sig.p_up) or (current < 0 and sig.p_up > sig.p_down)
 
 
 def desired_weight(sig: Signal, current: float, cfg: MLSignalConfig, size: float) -> float:
     """The entry/exit rules of the module docstring; ``size`` is the sizer's weight (>= 0)."""
-    ups = sum(1 for r in sig.returns if r > 0)
-    downs = sum(1 for r in sig.returns if r < 0)
-    confident = sig.confidence >= cfg.min_confidence
-    edge = sig.p_up - sig.p_down
-    if (
-        confident
-        and sig.p_up >= cfg.entry_prob
-        and edge >= cfg.min_edge
-        and edge > 0
-        and ups >= cfg.horizon_agreement
-    ):
+    if long_entry(sig, cfg):
         return size
-    if (
-        cfg.allow_short
-        and confident
-        and sig.p_down >= cfg.entry_prob
-        and -edge >= cfg.min_edge
-        and edge < 0
-        and downs >= cfg.horizon_agreement
-    ):
+    if short_entry(sig, cfg):
         return -size
-    if (current > 0 and sig.p_down > sig.p_up) or (current < 0 and sig.p_up > sig.p_down):
+    if exit_now(sig, current):
         return 0.0
     return current if (current >= 0 or cfg.allow_short) else 0.0
 
 
 class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
-    """See the module docstring. ``params``: ``config`` (an ``MLSignalConfig``)."""
+    """See the module docstring.
 
-    params = (("config", None),)
+    ``params``: ``config`` (an ``MLSignalConfig`` or a table), each ``MLSignalConfig`` field by
+    name (``entry_prob=0.55``; it overrides the same field of ``config``), and the runtime
+    objects: ``client`` (a ``SignalClient``) and ``windows`` (``FeatureWindows``), or
+    ``model="name[:version]"`` with ``store=`` (the store folder holding ``models/``), from
+    which an in-process client and the windows (from each feed's frame, or recomputed as live
+    bars arrive) are built when not given.
+    """
 
-    def __init__(self) -> None:
-        cfg = self.p.config
-        if not isinstance(cfg, MLSignalConfig):
-            raise ConfigError("MLSignalStrategy needs config=MLSignalConfig(...)")
-        self.cfg: MLSignalConfig = cfg
+    params = config_params(MLSignalConfig, *RUNTIME_PARAMS)
+
+    def __init__(self, **unknown: Any) -> None:
+        refuse_unknown("MLSignalStrategy", unknown, self.p._getkeys())
+        self.cfg: MLSignalConfig = config_from_params(MLSignalConfig, self.p, "MLSignalStrategy")
+        self.client, self.windows = runtime_objects(self.p, self.datas)
+        self.sizing: Sizer = build_sizer(PluginSpec.of(self.cfg.sizer, kind="sizer"))
+        self.risk_rules: tuple[RiskRule, ...] = self.cfg.risk.build_rules()
         self.audit: list[Decision] = []
         self.serving_failures = 0
         self._seen: dict[Any, int] = {}
@@ -135,6 +182,13 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         self._drawdown = DrawdownState()
         self._rets: dict[Any, tuple[Any, np.ndarray]] = {}
         self._live: dict[Any, bool] = {}  # live feeds: is the data past its backfill?
+
+    @property
+    def warmup(self) -> int:
+        """Bars needed before the first signal: the features' warm-up plus the window."""
+        from mlmodels.features import WARMUP
+
+        return WARMUP + self.windows.window
 
     # -- backtrader hooks -------------------------------------------------------------------
     def notify_order(self, order: Any) -> None:
@@ -185,7 +239,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             self._seen[d] = n
             if d.datetime.datetime(0) != now or (d.islive() and not self._live.get(d)):
                 continue
-            win = self.cfg.windows.window_for(d, ts)
+            win = self.windows.window_for(d, ts)
             if win is not None:
                 out.append((d, win, self._position_state(d)))
         return out
@@ -209,7 +263,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
     ) -> list[Signal | None]:
         try:
             return list(
-                self.cfg.client.predict(
+                self.client.predict(
                     np.stack(wins),
                     np.asarray(pos, dtype=np.float32),
                     symbols=[d._name for d in datas],
@@ -259,7 +313,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         else:
             rets = self._returns(d)
             vol = float(np.std(rets)) if len(rets) > 1 else None
-            size = self.cfg.sizer.weight(sig, realised_vol=vol or None)
+            size = self.sizing.weight(sig, realised_vol=vol or None)
             desired = desired_weight(sig, current, self.cfg, size)
         held = [self.getdatabyname(n) for n in weights if n != d._name]
         inputs = RiskInputs(
@@ -273,12 +327,12 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             signal_ok=sig is not None,
             serving_policy=self.cfg.serving_failure,
         )
-        target, reason = apply_risk(inputs, self.cfg.risk)
+        target, reason, outcomes = apply_rules(self.risk_rules, inputs)
         self.audit.append(
             Decision(
                 timestamp=pd.Timestamp(now, tz="UTC"), symbol=d._name, price=float(d.close[0]),
                 signal=sig, position=float(self.getposition(d).size), target=target, reason=reason,
-                weight=current, risk_state=self._risk_state(),
+                weight=current, risk_state=self._risk_state(), outcomes=outcomes,
             )
         )  # fmt: skip
         if d in self._pending or abs(target - current) < self.cfg.rebalance_band and target != 0:
@@ -287,3 +341,54 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             return
         # the live broker journals the signal's heads with the order; backtrader keeps it in .info
         self._pending[d] = self.order_target_percent(d, target=target, signal=sig)
+
+
+# -- the runtime objects ------------------------------------------------------------------------
+def runtime_objects(p: Any, datas: Sequence[Any]) -> tuple[SignalClient, FeatureWindows]:
+    """The strategy's client and windows: given (``client``/``windows`` params, or an older
+    config carrying them), else built from ``model`` and ``store``."""
+    attached = getattr(p.config, "_attached", (None, None))
+    client = p.client if p.client is not None else attached[0]
+    windows = p.windows if p.windows is not None else attached[1]
+    if client is not None and windows is not None:
+        return client, windows
+    if p.model is None or p.store is None:
+        raise ConfigError(
+            "MLSignalStrategy needs a model: pass model='name:version' and store='<store "
+            "folder holding models/>', or client=<SignalClient> and windows=<FeatureWindows>"
+        )
+    from mlmodels.registry import ModelRegistry
+    from serving.client import InProcessClient
+
+    root = Path(p.store)
+    if client is None:
+        client = InProcessClient.from_registry(root / "models", str(p.model), threads=1)
+    if windows is None:
+        card = ModelRegistry(root / "models").card(str(p.model))
+        windows = feed_windows(datas, card, root)
+    return client, windows
+
+
+def feed_windows(datas: Sequence[Any], card: ModelCard, root: Path) -> FeatureWindows:
+    """The model card's feature windows over the feeds: recomputed as bars arrive for live
+    feeds, else precomputed from each feed's OHLCV frame (its ``dataname``)."""
+    if datas and all(d.islive() for d in datas):
+        return LiveFeatureWindows(card.features, card.window)
+    frames = {}
+    for d in datas:
+        frame = getattr(d.p, "dataname", None)
+        name = getattr(d, "_name", "")
+        if not name:
+            raise ConfigError("name every data feed (cerebro.adddata(feed, name='AAPL'))")
+        if not (isinstance(frame, pd.DataFrame) and set(OHLCV) <= set(frame.columns)):
+            raise ConfigError(
+                f"{name}: the feed has no OHLCV frame to compute {card.ref}'s features from; "
+                "pass windows=FeatureWindows.build(frames, card.features, card.window)"
+            )
+        frames[name] = frame
+    index = None
+    if card.index:
+        from feeds.store import ParquetStore
+
+        index = ParquetStore(root).read(card.index, card.timeframe)
+    return FeatureWindows.build(frames, card.features, card.window, index=index)

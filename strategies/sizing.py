@@ -12,16 +12,23 @@ The strategy's entry rules pick the side; the risk rules clip to the per-symbol 
 
 Every weight is capped at ``max_weight`` (default 1.0; the risk rules' ``max_position`` caps it
 again per symbol) and is 0 for a non-finite input.
+
+In a config a sizer is data: a ``PluginSpec`` (``{"name": "fixed", "params": {"fraction":
+0.1}}``) of a ``SIZERS`` entry; :func:`sizer_spec` turns a sizer object into one and
+:func:`build_sizer` builds it back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from feeds.errors import ConfigError, unknown_name
 from serving.signal import Signal
+from strategies.plugins import PluginSpec
 
 
 class Sizer(Protocol):
@@ -99,4 +106,30 @@ def get_sizer(name: str, **kwargs: float) -> Sizer:
     """A sizer by registry name (``model``, ``fixed``, ``vol-target``)."""
     if name not in SIZERS:
         raise unknown_name("sizer", name, SIZERS)
-    return SIZERS[name](**kwargs)  # type: ignore[no-any-return]
+    try:
+        return SIZERS[name](**kwargs)  # type: ignore[no-any-return]
+    except TypeError as err:
+        raise ConfigError(f"sizer {name!r}: {err}") from err
+
+
+def build_sizer(spec: PluginSpec) -> Sizer:
+    """The sizer ``spec`` names, with its parameters."""
+    return get_sizer(spec.name, **spec.params)  # type: ignore[arg-type]
+
+
+def sizer_spec(value: PluginSpec | str | Mapping[str, Any] | Sizer) -> PluginSpec:
+    """``value`` as plain data: a spec, a name, a table, or a sizer of a ``SIZERS`` class.
+
+    The spec lists every parameter (``"fixed"`` becomes ``fixed`` with ``fraction=0.1``), so
+    two specs of the same sizer are equal."""
+    if isinstance(value, PluginSpec | str | Mapping):
+        sizer = build_sizer(PluginSpec.of(value, kind="sizer"))
+    else:
+        sizer = value
+    names = [n for n, cls in SIZERS.items() if type(sizer) is cls]
+    if not names or not dataclasses.is_dataclass(sizer):
+        raise ConfigError(
+            f"sizer {type(sizer).__name__} is not a strategies.sizing.SIZERS entry: add it "
+            "(SIZERS['mine'] = MySizer, a dataclass) and pass sizer='mine'"
+        )
+    return PluginSpec(name=names[0], params=dataclasses.asdict(sizer))  # type: ignore[arg-type]

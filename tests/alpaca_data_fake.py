@@ -14,6 +14,7 @@ otherwise. Stock streams live at ``/v2/{feed}``, the crypto stream at ``/v1beta3
         fake.serve_history(rest)                 # GET /v2/stocks/bars, /v1beta3/crypto/us/bars
         fake.push_bar("AAPL", "2026-03-09 13:30Z", 10, 11, 9, 10.5, 100)   # history + stream
         fake.drop(refuse=True)                   # close every socket, refuse new ones
+        fake.wait_refused(["stocks"])            # a reconnect attempt was refused
         fake.release()
 
 Every pushed bar is kept as history, whether or not a client was subscribed; REST answers use
@@ -83,6 +84,7 @@ class AlpacaDataFake:
         self._sessions: set[_Session] = set()
         self._closed: list[_Session] = []
         self._opened: dict[str, int] = defaultdict(int)
+        self._refused: dict[str, int] = defaultdict(int)
         self._bars: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._refusing = False
         self._ws: WsServer = serve(
@@ -197,6 +199,13 @@ class AlpacaDataFake:
         with self._lock:
             return self._opened[endpoint]
 
+    def wait_refused(self, endpoints: Iterable[str], timeout: float = 5.0) -> bool:
+        """Block until a connection to each endpoint was refused (after ``drop(refuse=True)``)
+        since this fake started; False on timeout."""
+        wanted = set(endpoints)
+        with self._lock:
+            return self._lock.wait_for(lambda: all(self._refused[e] for e in wanted), timeout)
+
     def subscribed(self, endpoint: str) -> set[str]:
         """The bar symbols the live session(s) of ``endpoint`` subscribe to."""
         with self._lock:
@@ -251,11 +260,15 @@ class AlpacaDataFake:
     # -- websocket ------------------------------------------------------------------------------
 
     def _gate(self, conn: ServerConnection, request: WsRequest) -> WsResponse | None:
-        if _endpoint(request.path) is None:
+        endpoint = _endpoint(request.path)
+        if endpoint is None:
             return conn.respond(404, f"no stream at {request.path}\n")
         with self._lock:
-            refusing = self._refusing
-        return conn.respond(503, "stream unavailable\n") if refusing else None
+            if not self._refusing:
+                return None
+            self._refused[endpoint] += 1
+            self._lock.notify_all()
+        return conn.respond(503, "stream unavailable\n")
 
     def _session(self, conn: ServerConnection) -> None:
         assert conn.request is not None

@@ -24,7 +24,7 @@ from backtrader.order import Order
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.journal import Journal, OrderIntent
 from brokers.alpaca.reconcile import PositionMismatch
-from brokers.alpaca.rest import BrokerUnavailable, OrderSpec, TradingAPI
+from brokers.alpaca.rest import BrokerUnavailable, OrderSpec, RateLimiter, TradingAPI
 from brokers.alpaca.store import AlpacaStore
 from feeds.btfeeds import StoreData
 from feeds.errors import ConfigError
@@ -104,6 +104,40 @@ def session(fake: AlpacaFake, tmp_path: Path) -> Iterator[Session]:
 
 def _orders_with(fake: AlpacaFake, coid_part: str = "test-") -> list[dict[str, Any]]:
     return [o for o in fake.orders() if str(o["client_order_id"]).startswith(coid_part)]
+
+
+class FakeTime:
+    """``time`` as ``brokers.alpaca.rest`` sees it: a clock that moves only when the code
+    sleeps, and sleeps that return at once. ``sleeps`` records ``(seconds, mark())`` per sleep
+    (``mark`` says what had happened by then). ``install`` also gives ``api`` a rate limiter
+    on this clock (the limiter's default clock is bound at import)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, mark: Callable[[], Any] = lambda: None):
+        from brokers.alpaca import rest
+
+        self.now, self.epoch = 1_000.0, 1_780_000_000.0  # monotonic, and wall time at start
+        self.mark = mark
+        self.sleeps: list[tuple[float, Any]] = []
+        self._lock = threading.Lock()
+        monkeypatch.setattr(rest, "time", self)
+
+    def install(self, api: TradingAPI) -> TradingAPI:
+        cfg = api.config
+        api.limiter = RateLimiter(cfg.max_requests_per_minute, cfg.rate_window, self.monotonic)
+        return api
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self.now
+
+    def time(self) -> float:
+        with self._lock:
+            return self.epoch + self.now - 1_000.0
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.sleeps.append((seconds, self.mark()))
+            self.now += seconds
 
 
 # -- round trip ----------------------------------------------------------------------------------
@@ -260,41 +294,64 @@ def test_stream_drop_with_fills_in_the_gap_is_reconciled(
 
 
 def test_429_storm_waits_for_the_reset_and_loses_nothing(
-    session: Session, fake: AlpacaFake
+    session: Session, fake: AlpacaFake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reset = str(int(time.time()) + 1)
+    clock = FakeTime(monkeypatch, mark=lambda: len(fake.requests))
+    clock.install(session.store.api)
+    reset = str(int(clock.time()) + 3)  # the reset is 3 s away on the client's clock
     fake.fail_next("POST", "/v2/orders", 429, times=2, headers={"X-RateLimit-Reset": reset})
     fake.fail_next("GET", "/v2/orders", 429, times=2, headers={"X-RateLimit-Reset": reset})
     data = _data("AAPL")
-    t0 = time.monotonic()
     orders = [session.broker.buy(None, data, 1) for _ in range(3)]
     assert session.pump(lambda: all(not o.alive() for o in orders))
     assert all(o.status == Order.Completed for o in orders)
     assert len(_orders_with(fake)) == 3 and fake.position_qty("AAPL") == 3
-    assert time.monotonic() - t0 >= 0.05  # it waited for the reset instead of hammering
+    # it waited for the reset instead of hammering: the first 429 held every call for the 3 s
+    # to the reset, with no request in between; the later ones found the reset already past
+    # and still waited the 0.5 s minimum
+    first, *later = [(s, n) for s, n in clock.sleeps if s >= 0.5]
+    posts = [i for i, r in enumerate(fake.requests) if r.method == "POST"]
+    assert first == (pytest.approx(3.0), posts[0] + 1)  # right after the first (429) POST
+    assert all(s == pytest.approx(0.5) for s, _ in later)
+    assert clock.now - 1_000.0 >= 3.0
 
 
-def test_client_side_limiter_keeps_under_the_rate(fake: AlpacaFake, tmp_path: Path) -> None:
-    api = TradingAPI(_config(fake, tmp_path / "j.sqlite", max_requests_per_minute=10,
-                             rate_window=0.5))  # fmt: skip
+def test_client_side_limiter_keeps_under_the_rate(
+    fake: AlpacaFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeTime(monkeypatch)
+    api = clock.install(TradingAPI(_config(fake, tmp_path / "j.sqlite",
+                                           max_requests_per_minute=10, rate_window=0.5)))  # fmt: skip
+    times: list[float] = []  # the client's clock at each request it sends (a spy)
+    send = api.client._session.request
+    monkeypatch.setattr(api.client._session, "request",
+                        lambda *a, **kw: times.append(clock.now) or send(*a, **kw))  # fmt: skip
     start = len(fake.requests)
     for _ in range(25):
         api.clock()
-    times = [r.received_at for r in fake.requests[start:]]
-    # arrival times jitter around the client's send times: measure over 80 % of the window
-    in_window = max(sum(1 for u in times if 0 <= u - t < 0.4) for t in times)
-    assert len(times) == 25 and in_window <= 10
+    assert len(times) == 25 and len(fake.requests) - start == 25
+    in_window = max(sum(1 for u in times if 0 <= u - t < 0.5) for t in times)
+    assert in_window == 10  # never more than 10 in any 0.5 s, and the limit is used
+    assert times[-1] - times[0] == pytest.approx(1.0, abs=0.01)  # 25 calls: two full windows
 
 
-def test_5xx_on_reads_backs_off_then_gives_a_typed_error(fake: AlpacaFake, tmp_path: Path) -> None:
-    api = TradingAPI(_config(fake, tmp_path / "j.sqlite"))
+def test_5xx_on_reads_backs_off_then_gives_a_typed_error(
+    fake: AlpacaFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = lambda: len([r for r in fake.requests if r.path == "/v2/positions"])  # noqa: E731
+    clock = FakeTime(monkeypatch, mark=reads)
+    api = clock.install(TradingAPI(_config(fake, tmp_path / "j.sqlite")))  # 3 retries
     fake.fail_next("GET", "/v2/positions", 503, times=2)
     assert api.positions() == []
+    assert [n for _, n in clock.sleeps] == [1, 2]  # a backoff after each failed attempt
     fake.fail_next("GET", "/v2/positions", 500, times=10)
-    t0 = time.monotonic()
     with pytest.raises(BrokerUnavailable, match="no answer after 4 attempts"):
         api.positions()
-    assert time.monotonic() - t0 < 5
+    assert reads() == 3 + 4
+    backoffs = clock.sleeps[2:]
+    assert [n for _, n in backoffs] == [4, 5, 6]  # between the 4 attempts, none after the last
+    # jittered under caps that double from backoff_initial (0.01) up to backoff_max (0.05)
+    assert all(0 <= s <= cap for (s, _), cap in zip(backoffs, (0.01, 0.02, 0.04), strict=True))
 
 
 def test_every_call_has_timeouts(fake: AlpacaFake, tmp_path: Path) -> None:
@@ -382,14 +439,39 @@ def test_keys_are_never_logged(
     assert "***" in repr(cfg)
 
 
-def test_stop_leaves_no_thread(fake: AlpacaFake, tmp_path: Path) -> None:
+class _EndlessReceive:
+    """``asyncio`` for alpaca-py's trading stream, whose receive waits no longer time out."""
+
+    def __getattr__(self, name: str) -> Any:
+        import asyncio
+
+        return getattr(asyncio, name)
+
+    @staticmethod
+    def wait_for(awaitable: Any, timeout: float | None) -> Any:
+        import asyncio
+
+        if "recv" in getattr(awaitable, "__qualname__", ""):
+            timeout = None
+        return asyncio.wait_for(awaitable, timeout)
+
+
+def test_stop_leaves_no_thread(
+    fake: AlpacaFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # alpaca-py's stream looks at its stop flag only between 5 s receive timeouts. With those
+    # receives endless, only a stop that closes the socket itself ends the stream's thread
+    # (stop joins it for at most 5 s), whatever the speed of the machine.
+    import alpaca.trading.stream
+
+    monkeypatch.setattr(alpaca.trading.stream, "asyncio", _EndlessReceive())
     before = set(threading.enumerate())
     store = AlpacaStore(_config(fake, tmp_path / "journal.sqlite"))
     store.getbroker().start()
-    t0 = time.monotonic()
+    (stream,) = [t for t in threading.enumerate() if t.name == "alpaca-trade-updates"]
     store.getbroker().stop()
     store.journal.close()
-    assert time.monotonic() - t0 < 3
+    assert not stream.is_alive()
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not leaked, leaked
 

@@ -58,9 +58,8 @@ def _strays(before: set[threading.Thread]) -> list[threading.Thread]:
 def no_leaked_threads() -> Iterator[None]:
     before = set(threading.enumerate())
     yield
-    deadline = time.monotonic() + 3.0
-    while _strays(before) and time.monotonic() < deadline:
-        time.sleep(0.02)
+    for thread in _strays(before):  # a thread that is ending gets a moment to end
+        thread.join(3.0)
     assert not _strays(before), f"threads left running: {_strays(before)}"
 
 
@@ -250,8 +249,8 @@ def test_a_drop_mid_stream_is_backfilled_every_bar_once_in_order(
     symbols = ["AAPL", "MSFT", "BTC/USD"]
     rows = {s: _push(fake, s, MON - 2 * MIN, 2) for s in symbols}
     seen = Seen({s: 2 + 9 for s in symbols})
-    reconnects: list[float] = []
-    hub.on_reconnect.append(lambda: reconnects.append(time.monotonic()))
+    reconnected = threading.Semaphore(0)  # released once per stream that reconnected
+    hub.on_reconnect.append(reconnected.release)
     cerebro = _cerebro(seen)
     for s in symbols:
         cerebro.adddata(_feed(hub, s, backfill_bars=2, backfill_start=MON - pd.Timedelta("1h")))
@@ -267,9 +266,11 @@ def test_a_drop_mid_stream_is_backfilled_every_bar_once_in_order(
         _wait(lambda: not hub.connected, "the hub to notice the drop")
         for s in symbols:
             rows[s] += _push(fake, s, MON + 3 * MIN, 3, k=3)  # in the gap: history only
-        time.sleep(0.1)  # let a reconnect attempt fail
+        assert fake.wait_refused(["stocks", "crypto"]), "no reconnect attempt was refused"
         fake.release()
-        _wait(lambda: len(reconnects) == 2 and hub.connected, "both streams to reconnect")
+        for _ in range(2):
+            assert reconnected.acquire(timeout=5), "both streams to reconnect"
+        assert hub.connected and not reconnected.acquire(blocking=False)  # once each
         assert fake.subscribed("stocks") == {"AAPL", "MSFT"}  # every symbol re-subscribed
         assert fake.subscribed("crypto") == {"BTC/USD"}
         for s in symbols:
@@ -434,15 +435,37 @@ def test_livebars_backfill_leaves_the_bar_still_forming_to_the_stream() -> None:
     data.stop()
 
 
+class Waits(queue.Queue):  # type: ignore[type-arg]
+    """A sink that records how long each ``get`` may block, and answers at once: a frame from
+    ``arriving`` (a bar that came during the wait) or ``queue.Empty`` (the wait ran out)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+        self.arriving: list[pd.DataFrame] = []
+
+    def get(self, block: bool = True, timeout: float | None = None) -> pd.DataFrame:
+        self.waits.append(timeout if block else 0.0)
+        if self.arriving:
+            return self.arriving.pop(0)
+        raise queue.Empty
+
+
 def test_livebars_returns_none_while_no_bar_is_ready_and_waits_qcheck() -> None:
     data = LiveBars(dataname="X", hub=ListHub(_frame([]), []), qcheck=0.2)
     data.start()
-    data.do_qcheck(True, 0.0)
-    t0 = time.monotonic()
-    assert data._load() is None
-    assert 0.15 < time.monotonic() - t0 < 1.0
+    data._sink = sink = Waits()  # the feed's own queue, observed
+    data.do_qcheck(True, 0.0)  # what Cerebro calls before each _load of a live feed
+    assert data._load() is None  # nothing came within qcheck: the engine gets control back
+    assert sink.waits == [0.2]  # one wait, of qcheck seconds: no busy loop, no endless block
+    data.do_qcheck(True, 0.05)  # the engine already spent 0.05 s of it
+    row: Row = (MON, 1.0, 2.0, 0.5, 1.5, 10.0)
+    sink.arriving.append(_frame([row]))
+    data.forward()  # the slot the engine opens before each _load
+    assert data._load() is True and data.close[0] == 1.5  # a bar that came during the wait
+    assert sink.waits == [0.2, pytest.approx(0.15)]
     data.stop()
-    assert data._load() is False
+    assert data._load() is False and len(sink.waits) == 2  # stopped: no wait at all
 
 
 # -- the hub on its own ---------------------------------------------------------------------------
@@ -534,7 +557,7 @@ def test_malformed_messages_are_logged_and_skipped_and_the_stream_goes_on(
     assert sum("malformed bar" in m and "AAPL" in m for m in warnings) == 3
 
 
-def test_a_failed_gap_request_is_retried_and_stop_during_backoff_is_prompt(
+def test_a_failed_gap_request_is_retried(
     fake: AlpacaDataFake, rest: LoopbackServer, hub: AlpacaBarHub
 ) -> None:
     sink: queue.Queue[pd.DataFrame] = queue.Queue()
@@ -549,11 +572,25 @@ def test_a_failed_gap_request_is_retried_and_stop_during_backoff_is_prompt(
     got = [sink.get(timeout=3) for _ in range(3)]
     assert [(f.index[0], *f.iloc[0]) for f in got] == rows[1:]
     assert len(rest.requests_to("GET", STOCK_BARS)) == 2
-    fake.drop(refuse=True)  # now the hub keeps retrying, until it is stopped
-    _wait(lambda: not hub.connected, "the drop")
-    t0 = time.monotonic()
-    hub.stop()
-    assert time.monotonic() - t0 < 1.0
+
+
+def test_stop_during_the_reconnect_backoff_is_prompt(
+    fake: AlpacaDataFake, rest: LoopbackServer
+) -> None:
+    # After the drop the first reconnect attempt is a minute away: stop() (which joins the reader
+    # for at most 5 s) ends the reader only if it wakes it, instead of waiting the backoff out.
+    config = _config(fake, rest, reconnect_initial=60.0, reconnect_max=60.0)
+    hub = AlpacaBarHub(KEY_ID, SECRET, config)
+    try:
+        hub.subscribe("AAPL", "1m", queue.Queue())
+        hub.start()
+        (reader,) = [t for t in threading.enumerate() if t.name == "alpaca-stocks-bars"]
+        fake.drop(refuse=True)
+        _wait(lambda: not hub.connected, "the drop")  # the reader is in (or at) its backoff
+    finally:
+        hub.stop()
+    assert not reader.is_alive()
+    assert fake.connections("stocks") == 1  # stopped in the backoff: no reconnect attempted
 
 
 def test_livebars_unsubscribes_when_its_backfill_fails() -> None:
@@ -648,29 +685,71 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+class StreamClock:
+    """The streams' clock and their websocket connects, observed (patched into ``barstream``).
+
+    ``monotonic`` moves only by ``connect_takes`` per connect and by the timeout of each read
+    that timed out, so a test checks how a stream spends its time budget, not how fast the
+    machine is. ``waits`` records ``("open", open_timeout)`` per connect and ``("recv",
+    timeout)`` per read; the connects and reads themselves are the real ones.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, connect_takes: float = 0.0) -> None:
+        from brokers.alpaca import barstream
+
+        self.t, self.connect_takes = 100.0, connect_takes
+        self.waits: list[tuple[str, float | None]] = []
+        self._connect = barstream.connect
+        monkeypatch.setattr(barstream, "connect", self.connect)
+        monkeypatch.setattr(barstream, "time", self)
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def connect(self, *args: Any, **kwargs: Any) -> Any:
+        self.waits.append(("open", kwargs.get("open_timeout")))
+        try:
+            ws = self._connect(*args, **kwargs)
+        finally:
+            self.t += self.connect_takes
+        recv = ws.recv
+
+        def timed_recv(timeout: float | None = None, *a: Any, **kw: Any) -> Any:
+            self.waits.append(("recv", timeout))
+            try:
+                return recv(timeout, *a, **kw)
+            except TimeoutError:
+                self.t += timeout or 0.0
+                raise
+
+        ws.recv = timed_recv
+        return ws
+
+
 def test_a_stream_that_never_greets_is_a_typed_error_within_the_timeout(
-    fake: AlpacaDataFake, rest: LoopbackServer
+    fake: AlpacaDataFake, rest: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake.silent = True
+    clock = StreamClock(monkeypatch, connect_takes=0.2)
     hub = AlpacaBarHub(KEY_ID, SECRET, _config(fake, rest, timeout=0.5))
     hub.subscribe("BTC/USD", "1m", queue.Queue())
-    t0 = time.monotonic()
     with pytest.raises(SourceUnavailable, match="no 'connected' message within 0.5 s"):
         hub.start()
-    assert 0.4 < time.monotonic() - t0 < 1.5
+    # one budget for the whole handshake: the greeting may take what the connect left of it
+    assert clock.waits == [("open", 0.5), ("recv", pytest.approx(0.3))]
     assert not hub.connected
 
 
 def test_stream_server_gone_at_start_is_a_typed_error_within_the_timeout(
-    rest: LoopbackServer,
+    rest: LoopbackServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    clock = StreamClock(monkeypatch)
     url = f"ws://127.0.0.1:{_closed_port()}/v2/iex"
     hub = AlpacaBarHub(KEY_ID, SECRET, HubConfig(stock_stream_url=url, timeout=1.0))
     hub.subscribe("AAPL", "1m", queue.Queue())
-    t0 = time.monotonic()
     with pytest.raises(SourceUnavailable, match="unreachable"):
         hub.start()
-    assert time.monotonic() - t0 < 1.0
+    assert clock.waits == [("open", 1.0)]  # one bounded attempt, no retry loop at start
     # a server that accepts the TCP connection and never answers: the timeout ends the wait
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
@@ -678,10 +757,9 @@ def test_stream_server_gone_at_start_is_a_typed_error_within_the_timeout(
         url = f"ws://127.0.0.1:{silent.getsockname()[1]}/v2/iex"
         hub2 = AlpacaBarHub(KEY_ID, SECRET, HubConfig(stock_stream_url=url, timeout=0.5))
         hub2.start()  # nothing subscribed: nothing to connect yet
-        t0 = time.monotonic()
-        with pytest.raises(SourceUnavailable):
+        with pytest.raises(SourceUnavailable, match="unreachable within 0.5 s"):
             hub2.subscribe("MSFT", "1m", queue.Queue())
-        assert 0.4 < time.monotonic() - t0 < 2.0
+        assert clock.waits == [("open", 1.0), ("open", 0.5)]
         assert "MSFT" not in repr(hub2)  # a failed subscription is not kept
         hub2.stop()
     assert not hub.connected and not hub2.connected

@@ -13,11 +13,14 @@ and the positions of the broker, the fake and the journal's fills are the same.
 
 from __future__ import annotations
 
+import _thread
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pytest
@@ -27,15 +30,17 @@ from brokers.alpaca.journal import Journal
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from mlmodels.dataset import DatasetConfig
 from mlmodels.pipeline import train_model
-from mlmodels.registry import ModelCard, ModelRegistry
+from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, ModelRegistry
 from mlmodels.trainer import TrainConfig
 from strategies.audit import decisions_frame
 from strategies.risk import RiskConfig
 from tests.alpaca_data_fake import AlpacaDataFake
 from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig
-from tests.loopback import LoopbackServer
+from tests.loopback import LoopbackServer, Request
 from workflows.backtest import MLRunConfig
-from workflows.trading import run_live
+from workflows.runs import RunRegistry
+from workflows.runs_info import file_sha256
+from workflows.trading import SessionResult, run_live
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -66,31 +71,77 @@ def model(market: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFact
     return store, card
 
 
+class HistoryServed:
+    """The data fake's REST history, answered by the fake itself, noting every symbol whose
+    last page has been answered: after that, a bar pushed cannot land in that feed's backfill
+    (the answer is already made), only in its stream."""
+
+    def __init__(self, data: AlpacaDataFake, rest: LoopbackServer) -> None:
+        self._answered: set[str] = set()
+        self._cond = threading.Condition()
+        routes: dict[tuple[str, str], Callable[[Request], Any]] = {}
+        data.serve_history(_Routes(routes))
+        for (method, path), answer in routes.items():
+            rest.route(method, path, self._noting(answer))
+
+    def _noting(self, answer: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        def noted(request: Request) -> Any:
+            reply = answer(request)
+            if isinstance(reply, dict) and reply.get("next_page_token") is None:
+                with self._cond:
+                    self._answered |= set((request.param("symbols") or "").split(","))
+                    self._cond.notify_all()
+            return reply
+
+        return noted
+
+    def wait(self, symbols: Iterable[str], timeout: float) -> bool:
+        """Block until every symbol's history has been answered in full; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: set(symbols) <= self._answered, timeout)
+
+
+class _Routes:
+    """Collects the routes the data fake registers (``route(method, path, answer)``)."""
+
+    def __init__(self, into: dict[tuple[str, str], Callable[[Request], Any]]) -> None:
+        self.into = into
+
+    def route(self, method: str, path: str, answer: Callable[[Request], Any]) -> None:
+        self.into[(method, path)] = answer
+
+
+class Servers(NamedTuple):
+    trading: AlpacaFake
+    data: AlpacaDataFake
+    rest: LoopbackServer
+    history: HistoryServed
+
+
 @pytest.fixture
-def servers() -> Iterator[tuple[AlpacaFake, AlpacaDataFake, LoopbackServer]]:
+def servers() -> Iterator[Servers]:
     with (
         AlpacaFake(FakeConfig(cash=100_000.0)) as trading,
         AlpacaDataFake(key_id=KEY_ID, secret_key=SECRET) as data,
         LoopbackServer() as rest,
     ):
-        data.serve_history(rest)
-        yield trading, data, rest
+        yield Servers(trading, data, rest, HistoryServed(data, rest))
         assert not trading.errors, trading.errors
+        assert not rest.errors, rest.errors
 
 
 def _replay(
     market: dict[str, pd.DataFrame],
-    trading: AlpacaFake,
-    data: AlpacaDataFake,
+    servers: Servers,
     done: threading.Event,
     bars: int,
     on_bar: Callable[[int], None] = lambda i: None,
     first: int = HISTORY,
 ) -> None:
-    """Play bars ``first ..`` once every feed listens, a bar every few ms."""
-    if not data.wait_subscribed(SYMBOLS, timeout=120):
+    """Play bars ``first ..`` once every feed listens and has its backfill, a bar every few ms."""
+    trading, data = servers.trading, servers.data
+    if not data.wait_subscribed(SYMBOLS, timeout=120) or not servers.history.wait(SYMBOLS, 120):
         return
-    time.sleep(0.5)  # the feeds load their backfill after subscribing
     for i in range(first, first + bars):
         on_bar(i - first)
         for s, f in market.items():
@@ -116,16 +167,18 @@ def _load_history(
 def _session(
     market: dict[str, pd.DataFrame],
     model: tuple[Path, ModelCard],
-    servers: tuple[AlpacaFake, AlpacaDataFake, LoopbackServer],
+    servers: Servers,
     journal: Path,
     *,
-    bars: int = DAY,
+    bars: int | None = DAY,
+    replayed: int = DAY,
     serving: str = "inprocess",
     on_bar: Callable[[int], None] = lambda i: None,
-) -> Any:
-    """Load the history into the fakes, replay ``bars`` live bars, trade them with run_live."""
+) -> SessionResult:
+    """Load the history into the fakes, replay ``replayed`` live bars, trade ``bars`` of them
+    with run_live."""
     store, card = model
-    trading, data, rest = servers
+    trading, data, rest, _ = servers
     _load_history(market, trading, data, HISTORY)
     cfg = AlpacaConfig(
         key_id=KEY_ID, secret_key=SECRET, trading_url=trading.url,
@@ -135,19 +188,21 @@ def _session(
     )  # fmt: skip
     done = threading.Event()
     replay = threading.Thread(
-        target=_replay, args=(market, trading, data, done, bars, on_bar), daemon=True
+        target=_replay, args=(market, servers, done, replayed, on_bar), daemon=True
     )
     replay.start()
     ml = MLRunConfig(min_edge=0.0, horizon_agreement=0, allow_short=True,
                      risk=RiskConfig(max_position=0.2, max_gross=0.6), serving_failure="hold")  # fmt: skip
-    strat = run_live(
-        store, card.ref, SYMBOLS, cfg, timeframe="1m", serving=serving, ml=ml,
-        feed_kwargs={"backfill_start": SESSION - pd.Timedelta(minutes=1000)}, bars=bars,
-        log=lambda _: None,
-    )  # fmt: skip
-    replay.join(30)
+    try:
+        out = run_live(
+            store, card.ref, SYMBOLS, cfg, timeframe="1m", serving=serving, ml=ml,
+            feed_kwargs={"backfill_start": SESSION - pd.Timedelta(minutes=1000)}, bars=bars,
+            log=lambda _: None,
+        )  # fmt: skip
+    finally:
+        replay.join(30)  # also when the session raised (Ctrl-C)
     assert done.is_set(), "the replay did not finish"
-    return strat
+    return out
 
 
 def _journal_agrees(journal: Path, trading: AlpacaFake, card: ModelCard, strat: Any) -> list[Any]:
@@ -172,14 +227,15 @@ def _journal_agrees(journal: Path, trading: AlpacaFake, card: ModelCard, strat: 
     return sorted(ours.values(), key=lambda r: r.created_at)
 
 
+@pytest.mark.slow
 def test_a_paper_session_of_the_model_over_a_replayed_day(
     market: dict[str, pd.DataFrame],
     model: tuple[Path, ModelCard],
-    servers: tuple[AlpacaFake, AlpacaDataFake, LoopbackServer],
+    servers: Servers,
     tmp_path: Path,
 ) -> None:
-    strat = _session(market, model, servers, tmp_path / "journal.sqlite")
-    card = model[1]
+    out = _session(market, model, servers, tmp_path / "journal.sqlite")
+    strat, card = out.strategy, model[1]
     audit = decisions_frame(strat.audit)
     live = audit[audit["timestamp"] >= SESSION]
     assert len(audit) == len(live), "a decision was taken on a backfilled bar"
@@ -187,12 +243,22 @@ def test_a_paper_session_of_the_model_over_a_replayed_day(
     assert (live["version"] == card.version).all() and (live["model"] == card.name).all()
     orders = _journal_agrees(tmp_path / "journal.sqlite", servers[0], card, strat)
     assert len(orders) >= 10
+    with Journal(tmp_path / "journal.sqlite") as j:
+        fills = j.fills()
+    with RunRegistry(model[0]) as runs:
+        rec = runs.get(out.run_id)
+    assert (rec.kind, rec.status, rec.error) == ("session", "ok", None)
+    assert rec.metrics["orders"] == len(orders) and rec.metrics["fills"] == len(fills) > 0
+    assert rec.metrics["filled_orders"] == sum(o.filled_qty > 0 for o in orders) > 0
+    assert rec.metrics["decisions"] == len(audit) and rec.metrics["halted"] is None
+    assert rec.metrics["final_equity"] == pytest.approx(strat.broker.getvalue(), rel=0.05)
 
 
+@pytest.mark.slow
 def test_model_server_failure_mid_session_holds_without_new_entries(
     market: dict[str, pd.DataFrame],
     model: tuple[Path, ModelCard],
-    servers: tuple[AlpacaFake, AlpacaDataFake, LoopbackServer],
+    servers: Servers,
     tmp_path: Path,
 ) -> None:
     """TorchServe dies at bar 60 of 120: the session goes on, no new entries, nothing lost."""
@@ -207,8 +273,8 @@ def test_model_server_failure_mid_session_holds_without_new_entries(
             stop(home)
             killed.append(SESSION + pd.Timedelta(minutes=i))
 
-    strat = _session(market, model, servers, tmp_path / "journal.sqlite", bars=120,
-                     serving="torchserve", on_bar=kill_at_60)  # fmt: skip
+    strat = _session(market, model, servers, tmp_path / "journal.sqlite", bars=120, replayed=120,
+                     serving="torchserve", on_bar=kill_at_60).strategy  # fmt: skip
     assert killed and strat.serving_failures > 0
     audit = decisions_frame(strat.audit)
     failed = audit["reason"].eq("serving-failure")
@@ -226,7 +292,7 @@ def test_model_server_failure_mid_session_holds_without_new_entries(
 
 def test_btml_trade_runs_a_paper_session_from_the_command_line(
     model: tuple[Path, ModelCard],
-    servers: tuple[AlpacaFake, AlpacaDataFake, LoopbackServer],
+    servers: Servers,
     tmp_path: Path,
 ) -> None:
     """``btml trade`` end to end: history up to now, then 40 live minutes; stop after 30."""
@@ -235,14 +301,14 @@ def test_btml_trade_runs_a_paper_session_from_the_command_line(
     from btml.cli import main
 
     store, card = model
-    trading, data, rest = servers
+    trading, data, rest, _ = servers
     now = pd.Timestamp.now(tz="UTC").floor("min")
     raw = generate_market(SyntheticConfig(n_symbols=3, n_bars=1140, timeframe="1m", seed=12,
                                           start=now - pd.Timedelta(minutes=1100)))  # fmt: skip
     market = {s: f for s, f in zip(SYMBOLS, raw.values(), strict=True)}
     _load_history(market, trading, data, 1100)
     done = threading.Event()
-    replay = threading.Thread(target=_replay, args=(market, trading, data, done, 40),
+    replay = threading.Thread(target=_replay, args=(market, servers, done, 40),
                               kwargs={"first": 1100}, daemon=True)  # fmt: skip
     replay.start()
     journal = tmp_path / "journal.sqlite"
@@ -262,7 +328,73 @@ def test_btml_trade_runs_a_paper_session_from_the_command_line(
     with Journal(journal) as j:
         ours = {r.client_order_id for r in j.orders()}
         positions = {s: j.position_from_fills(s).qty for s in SYMBOLS}
+        fills = j.fills()
     assert ours == {o["client_order_id"] for o in trading.orders()}
     for s in SYMBOLS:
         assert positions[s] == pytest.approx(trading.position_qty(s), abs=1e-6)
     assert KEY_ID not in result.output and SECRET not in result.output
+    run_id = result.output.split("recorded as run ")[1].split()[0]
+    with RunRegistry(store) as runs:
+        rec = runs.get(run_id)
+    assert (rec.kind, rec.status, rec.error) == ("session", "ok", None)
+    assert rec.params["model"] == card.ref and rec.params["bars"] == 30
+    assert rec.params["alpaca"]["trading_url"] == trading.url  # what it traded against
+    assert rec.metrics["orders"] == len(ours) and rec.metrics["decisions"] == decisions
+    assert rec.metrics["fills"] == len(fills) and rec.metrics["filled_orders"] <= len(ours)
+    assert rec.metrics["starting_equity"] == 100_000.0 and rec.metrics["final_equity"] > 0
+    assert rec.inputs == {
+        f"models/{card.name}/v{card.version}/{f}": file_sha256(
+            store / "models" / card.name / f"v{card.version}" / f
+        )
+        for f in (CARD_FILE, WEIGHTS_FILE)
+    }
+    _no_secret_anywhere(store, run_id)
+
+
+def _no_secret_anywhere(store: Path, run_id: str) -> None:
+    """Neither key, nor a mask standing in for one, is in the run's folder or database row."""
+    blobs = [p.read_bytes() for p in (store / "runs" / run_id).rglob("*") if p.is_file()]
+    with closing(sqlite3.connect(store / "runs.sqlite")) as db:
+        row = db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+    assert row is not None and len(blobs) >= 3  # params.json, metrics.json, run.json
+    blobs.append(repr(row).encode())
+    for blob in blobs:
+        assert KEY_ID.encode() not in blob and SECRET.encode() not in blob
+        assert b"***" not in blob and b"key_id" not in blob and b"secret_key" not in blob
+
+
+def test_ctrl_c_ends_the_session_as_a_cancelled_run_with_its_metrics(
+    market: dict[str, pd.DataFrame],
+    model: tuple[Path, ModelCard],
+    servers: Servers,
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C (SIGINT's KeyboardInterrupt in the main thread) at live bar 20 of an open-ended
+    session: run_live raises it, the run is cancelled, and its metrics match the journal."""
+    store, card = model
+    running = threading.Event()
+    running.set()
+
+    def ctrl_c_at_20(i: int) -> None:
+        if i == 20 and running.is_set():
+            _thread.interrupt_main()
+
+    journal = tmp_path / "journal.sqlite"
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            _session(market, model, servers, journal, bars=None, replayed=40, on_bar=ctrl_c_at_20)
+        finally:
+            running.clear()
+    with RunRegistry(store) as runs:
+        (rec,) = runs.list(kind="session", limit=1)  # the newest: this test's
+    assert (rec.status, rec.error) == ("cancelled", "interrupted")
+    assert rec.params["bars"] is None and rec.ended_at is not None
+    with Journal(journal) as j:
+        orders, fills = j.orders(), j.fills()
+    assert rec.metrics["orders"] == len(orders)  # the main thread journals orders: it stopped
+    # a fill of the last order may reach the journal (from the stream's thread) after the
+    # metrics were read and before the streams closed; never the other way round
+    assert rec.metrics["fills"] <= len(fills) and rec.metrics["filled_orders"] <= len(orders)
+    assert rec.metrics["starting_equity"] == 100_000.0
+    assert "decisions" not in rec.metrics  # the strategy never finished
+    _no_secret_anywhere(store, rec.id)

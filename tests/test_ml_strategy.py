@@ -56,10 +56,10 @@ def scripted_signals(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
 def run(frames, windows, client, **kw):
     cfg_kw = dict(sizer=FixedFraction(fraction=0.3), entry_prob=0.5, horizon_agreement=3)
     cerebro_kw = {k: kw.pop(k) for k in ("runonce", "preload") if k in kw}
-    cfg = MLSignalConfig(client=client, windows=windows, **{**cfg_kw, **kw})
+    cfg = MLSignalConfig(**{**cfg_kw, **kw})
     return run_backtest(
-        "ml", frames, MLSignalStrategy, costs=CostConfig(), strategy_kwargs={"config": cfg},
-        **cerebro_kw,
+        "ml", frames, MLSignalStrategy, costs=CostConfig(),
+        strategy_kwargs={"config": cfg, "client": client, "windows": windows}, **cerebro_kw,
     )  # fmt: skip
 
 
@@ -149,7 +149,7 @@ def test_windows_are_causal_and_skip_nan(frames) -> None:
 
 
 def test_entry_rules() -> None:
-    cfg = MLSignalConfig(client=ReplayClient({}), windows=FeatureWindows({}, NAMES, WINDOW))
+    cfg = MLSignalConfig()
     sig = Signal(
         model="m", version=1, returns=(0.01, 0.02, -0.01), horizons=(1, 4, 24),
         direction=(0.2, 0.3, 0.5), action=(0.2, 0.3, 0.5), size=0.5, volatility=0.01,
@@ -159,12 +159,51 @@ def test_entry_rules() -> None:
     bearish = Signal(**{**sig.__dict__, "direction": (0.5, 0.3, 0.2), "returns": (-0.01,) * 3})
     assert desired_weight(bearish, 0.2, cfg, 0.2) == 0.0  # exit
     assert desired_weight(bearish, 0.0, cfg, 0.2) == 0.0  # long-only: no short
-    short_cfg = MLSignalConfig(client=cfg.client, windows=cfg.windows, allow_short=True)
+    short_cfg = MLSignalConfig(allow_short=True)
     assert desired_weight(bearish, 0.0, short_cfg, 0.2) == -0.2
     unsure = Signal(**{**sig.__dict__, "confidence": 0.1})
-    strict = MLSignalConfig(client=cfg.client, windows=cfg.windows, min_confidence=0.5)
+    strict = MLSignalConfig(min_confidence=0.5)
     assert desired_weight(unsure, 0.1, strict, 0.2) == 0.1  # held, not entered
     with pytest.raises(ConfigError, match="serving_failure must be one of abort, hold, flatten"):
-        MLSignalConfig(client=cfg.client, windows=cfg.windows, serving_failure="ignore")
+        MLSignalConfig(serving_failure="ignore")
     with pytest.raises(ConfigError, match="max_position must be in"):
         RiskConfig(max_position=1.5)
+
+
+def test_the_older_config_carrying_client_and_windows_still_runs(frames, feature_windows) -> None:
+    """``MLSignalConfig(client=..., windows=...)`` (scripts written before the split) trades
+    exactly like the strategy params ``client=``/``windows=``."""
+    client = ReplayClient.from_frame(scripted_signals(frames))
+    new = run(frames, feature_windows, client)
+    cfg = MLSignalConfig(client=client, windows=feature_windows, sizer=FixedFraction(fraction=0.3),
+                         entry_prob=0.5, horizon_agreement=3)  # fmt: skip
+    old = run_backtest(
+        "ml", frames, MLSignalStrategy, costs=CostConfig(), strategy_kwargs={"config": cfg}
+    )
+    assert old.final_value == new.final_value
+    assert [(d.timestamp, d.target, d.reason) for d in old.strategy.audit] == [
+        (d.timestamp, d.target, d.reason) for d in new.strategy.audit
+    ]
+
+
+def test_desired_weight_steps() -> None:
+    """The entry rules as named steps: long entry, short entry, exit, hold."""
+    from strategies.ml_signal import exit_now, long_entry, short_entry
+
+    sig = Signal(
+        model="m", version=1, returns=(0.01, 0.02, -0.01), horizons=(1, 4, 24),
+        direction=(0.2, 0.3, 0.5), action=(0.2, 0.3, 0.5), size=0.5, volatility=0.01,
+        risk=0.02, confidence=0.7,
+    )  # fmt: skip
+    bearish = Signal(**{**sig.__dict__, "direction": (0.5, 0.3, 0.2), "returns": (-0.01,) * 3})
+    cfg = MLSignalConfig(horizon_agreement=2)
+    assert long_entry(sig, cfg) and not long_entry(sig, MLSignalConfig(horizon_agreement=3))
+    assert not long_entry(sig, MLSignalConfig(entry_prob=0.6))
+    assert not long_entry(sig, MLSignalConfig(min_edge=0.31))
+    assert not short_entry(bearish, cfg)  # long-only
+    assert short_entry(bearish, MLSignalConfig(allow_short=True))
+    assert exit_now(bearish, 0.1) and exit_now(sig, -0.1) and not exit_now(sig, 0.1)
+    assert desired_weight(sig, -0.1, cfg, 0.2) == 0.2  # an entry flips a short
+    assert desired_weight(bearish, -0.1, cfg, 0.2) == 0.0  # long-only: a short is not kept
+    neutral = Signal(**{**sig.__dict__, "direction": (0.3, 0.4, 0.3)})
+    assert desired_weight(neutral, -0.1, MLSignalConfig(allow_short=True), 0.2) == -0.1

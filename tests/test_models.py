@@ -16,9 +16,10 @@ from mlmodels.labels import LabelConfig
 from mlmodels.losses import Curriculum, LossConfig, MultiTaskLoss
 from mlmodels.nets.model import ARCHITECTURES, build_model, count_parameters, get_architecture
 from mlmodels.pipeline import train_on_dataset
-from mlmodels.registry import ModelCard, ModelRegistry, load_weights
+from mlmodels.registry import ModelRegistry, load_weights
 from mlmodels.splits import WalkForward, chronological_split
 from mlmodels.trainer import TrainConfig, Trainer
+from workflows.runs import RunRegistry
 
 SIZES = {
     "seed-full": (27.1e6 * 0.85, 27.1e6 * 1.15),
@@ -230,6 +231,7 @@ def test_finds_a_planted_signal_and_nothing_in_a_random_walk() -> None:
     assert abs(acc_rw - 0.5) <= 3 * sd and acc_rw <= majority_rw + 3 * sd, (acc_rw, majority_rw)
 
 
+@pytest.mark.slow
 def test_train_cli_registers_and_lists(tmp_path) -> None:
     from btml.cli import main
     from feeds.store import ParquetStore
@@ -270,7 +272,10 @@ def test_train_cli_registers_and_lists(tmp_path) -> None:
     assert shown.exit_code == 0 and "train" in shown.output and "lstm_test:" in shown.output
     missing = run(main, [*base, "models", "show", "nope"])
     assert missing.exit_code == 2 and "no model called 'nope'" in missing.output
-    assert isinstance(ModelCard, type)
+    run_id = res.output.split("recorded as run ")[1].split()[0]
+    assert card.training_run == run_id  # the card names the run that trained it ...
+    with RunRegistry(tmp_path / "s") as runs:  # ... and that run knows the model needs it
+        assert runs.get(run_id).dependents == ("model demo:1",)
     png = tmp_path / "why.png"
     exp = run(
         main,

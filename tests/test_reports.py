@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import math
-from html.parser import HTMLParser
+import re
 
+import lxml.html
 import numpy as np
 import pandas as pd
 import pytest
 import quantstats as qs
 from click.testing import CliRunner
 
-from analyzers.backtest import CostConfig, run_backtest
+from analyzers.backtest import BacktestResult, CostConfig, run_backtest
 from analyzers.metrics import max_drawdown, performance
 from analyzers.performance import (
     ClosedTrades,
     ExposureTurnover,
+    TradeStats,
     calmar,
+    drawdown_days,
     drawdown_duration,
     run_statistics,
     trade_stats,
@@ -32,6 +35,7 @@ from mlmodels.pipeline import train_model
 from mlmodels.registry import ModelRegistry
 from mlmodels.trainer import TrainConfig
 from strategies.baselines import SmaCross, SmaCrossConfig
+from workflows.reports import tearsheet_for_run, write_results
 
 
 def returns(seed: int = 0, n: int = 756) -> pd.Series:
@@ -69,10 +73,23 @@ def test_golden_equity() -> None:
     st = run_statistics(r)
     assert st["total_return"] == pytest.approx(0.17612)
     assert st["max_drawdown_duration"] == 3
-    assert trade_stats([10, -5, 20, -5]) == pytest.approx(trade_stats([10, -5, 20, -5]))
-    t = trade_stats([10, -5, 20, -5])
-    assert (t.trades, t.win_rate, t.profit_factor, t.average) == (4, 0.5, 3.0, 5.0)
-    assert trade_stats([]).trades == 0 and math.isinf(trade_stats([1.0]).profit_factor)
+    # the drawdown's bars are Thu 2 Jan, Fri 3 Jan and Mon 6 Jan 2020: 5 calendar days
+    assert drawdown_days(r) == 5 and st["max_drawdown_days"] == 5
+    # gains 10 + 20, losses 5 + 5: win rate 1/2, profit factor 30 / 10, average 20 / 4
+    assert trade_stats([10, -5, 20, -5]) == TradeStats(
+        trades=4, win_rate=0.5, profit_factor=3.0, average=5.0, best=20.0, worst=-5.0
+    )
+    assert trade_stats([]) == TradeStats(0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert math.isinf(trade_stats([1.0]).profit_factor)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_drawdown_days_match_quantstats(seed) -> None:
+    r = returns(seed)
+    r.iloc[0] = abs(r.iloc[0])  # QuantStats' drawdowns start from the first close
+    details = qs.stats.drawdown_details(qs.stats.to_drawdown_series(r))
+    assert drawdown_days(r) == int(details["days"].max()) > drawdown_duration(r)
+    assert drawdown_days(pd.Series([0.01, 0.02], index=r.index[:2])) == 0
 
 
 def test_exposure_and_trade_analyzers_in_a_real_run() -> None:
@@ -116,7 +133,7 @@ def test_signal_quality_of_a_perfect_and_a_contrary_signal() -> None:
     assert (good.by_horizon["hit_rate"] == 1.0).all() and (good.by_horizon["ic"] > 0.99).all()
     assert (bad.by_horizon["hit_rate"] == 0.0).all() and (bad.by_horizon["ic"] < -0.99).all()
     # horizons running past the end are left out: 200 decisions, 30 extra bars of price
-    assert good.by_horizon.loc[24, "n"] == 200 - 24 or good.by_horizon.loc[24, "n"] <= 176
+    assert list(good.by_horizon["n"]) == [200 - 1, 200 - 4, 200 - 24]
     assert good.pnl_by_confidence["mean_log_return"].iloc[-1] > 0
     assert len(good.calibration) == 2  # buckets 0.2-0.4 and 0.8-1.0
 
@@ -131,37 +148,94 @@ def test_signal_quality_analyzer_needs_an_audit_trail() -> None:
         )  # fmt: skip
 
 
-class _Tags(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tags: list[str] = []
+def _ml_section(page: str) -> lxml.html.HtmlElement:
+    """Our section of a tearsheet, checked to sit outside QuantStats' floating columns."""
+    doc = lxml.html.fromstring(page)
+    section = doc.get_element_by_id("btml-ml")
+    assert not {a.get("id") for a in section.iterancestors()} & {"left", "right"}
+    style = "".join(s.text_content() for s in doc.iter("style"))
+    assert re.search(r"#btml-ml\{[^}]*clear:both", style)  # below both floats, no overlap
+    return section
 
-    def handle_starttag(self, tag, attrs) -> None:
-        self.tags.append(tag)
+
+CARD = {
+    "name": "m", "version": 2, "arch": "tiny", "parameters": 87261, "horizons": [1, 4, 24],
+    "date_ranges": {"train": ["2004-01-02T00:00:00+00:00", "2010-05-03T00:00:00+00:00"],
+                    "test": ["2011-01-03T00:00:00+00:00", "2013-01-25T00:00:00+00:00"]},
+    "metrics": {"test": {"direction_accuracy": 0.5123, "price_1_ic": 0.0312, "n": 1359.0}},
+}  # fmt: skip
 
 
-def test_tearsheet_is_one_html_file_with_the_ml_section(tmp_path) -> None:
+def test_tearsheet_is_one_html_file_with_a_readable_ml_section(tmp_path) -> None:
     q = signal_quality(decisions())
+    runs = pd.DataFrame(
+        {"ml": run_statistics(returns(0)), "buy-and-hold": run_statistics(returns(1))}
+    ).T
     out = write_tearsheet(
         returns(0), returns(1), tmp_path / "t.html", title="ml vs bh", signal_quality=q,
-        model_card={"name": "m", "version": 2, "arch": "tiny", "metrics": {"test": {"acc": 0.5}}},
+        model_card=CARD, runs=runs,
     )  # fmt: skip
     page = out.read_text()
-    parser = _Tags()
-    parser.feed(page)
-    assert "table" in parser.tags and "img" in parser.tags
     assert "Sharpe" in page and "Max Drawdown" in page  # QuantStats' own report
     assert page.index("btml-ml") > page.index("Sharpe")  # our section follows it
-    assert "Hit rate and information coefficient" in page and "test acc" in page
+    section = _ml_section(page)
+    text = " ".join(t.text_content() for t in section.iter("table", "h2", "h3"))
+    assert [h.text_content() for h in section.iter("h2", "h3")][:3] == [
+        "Model and signal quality (backtrader-ml)",
+        "Runs at the same costs",
+        "Hit rate and information coefficient by horizon",
+    ]
+    # every number formatted: no pandas or dict reprs, no raw floats or intervals
+    for raw in ("{", "}", "[", "]", "nan", "NaN", "dtype", "Timestamp", "(0.8, 1.0]", "0.1234"):
+        assert raw not in text, raw
+    cells = {tuple(c.text_content() for c in tr) for tr in section.iter("tr")}
+    stats = run_statistics(returns(0))
+    row = next(c for c in cells if c[0] == "ml")
+    assert row[1] == f"{stats['total_return']:.2%}" and row[5] == f"{stats['max_drawdown']:.2%}"
+    assert row[6] == f"{drawdown_days(returns(0))} days" and row[3] == f"{stats['sharpe']:.2f}"
+    assert ("1 bar", "199", "100.00%", "1.000") in cells  # a perfect signal: hit rate 100 %
+    confident = int((decisions()["confidence"] == 0.9).iloc[: 200 - 4].sum())
+    assert ("80-100%", f"{confident:,}", "90.00%", "100.00%") in cells  # calibration row
+    pnl = q.pnl_by_confidence.iloc[-1]
+    assert ("80-100%", f"{int(pnl['n']):,}", f"{pnl['mean_log_return'] * 1e4:,.1f} bps") in cells
+    assert ("date ranges", "train: 2004-01-02 to 2010-05-03test: 2011-01-03 to 2013-01-25") in cells
+    assert ("test direction_accuracy", "51.23%") in cells and ("test n", "1,359") in cells
+    assert ("parameters", "87,261") in cells and ("horizons", "1, 4, 24 bars") in cells
+    # charts: inline SVG at their own size (QuantStats' CSS would stretch them), no PNG
+    svgs = list(section.iter("svg"))
+    assert len(svgs) == 2 and not list(section.iter("img"))
+    for svg in svgs:
+        assert re.fullmatch(r"width:[\d.]+pt;height:[\d.]+pt;max-width:100%", svg.get("style"))
     assert oct(out.stat().st_mode & 0o777) != oct(0o600)
-    alone = write_tearsheet(returns(0), None, tmp_path / "alone.html")
-    assert "Sharpe" in alone.read_text()
+
+
+def test_tearsheet_edge_cases(tmp_path) -> None:
+    alone = write_tearsheet(returns(0), None, tmp_path / "alone.html").read_text()
+    assert "Sharpe" in alone and "Benchmark" not in alone
+    _ml_section(alone)
     flat = pd.Series(0.0, index=returns(0).index)
     page = write_tearsheet(flat, returns(1), tmp_path / "flat.html").read_text()
     assert "never traded" in page or "Sharpe" in page
     with pytest.raises(DataError, match="fewer than 2 returns"):
         write_tearsheet(returns(0).iloc[:1], None, tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()
+
+
+def test_tearsheet_of_a_run_with_a_given_benchmark(tmp_path) -> None:
+    """A run with one strategy (walk-forward's stitched returns) gets buy-and-hold from the
+    caller: QuantStats compares against it and the runs table lists it."""
+    ours = returns(0)
+    stats = performance(ours)
+    write_results(tmp_path / "run", [BacktestResult("walk-forward x", ours, 1.0, stats)], None)
+    plain = tearsheet_for_run(tmp_path / "run", tmp_path / "plain.html").read_text()
+    assert "walk-forward x vs no benchmark" in plain and "Benchmark" not in plain
+    bench = returns(1)
+    page = tearsheet_for_run(tmp_path / "run", tmp_path / "b.html", benchmark=bench).read_text()
+    assert "walk-forward x vs buy-and-hold" in page and "Benchmark" in page
+    rows = {tr[0].text_content(): tr for tr in _ml_section(page).iter("tr")}
+    assert rows["buy-and-hold"][1].text_content() == f"{performance(bench).total_return:.2%}"
+    with pytest.raises(DataError, match="benchmark has fewer than 2 returns"):
+        tearsheet_for_run(tmp_path / "run", tmp_path / "c.html", benchmark=bench.iloc[:1])
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +249,7 @@ def trained_store(tmp_path_factory):
     train_model(
         frames, "tiny", name="m", registry=ModelRegistry(root / "models"),
         train_cfg=TrainConfig(epochs=2, batch_size=128, max_batches=5),
-        data_cfg=DatasetConfig(window=16), work_dir=root / "runs",
+        data_cfg=DatasetConfig(window=16), work_dir=root / "train-work",
     )  # fmt: skip
     return root
 
@@ -191,9 +265,14 @@ def test_backtest_cli_model_and_tearsheet(trained_store) -> None:
     )
     card = ModelRegistry(trained_store / "models").card("m:1")
     assert f"from {card.date_ranges['test'][0][:10]}" in res.output
-    assert (trained_store / "backtests" / "m-v1" / "audit.parquet").exists()
+    run_id = re.search(r"^recorded as run (\S+) in (\S+)$", res.output, re.M)
+    assert run_id is not None
+    run_dir = trained_store / "runs" / run_id.group(1)
+    assert run_id.group(2) == str(run_dir) and (run_dir / "audit.parquet").exists()
     assert "btml-ml" in (trained_store / "t.html").read_text()
-    res = runner.invoke(main, [*base, "tearsheet", "m-v1", "--out", str(trained_store / "u.html")])
+    res = runner.invoke(
+        main, [*base, "tearsheet", run_id.group(1), "--out", str(trained_store / "u.html")]
+    )
     assert res.exit_code == 0 and (trained_store / "u.html").exists()
     res = runner.invoke(main, [*base, "backtest", "--baseline", "sma", "--symbols", "AAPL"])
     assert res.exit_code == 0 and "sma-cross" in res.output
@@ -213,4 +292,4 @@ def test_backtest_cli_refuses_bad_requests(trained_store) -> None:
     res = runner.invoke(
         main, ["--store", str(trained_store), "tearsheet", "none", "--out", "x.html"]
     )
-    assert res.exit_code == 2 and "not a saved backtest run" in res.output
+    assert res.exit_code == 2 and "no run 'none'" in res.output

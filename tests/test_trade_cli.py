@@ -201,3 +201,94 @@ def test_kill_refused_by_a_malformed_account_sends_and_stores_nothing(
     assert fake.hits("DELETE", "/v2/orders") == 0
     assert [o["status"] for o in fake.orders()] == ["new"]
     assert _dump(tmp_path / "journal.sqlite") == before
+
+
+# -- the session as a recorded run --------------------------------------------------------------
+
+
+def _session_model(store: Path) -> str:
+    """A registered tiny model (seeded, untrained weights: the session dies before a signal)."""
+    from mlmodels.pipeline import register_untrained
+    from mlmodels.registry import ModelRegistry
+
+    card = register_untrained(ModelRegistry(store / "models"), "tiny", "live",
+                              features=["ret_1", "ret_5"], window=16)  # fmt: skip
+    return card.ref
+
+
+def _trade(fake: AlpacaFake, tmp_path: Path, model: str) -> Any:
+    return _run(fake, tmp_path, "--model", model, "--symbols", "AAPL", "--serving", "inprocess",
+                "--stream-url", fake.stream_url, "--data-url", "http://127.0.0.1:9",
+                "--data-stream-url", "ws://127.0.0.1:9/v2/iex")  # fmt: skip
+
+
+def _no_secret_in(store: Path, run_id: str) -> None:
+    """Neither key (nor a mask in its place) is in the run's files or its database row."""
+    blobs = [p.read_bytes() for p in (store / "runs" / run_id).rglob("*") if p.is_file()]
+    with closing(sqlite3.connect(store / "runs.sqlite")) as db:
+        blobs.append(
+            repr(db.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()).encode()
+        )
+    assert len(blobs) >= 4 and blobs[-1] != b"None"
+    for blob in blobs:
+        assert KEY_ID.encode() not in blob and SECRET.encode() not in blob
+        assert b"***" not in blob and b"key_id" not in blob and b"secret_key" not in blob
+
+
+def test_a_session_that_dies_is_a_failed_run_without_secrets(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    """Alpaca holds a position the journal does not know: the broker refuses to start."""
+    from workflows.runs import RunRegistry
+
+    store = tmp_path / "store"
+    ref = _session_model(store)
+    TradingAPI(AlpacaConfig(key_id=KEY_ID, secret_key=SECRET, trading_url=fake.url,
+                            journal=tmp_path / "x.sqlite")).submit_idempotent(
+        OrderSpec(client_order_id="by-hand", symbol="AAPL", side="buy", qty=1))  # fmt: skip
+    result = _trade(fake, tmp_path, ref)
+    line = _one_error_line(result)
+    assert "AAPL" in line
+    run_id = result.output.split("session run ")[1].split()[0]  # type: ignore[attr-defined]
+    with RunRegistry(store) as runs:
+        rec = runs.get(run_id)
+    assert (rec.kind, rec.status) == ("session", "failed")
+    assert rec.error is not None and rec.error.startswith("PositionMismatch: ")
+    assert rec.metrics["orders"] == 0 and rec.metrics["fills"] == 0
+    assert rec.metrics["final_equity"] is None  # the account was never read as the session's
+    assert rec.params["model"] == ref and rec.params["symbols"] == ["AAPL"]
+    assert rec.params["alpaca"]["trading_url"] == fake.url
+    _no_secret_in(store, run_id)
+
+
+def test_a_refused_session_records_nothing(fake: AlpacaFake, tmp_path: Path) -> None:
+    result = _trade(fake, tmp_path, "nope")
+    assert result.exit_code == 2  # type: ignore[attr-defined]
+    assert "no model called 'nope'" in result.output  # type: ignore[attr-defined]
+    assert not (tmp_path / "store" / "runs").exists()
+    assert not (tmp_path / "store" / "runs.sqlite").exists()
+    assert not (tmp_path / "journal.sqlite").exists()  # nothing journaled either
+
+
+def test_session_params_hold_no_key_token_or_password(tmp_path: Path) -> None:
+    from mlmodels.pipeline import register_untrained
+    from mlmodels.registry import ModelRegistry
+    from workflows.trading import plan_session
+
+    card = register_untrained(ModelRegistry(tmp_path / "models"), "tiny", "live",
+                              features=["ret_1", "ret_5"], window=16)  # fmt: skip
+    cfg = AlpacaConfig(
+        key_id=KEY_ID, secret_key=SECRET,
+        trading_url="https://bob:tok3n@paper.example.com/base?token=abc123#frag",
+        data_url=f"https://data.example.com/{KEY_ID}/bars",  # a key pasted into a URL
+        journal="postgresql+psycopg://bob:hunter2@db.example.com/journal?password=pw2",
+    )  # fmt: skip
+    params = plan_session(tmp_path, card.ref, ["AAPL"], cfg).params()
+    text = json.dumps(params)
+    for secret in (KEY_ID, SECRET, "tok3n", "abc123", "hunter2", "pw2", "***"):
+        assert secret not in text, secret
+    alpaca = params["alpaca"]
+    assert alpaca["trading_url"] == "https://paper.example.com/base"
+    assert alpaca["journal"] == "postgresql+psycopg://db.example.com/journal"
+    assert "data_url" not in alpaca and "key_id" not in alpaca and "secret_key" not in alpaca
+    assert params["model"] == "live:1" and params["mode"] == "paper"

@@ -1,42 +1,56 @@
 """``btml backtest``'s work: a model (served or in-process) or a baseline over stored data.
 
 Honest by default: a model is backtested only on its card's test range (never seen in
-training, model selection or scaling) unless ``--start`` says otherwise, and a start inside
+training, model selection or scaling) unless ``start`` says otherwise, and a start inside
 the training range is refused. Features are computed on the full history (they are causal),
-so the first backtest bar already has its warm-up behind it. Each run is saved under
-``{store}/backtests/NAME/`` (returns, audit trail, summary) for ``btml tearsheet``.
+so the first backtest bar already has its warm-up behind it.
+
+Every backtest is a run in the run registry (:mod:`workflows.runs`): :func:`backtest` checks
+the request first (a refused one records nothing and writes nothing), then records a run of
+kind ``backtest`` with the resolved request as its parameters, the sha256 of every stored
+file it read (and of the model's card and weights) as its inputs, the summary metrics, the
+configurations it tried (the ML strategy and each baseline), and its artefacts in
+``{store}/runs/{id}/``: ``returns.parquet`` (one column per strategy), ``audit.parquet``
+(the ML decisions), ``summary.json``, and on request ``tearsheet.html`` and ``plot.png``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, cast
 
 import pandas as pd
 
 from analyzers.backtest import BacktestResult, CostConfig, run_backtest
+from analyzers.performance import drawdown_days
+from core.config import DataConfig
 from feeds.errors import ConfigError, DataError
 from feeds.store import ParquetStore
 from mlmodels.registry import ModelCard, ModelRegistry
 from serving.client import InProcessClient, RestClient, SignalClient
-from strategies.audit import decisions_frame
 from strategies.baselines import BuyAndHold, SmaCross, SmaCrossConfig
-from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
+from strategies.ml_signal import SERVING_POLICIES, MLSignalConfig, MLSignalStrategy
 from strategies.risk import RiskConfig
 from strategies.windows import FeatureWindows
+from workflows.reports import copy_out, render_plot, save_results, tearsheet_for_run
+from workflows.runs import Run, RunRegistry
+from workflows.runs_info import file_sha256
+from workflows.train import link_training_run, model_inputs
 
 SERVING = ("inprocess", "torchserve")
 BASELINES = ("buyhold", "sma")
+Log = Callable[[str], None]
 
 
 @dataclass(frozen=True, kw_only=True)
-class MLRunConfig:
-    """How the ML strategy trades in a ``btml backtest`` run."""
+class MLRunConfig(DataConfig):
+    """How the ML strategy trades in a backtest (checked here, before any run starts)."""
 
     entry_prob: float = 0.0
     min_edge: float = 0.01
@@ -46,17 +60,122 @@ class MLRunConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     serving_failure: str = "abort"
 
-    def strategy_config(self, client: SignalClient, windows: FeatureWindows) -> MLSignalConfig:
-        """The ``MLSignalConfig`` of this run for ``client`` and ``windows``."""
+    def __post_init__(self) -> None:
+        for name in ("entry_prob", "min_edge", "min_confidence"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.horizon_agreement <= 3:
+            raise ConfigError(f"horizon_agreement must be 0..3, got {self.horizon_agreement}")
+        if self.serving_failure not in SERVING_POLICIES:
+            raise ConfigError(
+                f"serving_failure must be one of {', '.join(SERVING_POLICIES)}, "
+                f"got {self.serving_failure!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = super().to_dict()
+        if not isinstance(self.risk, DataConfig):
+            out["risk"] = dataclasses.asdict(self.risk)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str | None = None) -> Self:
+        where = where or cls.__name__
+        values = dict(data)
+        if isinstance(values.get("risk"), Mapping):
+            values["risk"] = _risk_config(values["risk"], f"{where}.risk")
+        return super().from_dict(values, where=where)
+
+    def strategy_config(self) -> MLSignalConfig:
+        """The ``MLSignalConfig`` of this run (plain values; the client and the windows go to
+        the strategy beside it: ``client=``, ``windows=``)."""
         return MLSignalConfig(
-            client=client, windows=windows, entry_prob=self.entry_prob, min_edge=self.min_edge,
+            entry_prob=self.entry_prob, min_edge=self.min_edge,
             min_confidence=self.min_confidence, horizon_agreement=self.horizon_agreement,
             allow_short=self.allow_short, risk=self.risk, serving_failure=self.serving_failure,
         )  # fmt: skip
 
 
+def _risk_config(value: Mapping[str, Any], where: str) -> RiskConfig:
+    """A ``RiskConfig`` from plain values, refusing unknown keys and wrong types by name."""
+    from_dict = getattr(RiskConfig, "from_dict", None)  # once RiskConfig is a DataConfig
+    if from_dict is not None:
+        return cast(RiskConfig, from_dict(value, where=where))
+    known = [f.name for f in dataclasses.fields(RiskConfig)]
+    unknown = [k for k in value if k not in known]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
+    try:
+        return RiskConfig(**value)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+@dataclass(frozen=True, kw_only=True)
+class BacktestConfig(DataConfig):
+    """One backtest request as plain values: exactly one of ``model`` (traded beside both
+    baselines at the same costs) or ``baseline``; dates as ISO strings (UTC when naive).
+
+    ``start`` defaults to the model's test range (for a baseline: the first bar), ``end`` to
+    the last bar. ``tearsheet`` and ``plot`` ask for ``tearsheet.html`` and ``plot.png``
+    (backtrader's own chart) in the run's folder.
+    """
+
+    symbols: tuple[str, ...]
+    model: str | None = None
+    baseline: str | None = None
+    serving: str = "inprocess"
+    start: str | None = None
+    end: str | None = None
+    timeframe: str = "1Day"
+    costs: CostConfig = field(default_factory=CostConfig)
+    ml: MLRunConfig | None = None
+    tearsheet: bool = False
+    plot: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.symbols or any(not s or s != s.strip() for s in self.symbols):
+            raise ConfigError(f"symbols: give stored symbols (--symbols A,B), got {self.symbols}")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ConfigError(f"symbols: a symbol is named twice in {', '.join(self.symbols)}")
+        if (self.model is None) == (self.baseline is None):
+            raise ConfigError("give exactly one of --model or --baseline")
+        if self.baseline is not None and self.baseline not in BASELINES:
+            raise ConfigError(
+                f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}"
+            )
+        if self.baseline is not None and self.ml is not None:
+            raise ConfigError("ml (the ML strategy's settings) applies to a --model run only")
+        if self.serving not in SERVING:
+            raise ConfigError(f"serving must be one of {', '.join(SERVING)}, got {self.serving!r}")
+        lo, hi = (_date_field(n, getattr(self, n)) for n in ("start", "end"))
+        if lo is not None and hi is not None and lo > hi:
+            raise ConfigError(f"start {self.start} is after end {self.end}")
+
+
+def _date_field(name: str, value: str | None) -> pd.Timestamp | None:
+    try:
+        return _utc(value)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{name}: {value!r} is not a date (use YYYY-MM-DD)") from err
+
+
+@dataclass(frozen=True)
+class BacktestRunResult:
+    """A finished backtest: its run, the resolved request, and each strategy's result (the
+    requested one first, then the baselines beside a model)."""
+
+    run_id: str
+    run_dir: Path
+    config: BacktestConfig
+    results: list[BacktestResult]
+    card: ModelCard | None = None
+    tearsheet: Path | None = None
+    plot: Path | None = None
+
+
 def load_frames(
-    store: ParquetStore, symbols: list[str], timeframe: str = "1Day"
+    store: ParquetStore, symbols: Sequence[str], timeframe: str = "1Day"
 ) -> dict[str, pd.DataFrame]:
     if not symbols:
         raise ConfigError("no symbols given; pass --symbols A,B,...")
@@ -144,6 +263,69 @@ def _served(models: Mapping[str, list[int]]) -> str:
     return ", ".join(f"{m}:{v}" for m, vs in models.items() for v in vs) or "no model"
 
 
+@dataclass(frozen=True)
+class ModelPlan:
+    """A checked model backtest: the card, the first traded bar, the feature windows over
+    the full history, the bars to trade, and the stored index file read (if any)."""
+
+    card: ModelCard
+    begin: pd.Timestamp
+    windows: FeatureWindows
+    traded: dict[str, pd.DataFrame]
+    start_given: bool
+    index_file: Path | None = None
+
+
+def plan_model(
+    store_path: Path,
+    ref: str,
+    frames: Mapping[str, pd.DataFrame],
+    *,
+    start: Any = None,
+    end: Any = None,
+    allow_in_sample: bool = False,
+) -> ModelPlan:
+    """Check that model ``ref`` can be backtested on ``frames`` (read-only; no run yet)."""
+    card = ModelRegistry(store_path / "models").card(ref)
+    index = index_file = None
+    if card.index:
+        store = ParquetStore(store_path)
+        index = store.read(card.index, card.timeframe)
+        index_file = store.find(card.index, card.timeframe)
+    begin = oos_start(card, start, allow_in_sample)
+    windows = FeatureWindows.build(frames, card.features, card.window, index=index)
+    traded = clip_range({s: frames[s] for s in windows.symbols}, begin, end)
+    return ModelPlan(card, begin, windows, traded, start is not None, index_file)
+
+
+def run_plan(
+    store_path: Path,
+    plan: ModelPlan,
+    *,
+    serving: str = "inprocess",
+    costs: CostConfig | None = None,
+    ml: MLRunConfig | None = None,
+    log: Log = print,
+) -> BacktestResult:
+    """Backtest a checked model plan through the ``serving`` client."""
+    ml = ml or MLRunConfig()
+    card, windows, traded = plan.card, plan.windows, plan.traded
+    log(
+        f"backtesting {card.ref} from {plan.begin.date()} ({'given' if plan.start_given else 'test range'})"
+    )
+    with signal_client(store_path, card, serving, log) as client:
+        cfg = ml.strategy_config()
+        t0 = time.perf_counter()
+        res = run_backtest(
+            f"ml {card.ref}", traded, MLSignalStrategy, costs=costs,
+            strategy_kwargs={"config": cfg, "client": client, "windows": windows},
+        )  # fmt: skip
+        log(
+            f"  {sum(len(f) for f in traded.values())} bars in {time.perf_counter() - t0:.1f} s via {serving}"
+        )
+    return res
+
+
 def run_model(
     store_path: Path,
     ref: str,
@@ -154,32 +336,16 @@ def run_model(
     end: Any = None,
     costs: CostConfig | None = None,
     ml: MLRunConfig | None = None,
-    log: Callable[[str], None] = print,
+    log: Log = print,
     allow_in_sample: bool = False,
 ) -> tuple[BacktestResult, ModelCard]:
-    """Backtest model ``ref`` on ``frames`` (full history; traded from the OOS start)."""
-    ml = ml or MLRunConfig()
-    card = ModelRegistry(store_path / "models").card(ref)
-    index = None
-    if card.index:
-        index = ParquetStore(store_path).read(card.index, card.timeframe)
-    begin = oos_start(card, start, allow_in_sample)
-    windows = FeatureWindows.build(frames, card.features, card.window, index=index)
-    traded = clip_range({s: frames[s] for s in windows.symbols}, begin, end)
-    log(
-        f"backtesting {card.ref} from {begin.date()} ({'test range' if start is None else 'given'})"
+    """Backtest model ``ref`` on ``frames`` (full history; traded from the OOS start).
+
+    Records no run: :func:`backtest` does (this is the step walk-forward and stress reuse)."""
+    plan = plan_model(
+        store_path, ref, frames, start=start, end=end, allow_in_sample=allow_in_sample
     )
-    with signal_client(store_path, card, serving, log) as client:
-        cfg = ml.strategy_config(client, windows)
-        t0 = time.perf_counter()
-        res = run_backtest(
-            f"ml {card.ref}", traded, MLSignalStrategy, costs=costs,
-            strategy_kwargs={"config": cfg},
-        )  # fmt: skip
-        log(
-            f"  {sum(len(f) for f in traded.values())} bars in {time.perf_counter() - t0:.1f} s via {serving}"
-        )
-    return res, card
+    return run_plan(store_path, plan, serving=serving, costs=costs, ml=ml, log=log), plan.card
 
 
 def run_baseline(
@@ -198,24 +364,131 @@ def run_baseline(
     )
 
 
-def save_run(
-    store_path: Path, name: str, results: list[BacktestResult], card: ModelCard | None
-) -> Path:
-    """Write returns of every result, the ML audit trail and a summary to a run folder."""
-    out = store_path / "backtests" / name
-    out.mkdir(parents=True, exist_ok=True)
-    rets = pd.DataFrame({r.name: r.returns for r in results})
-    rets.index.name = "timestamp"
-    rets.to_parquet(out / "returns.parquet")
-    for r in results:
-        audit = getattr(r.strategy, "audit", None)
-        if audit:
-            decisions_frame(audit).to_parquet(out / "audit.parquet")
-    summary = {
-        "runs": [
-            {"name": r.name, "final_value": r.final_value, **r.stats.as_row()} for r in results
-        ],
-        "model_card": None if card is None else json.loads(card.to_json()),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+def baseline_trial(name: str) -> dict[str, Any]:
+    """The configuration baseline ``name`` runs with, as a trial of a run."""
+    if name == "sma":
+        return {"strategy": "sma", **dataclasses.asdict(SmaCrossConfig())}
+    return {"strategy": name}
+
+
+# -- the recorded backtest ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BacktestPlan:
+    """A checked request: the resolved config, the bars to trade, the data hashes read."""
+
+    config: BacktestConfig
+    frames: dict[str, pd.DataFrame]
+    inputs: dict[str, str]
+    model: ModelPlan | None = None
+
+    def trials(self) -> list[dict[str, Any]]:
+        """The configurations the run tries: the ML strategy (if any) and each baseline."""
+        cfg = self.config
+        if cfg.baseline is not None:
+            return [baseline_trial(cfg.baseline)]
+        ml = (cfg.ml or MLRunConfig()).to_dict()
+        return [{"strategy": "ml", "model": cfg.model, **ml}, *map(baseline_trial, BASELINES)]
+
+
+def plan_backtest(store_path: Path, config: BacktestConfig) -> BacktestPlan:
+    """Check ``config`` against the store (read-only): every refusal happens here. The
+    inputs are the stored files read and, for a model, its card and weights."""
+    store = ParquetStore(store_path)
+    frames = load_frames(store, config.symbols, config.timeframe)
+    files = [store.find(s, config.timeframe) for s in config.symbols]
+    model: ModelPlan | None = None
+    models: dict[str, str] = {}
+    if config.model is not None:
+        model = plan_model(store_path, config.model, frames, start=config.start, end=config.end)
+        traded, files = model.traded, [*files, model.index_file]
+        models = model_inputs(store_path, model.card)
+        config = dataclasses.replace(config, model=model.card.ref, ml=config.ml or MLRunConfig())
+    else:
+        traded = clip_range(frames, config.start, config.end)
+    first = min(f.index[0] for f in traded.values())
+    last = max(f.index[-1] for f in traded.values())
+    config = dataclasses.replace(config, start=first.isoformat(), end=last.isoformat())
+    inputs = {p.relative_to(store_path).as_posix(): file_sha256(p) for p in files if p}
+    return BacktestPlan(config, frames if model else traded, {**inputs, **models}, model)
+
+
+def _check_copy(path: str | os.PathLike[str] | None, suffix: str, asked: bool, what: str) -> None:
+    if path is None:
+        return
+    if not asked:
+        raise ConfigError(f"a copy of the {what} needs the {what} itself (set {what}=True)")
+    if Path(path).suffix.lower() != suffix:
+        raise ConfigError(f"the {what} file must end in {suffix}, got {path}")
+    if Path(path).is_dir():
+        raise ConfigError(f"{path} is a folder; give the {what}'s file name")
+
+
+def backtest(
+    store: str | os.PathLike[str],
+    config: BacktestConfig,
+    *,
+    tearsheet_to: str | os.PathLike[str] | None = None,
+    plot_to: str | os.PathLike[str] | None = None,
+    log: Log = print,
+    db_url: str | None = None,
+) -> BacktestRunResult:
+    """Run and record one backtest; ``tearsheet_to`` / ``plot_to`` also copy those artefacts
+    out of the run's folder. A refused request raises before anything is written."""
+    store_path = Path(store)
+    _check_copy(tearsheet_to, ".html", config.tearsheet, "tearsheet")
+    _check_copy(plot_to, ".png", config.plot, "plot")
+    plan = plan_backtest(store_path, config)
+    with (
+        RunRegistry(store_path, db_url) as registry,
+        registry.start("backtest", plan.config.to_dict(), inputs=plan.inputs) as run,
+    ):
+        log(f"run {run.id}")
+        if plan.model is not None:
+            link_training_run(run, plan.model.card, log)
+        run.record_trials(plan.trials())
+        results = _execute(store_path, plan, log)
+        run.log_metrics(summary_metrics(results))
+        card = plan.model.card if plan.model else None
+        save_results(run, results, card)
+        sheet, plot = _extras(run, plan.config, results, tearsheet_to, plot_to)
+    return BacktestRunResult(run.id, run.dir, plan.config, results, card, sheet, plot)
+
+
+def _execute(store_path: Path, plan: BacktestPlan, log: Log) -> list[BacktestResult]:
+    cfg = plan.config
+    if plan.model is None:
+        return [run_baseline(cfg.baseline or "", plan.frames, cfg.costs)]
+    res = run_plan(store_path, plan.model, serving=cfg.serving, costs=cfg.costs, ml=cfg.ml, log=log)
+    span = clip_range(plan.frames, res.returns.index[0], res.returns.index[-1])
+    return [res, *(run_baseline(b, span, cfg.costs) for b in BASELINES)]
+
+
+def summary_metrics(results: Sequence[BacktestResult]) -> dict[str, Any]:
+    """The run's metrics: the requested strategy's unprefixed, each baseline's prefixed with
+    its name (``buyhold_sharpe``) when it ran beside a model."""
+    out: dict[str, Any] = {}
+    for prefix, r in zip(("", *(f"{b}_" for b in BASELINES)), results, strict=False):
+        row = {"final_value": r.final_value, **r.stats.as_row(),
+               "max_drawdown_days": drawdown_days(r.returns), "bars": len(r.returns)}  # fmt: skip
+        out.update({f"{prefix}{k}": v for k, v in row.items()})
     return out
+
+
+def _extras(
+    run: Run,
+    config: BacktestConfig,
+    results: Sequence[BacktestResult],
+    tearsheet_to: str | os.PathLike[str] | None,
+    plot_to: str | os.PathLike[str] | None,
+) -> tuple[Path | None, Path | None]:
+    """The tearsheet and plot asked for, in the run's folder (and copied where asked)."""
+    sheet = plot = None
+    if config.tearsheet:
+        sheet = tearsheet_for_run(run.dir, run.add_artifact("tearsheet.html"))
+        sheet = copy_out(sheet, tearsheet_to)
+    if config.plot:
+        plot = render_plot(results[0], run.add_artifact("plot.png"))
+        plot = copy_out(plot, plot_to)
+    return sheet, plot

@@ -4,13 +4,20 @@ The same ``MLSignalStrategy`` and risk rules as ``btml backtest``; only the brok
 journaled ``AlpacaBroker``), the feeds (live bars after a history backfill, one multiplexed
 stream) and the feature windows (recomputed as bars arrive) differ. The serving-failure policy
 defaults to ``hold``: when the model server fails, no new entries, exits still allowed.
+
+Every session is a run of kind ``session`` in the run registry: its parameters (the request,
+never a key or token), the model's files as inputs, and on every exit the orders journaled,
+the fills, and the account's equity. Ctrl-C leaves it ``cancelled``, a session that dies ``failed``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import backtrader as bt
 
@@ -19,10 +26,13 @@ from brokers.alpaca.reconcile import ReconcileReport, reconcile
 from brokers.alpaca.rest import TradingAPI
 from brokers.alpaca.store import AlpacaStore, check_mode
 from feeds.errors import ConfigError
-from mlmodels.registry import ModelRegistry
+from mlmodels.registry import ModelCard, ModelRegistry
 from strategies.ml_signal import MLSignalStrategy
 from strategies.windows import LiveFeatureWindows
-from workflows.backtest import MLRunConfig, signal_client
+from workflows.backtest import SERVING, MLRunConfig, signal_client
+from workflows.runs import Run, RunRegistry
+from workflows.runs_info import to_jsonable
+from workflows.train import link_training_run, model_inputs
 
 
 class SessionLimit(bt.Analyzer):  # type: ignore[misc]
@@ -62,7 +72,42 @@ def build_live_cerebro(
     return cerebro
 
 
-def run_live(
+@dataclass(frozen=True)
+class SessionPlan:
+    """A checked trading request: the model, where and how to trade it."""
+
+    card: ModelCard
+    symbols: tuple[str, ...]
+    config: AlpacaConfig
+    timeframe: str
+    serving: str
+    ml: MLRunConfig
+    adopt_positions: bool = False
+    feed_kwargs: dict[str, Any] | None = None
+    bars: int | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The run's parameters: the request without a secret (no keys; URLs without user
+        info, query or fragment, where a password or token could hide)."""
+        alpaca = {k: _without_credentials(v) for k, v in self.config.to_dict().items()}
+        params = {"model": self.card.ref, "symbols": list(self.symbols), "mode": self.config.mode,
+                  "timeframe": self.timeframe, "serving": self.serving, "ml": self.ml.to_dict(),
+                  "adopt_positions": self.adopt_positions, "feed": self.feed_kwargs or {},
+                  "bars": self.bars, "alpaca": alpaca}  # fmt: skip
+        keys = (self.config.key_id, self.config.secret_key)
+        return _drop_secrets(to_jsonable(params, "params"), keys)
+
+
+@dataclass(frozen=True)
+class SessionResult:
+    """A finished session: its run and the strategy (its ``audit`` holds every decision)."""
+
+    run_id: str
+    run_dir: Path
+    strategy: Any
+
+
+def plan_session(
     store_path: Path,
     ref: str,
     symbols: Sequence[str],
@@ -71,37 +116,123 @@ def run_live(
     timeframe: str = "1m",
     serving: str = "inprocess",
     ml: MLRunConfig | None = None,
-    adopt_positions: bool = False,
-    feed_kwargs: dict[str, Any] | None = None,
-    bars: int | None = None,
-    log: Callable[[str], None] = print,
-) -> Any:
-    """Trade model ``ref`` on ``symbols`` for ``bars`` live bars (None: until the feeds end or
-    Ctrl-C); returns the strategy (its ``audit`` holds every decision)."""
-    ml = ml or MLRunConfig(serving_failure="hold")
+    **options: Any,
+) -> SessionPlan:
+    """Check the request (read-only: nothing is sent, journaled or recorded); ``options``
+    are the plan's other fields (adopt_positions, feed_kwargs, bars)."""
+    if not symbols:
+        raise ConfigError("no symbols given; pass --symbols A,B,...")
+    if serving not in SERVING:
+        raise ConfigError(f"--serving must be one of {', '.join(SERVING)}, got {serving!r}")
     card = ModelRegistry(store_path / "models").card(ref)
     if card.index:
         raise ConfigError(
             f"{card.ref} was trained with index features ({card.index}); live trading needs "
             "a model trained without an index"
         )
+    ml = ml or MLRunConfig(serving_failure="hold")
+    return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options)
+
+
+def run_live(
+    store_path: Path,
+    ref: str,
+    symbols: Sequence[str],
+    config: AlpacaConfig,
+    *,
+    log: Callable[[str], None] = print,
+    db_url: str | None = None,
+    **options: Any,
+) -> SessionResult:
+    """Trade model ``ref`` on ``symbols`` for ``bars`` live bars (None: until the feeds end or
+    Ctrl-C), recorded as a run of kind ``session``; ``options`` are :func:`plan_session`'s
+    (timeframe, serving, ml, adopt_positions, feed_kwargs, bars). The run ends ``ok``,
+    ``failed`` when the session dies (the error is raised), or ``cancelled`` on Ctrl-C
+    (``KeyboardInterrupt`` is raised); its metrics (orders, fills, equity) are logged on
+    every exit. A refused request raises before anything is recorded."""
+    plan = plan_session(store_path, ref, symbols, config, **options)
+    inputs = model_inputs(store_path, plan.card)
+    with (
+        RunRegistry(store_path, db_url) as registry,
+        registry.start("session", plan.params(), inputs=inputs) as run,
+    ):
+        log(f"session run {run.id}")
+        link_training_run(run, plan.card, log)
+        strat = _trade(store_path, plan, run, log)
+    return SessionResult(run.id, run.dir, strat)
+
+
+def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], None]) -> Any:
+    """Run the live Cerebro; the session's metrics go to ``run`` however it ends."""
+    card, ml, bars = plan.card, plan.ml, plan.bars
     windows = LiveFeatureWindows(card.features, card.window)
-    store = AlpacaStore(config, adopt_positions=adopt_positions)
+    store = AlpacaStore(plan.config, adopt_positions=plan.adopt_positions)
     try:
         cerebro = build_live_cerebro(
-            store, symbols, windows, timeframe=timeframe, feed_kwargs=feed_kwargs
+            store, plan.symbols, windows, timeframe=plan.timeframe, feed_kwargs=plan.feed_kwargs
         )
-        with signal_client(store_path, card, serving, log) as client:
-            cerebro.addstrategy(MLSignalStrategy, config=ml.strategy_config(client, windows))
+        with signal_client(store_path, card, plan.serving, log) as client:
+            cerebro.addstrategy(
+                MLSignalStrategy, config=ml.strategy_config(), client=client, windows=windows
+            )
             cerebro.addanalyzer(SessionLimit, bars=bars)
-            log(f"trading {card.ref} on {', '.join(symbols)} ({config.mode}, {timeframe} bars)")
+            log(f"trading {card.ref} on {', '.join(plan.symbols)} ({plan.config.mode}, "
+                f"{plan.timeframe} bars)")  # fmt: skip
+            since = datetime.now(UTC)
             try:
-                return cerebro.run()[0]
+                strat = cerebro.run()[0]
             except KeyboardInterrupt:
                 log("interrupted: open orders stay at Alpaca and in the journal")
-                return None
+                raise
+            finally:
+                run.log_metrics(session_metrics(store, since))
+        run.log_metrics({"decisions": len(strat.audit)})
+        return strat
     finally:
         store.close()
+
+
+def session_metrics(store: AlpacaStore, since: datetime) -> dict[str, Any]:
+    """What a session did, from the journal: the orders this strategy journaled since
+    ``since`` (those Alpaca rejected among them), their executions (fills) and the orders
+    with a fill; and the account's equity at the start and at its last read (None when it
+    was never read) and a trading halt, from the broker."""
+    journal, broker = store.journal, store.getbroker()
+    orders = [o for o in journal.orders() if o.created_at >= since
+              and o.strategy == store.config.strategy and not o.external]  # fmt: skip
+    ids = {o.client_order_id for o in orders}
+    read = bool(broker.startingvalue or broker.value)
+    return {
+        "orders": len(orders),
+        "rejected": sum(o.status == "rejected" for o in orders),
+        "filled_orders": sum(o.filled_qty > 0 for o in orders),
+        "fills": sum(f.client_order_id in ids for f in journal.fills()),
+        "starting_equity": broker.startingvalue if read else None,
+        "final_equity": broker.value if read else None,
+        "halted": broker.halted,
+    }
+
+
+def _without_credentials(value: Any) -> Any:
+    """A URL without user info, query or fragment; other values as they are."""
+    if not isinstance(value, str) or "://" not in value:
+        return value
+    parts = urlsplit(value)
+    return urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, "", ""))
+
+
+def _drop_secrets(value: Any, secrets: Sequence[str]) -> Any:
+    """``value`` without any string (or mapping entry) that contains one of ``secrets``."""
+    if isinstance(value, dict):
+        return {k: _drop_secrets(v, secrets) for k, v in value.items()
+                if not _has_secret(v, secrets) or isinstance(v, dict | list)}  # fmt: skip
+    if isinstance(value, list):
+        return [_drop_secrets(v, secrets) for v in value if not _has_secret(v, secrets)]
+    return value
+
+
+def _has_secret(value: Any, secrets: Sequence[str]) -> bool:
+    return isinstance(value, str) and any(s and s in value for s in secrets)
 
 
 def trade_status(config: AlpacaConfig) -> ReconcileReport:
