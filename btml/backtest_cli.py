@@ -8,6 +8,7 @@ import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
+from btml.config_file import config_file_option
 from feeds.errors import BtmlError
 
 if TYPE_CHECKING:
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
+@config_file_option
 @click.option("--model", default=None, help="NAME[:VERSION] of a registered model.")
 @click.option(
     "--baseline",

@@ -12,10 +12,12 @@ import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
+from btml.config_file import config_file_option
 from feeds.errors import BtmlError, DataError
 
 
 @click.command()
+@config_file_option
 @click.option(
     "--arch",
     default="tiny",

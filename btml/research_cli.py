@@ -8,6 +8,7 @@ import click
 
 from btml.common import fail, pass_config
 from btml.config import Config
+from btml.config_file import config_file_option
 from feeds.errors import BtmlError
 
 
@@ -16,6 +17,7 @@ def _symbols(text: str) -> tuple[str, ...]:
 
 
 @click.command()
+@config_file_option
 @click.option("--symbols", required=True, help="Comma-separated stored symbols.")
 @click.option("--arch", default="tiny", show_default=True, help="Architecture preset.")
 @click.option("--name", default="wf", show_default=True, help="Fold models register as NAME-fK.")
@@ -70,6 +72,7 @@ def walkforward(
 
 
 @click.command()
+@config_file_option
 @click.option("--model", required=True, help="NAME[:VERSION] of a registered model.")
 @click.option("--symbols", required=True, help="Comma-separated stored symbols.")
 @click.option("--timeframe", default="1Day", show_default=True)

@@ -9,6 +9,7 @@ import click
 
 from btml.common import fail
 from btml.config import Config
+from btml.config_file import config_file_option
 from feeds.errors import BtmlError
 
 
@@ -37,6 +38,7 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
 
 
 @click.group(invoke_without_command=True)
+@config_file_option
 @click.option("--paper/--live", default=True, show_default=True, help="Account to trade.")
 @click.option(
     "--i-understand-this-is-real-money",

@@ -64,3 +64,25 @@ def test_a_file_that_is_not_toml(tmp_path: Path) -> None:
     cfg.write_text("symbol = \n")
     res = btml(tmp_path, "data", "import", str(BAD_ROWS), "--config", str(cfg))
     assert res.exit_code == 2 and "is not valid TOML" in res.stderr
+
+
+def test_the_commands_that_run_something_take_a_config_file(tmp_path: Path) -> None:
+    for args in (
+        ["backtest"],
+        ["train"],
+        ["walkforward"],
+        ["stress"],
+        ["trade"],
+        ["data", "import"],
+    ):
+        res = btml(tmp_path, *args, "--help")
+        assert res.exit_code == 0 and "--config FILE" in res.stdout, args
+
+
+def test_a_backtest_config_file_is_checked_before_anything_runs(tmp_path: Path) -> None:
+    cfg = tmp_path / "bt.toml"
+    cfg.write_text('[backtest]\nsymbols = "AAPL"\nbaseline = "sma"\nslipage = 0.001\n')
+    res = btml(tmp_path, "backtest", "--config", str(cfg))
+    assert res.exit_code == 2
+    assert f"{cfg}: unknown key 'slipage'" in res.stderr
+    assert not (tmp_path / "store").exists()
