@@ -11,8 +11,8 @@ import pandas as pd
 
 from analyzers.metrics import Performance, performance
 from core.config import DataConfig
+from core.errors import ConfigError
 from feeds.btfeeds import StoreData
-from feeds.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)

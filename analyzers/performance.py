@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from analyzers.metrics import max_drawdown, performance
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 
 def drawdown_duration(returns: pd.Series) -> int:

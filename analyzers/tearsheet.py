@@ -27,7 +27,7 @@ from typing import Any
 import pandas as pd
 
 from analyzers.signal_quality import SignalQuality
-from feeds.errors import DataError
+from core.errors import DataError
 
 
 def _naive(r: pd.Series) -> pd.Series:

@@ -8,7 +8,7 @@ import click
 
 from btml.common import configure_process, fail, pass_config
 from btml.config import Config, load_config
-from feeds.errors import BtmlError
+from core.errors import BtmlError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 import click
 
 from btml.config import Config
-from feeds.errors import ConfigError, UserError
+from core.errors import ConfigError, UserError
 
 pass_config = click.make_pass_decorator(Config)
 

@@ -12,7 +12,7 @@ from btml.common import fail, pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
 from btml.output import echo_json, json_option, series_dict, stamp
-from feeds.errors import BtmlError, SymbolNotFound
+from core.errors import BtmlError, SymbolNotFound
 
 
 @click.group()

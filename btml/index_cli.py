@@ -7,7 +7,7 @@ import click
 from btml.common import fail, pass_config
 from btml.config import Config
 from btml.output import echo_json, json_option, series_dict, stamp
-from feeds.errors import BtmlError
+from core.errors import BtmlError
 
 
 @click.group()

@@ -9,7 +9,7 @@ import click
 from btml.common import fail, pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
-from feeds.errors import BtmlError
+from core.errors import BtmlError
 
 
 def _symbols(text: str) -> tuple[str, ...]:

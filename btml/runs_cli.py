@@ -13,7 +13,7 @@ import click
 
 from btml.common import fail
 from btml.config import Config, load_config
-from feeds.errors import BtmlError
+from core.errors import BtmlError
 from workflows.runs import RunRegistry
 from workflows.runs_model import STATUSES, RunRecord
 

@@ -16,7 +16,7 @@ import click
 from btml.common import pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
-from feeds.errors import BtmlError, UserError
+from core.errors import BtmlError, UserError
 
 PORTS = (
     "inference_port",

@@ -10,7 +10,7 @@ import click
 from btml.common import fail
 from btml.config import Config
 from btml.config_file import config_file_option
-from feeds.errors import BtmlError
+from core.errors import BtmlError
 
 
 def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:

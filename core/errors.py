@@ -9,6 +9,7 @@ will not fix, and passing faults (network, a busy server), which a rerun may fix
     |   +-- DataError             data breaks the OHLCV contract (names symbol, row, rule)
     |   |   +-- ValidationError
     |   +-- SymbolNotFound        the source has no such symbol, or returned nothing
+    |   +-- ModelNotFound         the registry or the server has no such model or version
     |   +-- StoreError            the store cannot be read or written
     |   |   +-- CorruptFileError  a Parquet file that cannot be read (names the file)
     |   +-- StoreConflict         new rows disagree with what is stored (source, adjustment, prices)
@@ -27,6 +28,7 @@ __all__ = [
     "ConfigError",
     "CorruptFileError",
     "DataError",
+    "ModelNotFound",
     "SourceUnavailable",
     "StoreConflict",
     "StoreError",
@@ -66,6 +68,10 @@ class ValidationError(DataError):
 
 class SymbolNotFound(UserError, LookupError):
     """The source does not know the symbol, or returned no rows for the range."""
+
+
+class ModelNotFound(UserError, LookupError):
+    """The model registry (or the serving endpoint) has no such model or version."""
 
 
 class StoreError(UserError, OSError):

@@ -15,7 +15,7 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from feeds.frame import OHLCV_COLUMNS
 from feeds.store import ParquetStore
 from feeds.timeframes import get_timeframe

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 DEFAULT_EXCHANGE = "XNYS"
 _CALENDAR_START = "1970-01-02"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from core.errors import BtmlError
 from core.utc import to_utc
-from feeds.errors import BtmlError
 from feeds.sources.base import Source
 from feeds.store import ParquetStore
 

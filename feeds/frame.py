@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feeds.errors import DataError
+from core.errors import DataError
 
 OHLCV_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume")
 ASSET_CLASSES: tuple[str, ...] = ("stocks", "crypto", "index")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from feeds.errors import DataError, StoreConflict
+from core.errors import DataError, StoreConflict
 from feeds.sources.csv_source import CsvOptions, CsvRead, read_csv
 from feeds.store import ParquetStore, merge_series
 from feeds.validate import ValidationReport, parse_seams, seam_jumps, validate

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import DataConfig
-from feeds.errors import ConfigError, DataError, SymbolNotFound
+from core.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import make_frame
 from feeds.store import ParquetStore
 

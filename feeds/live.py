@@ -44,9 +44,9 @@ import backtrader as bt
 import numpy as np
 import pandas as pd
 
+from core.errors import ConfigError, DataError
 from feeds.btfeeds import datetimes_to_num
 from feeds.calendars import is_open
-from feeds.errors import ConfigError, DataError
 from feeds.frame import OHLCV_COLUMNS
 from feeds.timeframes import get_timeframe
 

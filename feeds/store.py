@@ -24,14 +24,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
-from core.utc import to_utc
-from feeds.errors import (
+from core.errors import (
     ConfigError,
     CorruptFileError,
     StoreConflict,
     StoreError,
     SymbolNotFound,
 )
+from core.utc import to_utc
 from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, guess_asset_class
 from feeds.timeframes import get_timeframe
 from feeds.validate import parse_seams, validate
@@ -55,7 +55,7 @@ def merge_series(
 ) -> tuple[pd.DataFrame, dict[str, object]]:
     """``new`` added to the stored ``old``, refusing what would silently corrupt the series.
 
-    Raises :class:`~feeds.errors.StoreConflict` when the source or adjustment differ, or when
+    Raises :class:`~core.errors.StoreConflict` when the source or adjustment differ, or when
     rows at the same timestamps have other prices (the first such row is named). Returns the
     merged frame and its attrs: the stored ones, updated, with the new join points added to
     ``seams``.
@@ -165,7 +165,7 @@ class ParquetStore:
         """Validate and store ``frame`` (its attrs name symbol, timeframe, asset class, source).
 
         With ``merge`` the rows are added to what is stored, and refused with
-        :class:`~feeds.errors.StoreConflict` (nothing written) when the stored series has another
+        :class:`~core.errors.StoreConflict` (nothing written) when the stored series has another
         source or adjustment, or when overlapping rows carry other prices; the join points are
         kept as ``seams`` so validation can check the prices across them. Without ``merge`` the
         file is replaced. A symbol stored under another asset class is refused either way.

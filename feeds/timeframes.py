@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import backtrader as bt
 import pandas as pd
 
-from feeds.errors import ConfigError, unknown_name
+from core.errors import ConfigError, unknown_name
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from feeds.errors import unknown_name
+from core.errors import unknown_name
 
 _SMALL = ("AAPL", "MSFT", "AMZN", "GOOGL", "META", "NVDA", "JPM", "JNJ", "XOM", "PG")
 _MEDIUM_MORE = (

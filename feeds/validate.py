@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from core.errors import ValidationError
 from feeds.calendars import sessions
-from feeds.errors import ValidationError
 from feeds.frame import OHLCV_COLUMNS
 from feeds.timeframes import get_timeframe
 
@@ -225,7 +225,7 @@ def validate(
 ) -> tuple[pd.DataFrame, ValidationReport]:
     """Check ``frame`` against the OHLCV contract; return it (repaired if asked) and a report.
 
-    Raises :class:`~feeds.errors.ValidationError` on the first hard rule broken.
+    Raises :class:`~core.errors.ValidationError` on the first hard rule broken.
     """
     sym = symbol or str(frame.attrs.get("symbol", "?"))
     report = ValidationReport(symbol=sym, rows=len(frame))

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import DataConfig
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from mlmodels.labels import LABEL_COLUMNS, LabelConfig, make_labels
 from mlmodels.selection import Selection
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import DataConfig
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 LABEL_COLUMNS: tuple[str, ...] = (
     "ret_1",

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import DataConfig
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 TASKS: tuple[str, ...] = ("price", "direction", "position", "volatility", "risk", "confidence")
 SEED_WEIGHTS: dict[str, float] = {

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from feeds.errors import ConfigError, DataError, SymbolNotFound
+from core.errors import ConfigError, DataError, ModelNotFound
 from mlmodels.dataset import Scaler
 from mlmodels.labels import LabelConfig
 from mlmodels.nets.model import ModelConfig, build_model
@@ -169,13 +169,13 @@ class ModelRegistry:
         vs = self.versions(name)
         if not vs:
             known = ", ".join(self.names()) or "none yet"
-            raise SymbolNotFound(
+            raise ModelNotFound(
                 f"no model called {name!r} in {self.root} (known: {known}); train one with btml train"
             )
         if ver is None:
             ver = vs[-1]
         if ver not in vs:
-            raise SymbolNotFound(
+            raise ModelNotFound(
                 f"model {name} has no version {ver}; versions: {', '.join(map(str, vs))}"
             )
         return self.root / name / f"v{ver}"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 METHODS = ("corr", "importance", "pca")
 

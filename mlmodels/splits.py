@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import DataConfig
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from core.config import DataConfig
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from mlmodels.dataset import WindowDataset
 from mlmodels.labels import LABEL_COLUMNS
 from mlmodels.losses import Curriculum, LossConfig, MultiTaskLoss

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import DataConfig
-from feeds.errors import ConfigError, CorruptFileError, DataError, StoreError, SymbolNotFound
+from core.errors import ConfigError, CorruptFileError, DataError, ModelNotFound, StoreError
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelRegistry
 
 ENTRY = Path(__file__).with_name("ts_entry.py")
@@ -152,7 +152,7 @@ def verify_archive(path: Path, registry: ModelRegistry) -> str:
     try:
         card_file = registry.path(ref) / CARD_FILE
         expected = registry.card(ref).archives.get(str(path.resolve()))
-    except (SymbolNotFound, DataError) as err:
+    except (ModelNotFound, DataError) as err:
         raise CorruptFileError(
             path, f"{path}: cannot check it against the model registry {registry.root} ({err})"
         ) from err

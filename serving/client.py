@@ -25,7 +25,7 @@ import numpy as np
 import requests
 
 from core.config import DataConfig
-from feeds.errors import ConfigError, SymbolNotFound, TransientError
+from core.errors import ConfigError, ModelNotFound, TransientError
 from mlmodels.registry import ModelCard, ModelRegistry
 from serving.payload import BadRequest, encode_binary, encode_json
 from serving.signal import PositionState, Signal
@@ -361,7 +361,7 @@ def _client_error(r: requests.Response, endpoint: str) -> Exception:
     if r.status_code == 400:
         return BadRequest(f"the server refused the request: {msg}")
     if r.status_code == 404:
-        return SymbolNotFound(f"{endpoint}: {msg}")
+        return ModelNotFound(f"{endpoint}: {msg}")
     if r.status_code == 413:
         return BadRequest(f"the request is larger than the server accepts (HTTP 413): {msg}")
     if 400 <= r.status_code < 500:

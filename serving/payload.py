@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from feeds.errors import DataError
+from core.errors import DataError
 
 MAGIC = b"BTML"
 FORMAT_VERSION = 1

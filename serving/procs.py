@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from serving.server_config import SECRET_ENV, ServerConfig
 
 ENV_ALLOW = frozenset(
@@ -197,3 +197,6 @@ def end_processes(pids: list[int], wait: float) -> None:
     while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.2)
     signal_pids([p for p in pids if alive(p)], signal.SIGKILL)
+    deadline = time.monotonic() + 15.0
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)

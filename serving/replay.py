@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from core.errors import DataError
 from core.utc import to_utc
-from feeds.errors import DataError
 from serving.client import SignalClient
 from serving.signal import PositionState, Signal
 

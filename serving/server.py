@@ -34,7 +34,7 @@ from typing import Any
 
 import requests
 
-from feeds.errors import BtmlError, ConfigError
+from core.errors import BtmlError, ConfigError
 from mlmodels.registry import ModelRegistry
 from serving.archive import archive_name, parse_archive_name, verify_archive
 from serving.procs import (

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import DataConfig
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 SECRET_ENV = r"(?i).*(KEY|SECRET|TOKEN|PASSW|CREDENTIAL|APCA_|ALPACA_|PRIVATE).*"
 """Names of environment variables that look like secrets (Java and Python regex, full match)."""

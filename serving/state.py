@@ -146,6 +146,9 @@ def shutdown(cfg: ServerConfig, timeout: float = 30.0) -> Shutdown:
     )
 
 
+KILL_WAIT = 15.0  # seconds to wait for SIGKILLed processes to disappear
+
+
 def stop(cfg: ServerConfig, timeout: float = 30.0) -> bool:
     """Stop the server (see ``shutdown``); True if processes of it were ended."""
     return shutdown(cfg, timeout).stopped
@@ -158,7 +161,10 @@ def _end_group(pgid: int, timeout: float) -> None:
         time.sleep(0.2)
     if group_alive(pgid):
         signal_group(pgid, signal.SIGKILL)
-        time.sleep(0.5)
+        # a killed JVM can take seconds to go under load: return only once the group is gone
+        deadline = time.monotonic() + KILL_WAIT
+        while group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def _leftovers(cfg: ServerConfig, pgid: int) -> list[int]:

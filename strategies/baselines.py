@@ -13,7 +13,7 @@ from typing import Any
 import backtrader as bt
 
 from core.config import DataConfig
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from strategies.plugins import config_from_params, config_params, refuse_unknown
 
 

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import DataConfig
-from feeds.errors import BtmlError, ConfigError
+from core.errors import BtmlError, ConfigError
 from serving.client import ServingUnavailable, SignalClient
 from serving.signal import Signal
 from strategies.audit import Decision

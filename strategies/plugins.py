@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 from core.config import DataConfig
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 PARAM_TYPES = (bool, int, float, str)
 C = TypeVar("C", bound=DataConfig)

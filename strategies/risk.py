@@ -28,7 +28,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from core.config import DataConfig
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from strategies.plugins import PluginSpec
 from strategies.risk_math import (
     DailyLossState,

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from feeds.errors import ConfigError, unknown_name
+from core.errors import ConfigError, unknown_name
 from strategies.plugins import PluginSpec
 from strategies.risk_math import RiskInputs, gross_exposure_cap, max_abs_correlation, no_new_entry
 

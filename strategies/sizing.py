@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from feeds.errors import ConfigError, unknown_name
+from core.errors import ConfigError, unknown_name
 from serving.signal import Signal
 from strategies.plugins import PluginSpec
 

@@ -42,7 +42,7 @@ from brokers.alpaca.journal import Journal
 from brokers.alpaca.reconcile import reconcile
 from brokers.alpaca.rest import OrderRejected, OrderSpec, TradingAPI
 from brokers.alpaca.store import KILL_KEY, check_mode, kill_switch
-from feeds.errors import BrokerProtocolError, BtmlError
+from core.errors import BrokerProtocolError, BtmlError
 from workflows.trading import trade_status
 
 pytestmark = pytest.mark.timeout(120)

@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from brokers.alpaca.datastream import AlpacaBarHub, HubConfig
-from feeds.errors import ConfigError, SourceUnavailable
+from core.errors import ConfigError, SourceUnavailable
 from feeds.live import LiveBars, in_regular_session
 from tests.alpaca_data_fake import KEY_ID, SECRET, AlpacaDataFake
 from tests.loopback import LoopbackServer

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from analyzers.backtest import CostConfig
 from btml.cli import main
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from feeds.sample import load_sample
 from feeds.store import ParquetStore
 from mlmodels.dataset import DatasetConfig

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from mlmodels.features import feature_names
 from mlmodels.pipeline import register_untrained
 from mlmodels.registry import ModelRegistry

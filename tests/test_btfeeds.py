@@ -15,8 +15,8 @@ import pytest
 
 from analyzers.backtest import CostConfig, run_backtest
 from analyzers.metrics import max_drawdown, performance
+from core.errors import ConfigError, DataError
 from feeds.btfeeds import StoreData, datetimes_to_num
-from feeds.errors import ConfigError, DataError
 from feeds.frame import make_frame
 from feeds.sample import load_sample
 from feeds.store import ParquetStore

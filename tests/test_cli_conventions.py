@@ -203,7 +203,7 @@ def test_apply_threads_sets_the_environment_and_an_imported_torch_then_undoes_it
     assert torch.threads == 2 and env["OMP_NUM_THREADS"] == "2"
     undo()
     assert torch.calls == [16, 2, 16] and env == {"OMP_NUM_THREADS": "8", "PATH": "/bin"}
-    from feeds.errors import ConfigError
+    from core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="threads must be >= 1"):
         apply_threads(0, env, {})

@@ -12,7 +12,7 @@ from click.testing import CliRunner, Result
 
 from btml.cli import main
 from btml.config import DEFAULT_STORE, AlpacaCredentials, Config, SourceSettings, load_config
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from tests.conftest import YF_REPAIR
 
 KEY = "PKZZTESTKEYID7731QXW"

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.errors import ConfigError, DataError, SymbolNotFound
+from core.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import OHLCV_COLUMNS
 from feeds.sources.base import Source, get_source
 from feeds.sources.csv_source import CsvSource, read_csv_frames

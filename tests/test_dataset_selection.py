@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from btml.cli import main
-from feeds.errors import DataError
+from core.errors import DataError
 from feeds.index import IndexConfig, build_index
 from feeds.sample import load_sample
 from feeds.store import ParquetStore

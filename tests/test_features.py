@@ -23,7 +23,7 @@ from ta.volume import (
     VolumeWeightedAveragePrice,
 )
 
-from feeds.errors import DataError
+from core.errors import DataError
 from feeds.frame import make_frame
 from feeds.sample import load_sample
 from mlmodels.features import (

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from feeds.index import IndexConfig, build_from_store, build_index, read_membership
 from feeds.sample import load_sample
 from feeds.store import ParquetStore

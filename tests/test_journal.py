@@ -33,7 +33,7 @@ from brokers.alpaca.journal import (
     make_client_order_id,
     net_position,
 )
-from feeds.errors import CorruptFileError, StoreError
+from core.errors import CorruptFileError, StoreError
 from serving.signal import Signal
 from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeOrder
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from mlmodels.labels import LabelConfig, make_labels
 from mlmodels.splits import WalkForward, chronological_split
 
@@ -134,7 +134,7 @@ def test_embargo_drops_training_after_the_test() -> None:
 
 
 def test_walk_forward_refuses_a_negative_rolling_window() -> None:
-    from feeds.errors import ConfigError
+    from core.errors import ConfigError
     from mlmodels.splits import WalkForward
 
     with pytest.raises(ConfigError, match="train_size must be >= 1 bar, got -5"):

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import DataError
 from feeds.btfeeds import StoreData
-from feeds.errors import DataError
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from mlmodels.features import WARMUP, feature_names
 from strategies.windows import FeatureWindows, LiveFeatureWindows

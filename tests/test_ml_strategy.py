@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analyzers.backtest import CostConfig, run_backtest
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from feeds.sample import load_sample
 from mlmodels.features import FEATURES
 from serving.client import RestClient, RestConfig

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from feeds.errors import ConfigError, DataError, SymbolNotFound
+from core.errors import ConfigError, DataError, ModelNotFound
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from mlmodels.dataset import DatasetConfig, build_dataset
 from mlmodels.labels import LabelConfig
@@ -124,7 +124,7 @@ def test_registry_round_trip_versions_and_corrupt_files(small_ds, tmp_path) -> N
     assert set(lcard.date_ranges) == {"train", "val", "test"} and lcard.data_hash
     assert lcard.date_ranges["train"][1] < lcard.date_ranges["test"][0]
     assert reg.card("m").version == 2  # the latest by default
-    with pytest.raises(SymbolNotFound, match="no version 7"):
+    with pytest.raises(ModelNotFound, match="no version 7"):
         reg.path("m:7")
     weights = reg.path("m:1") / "weights.pt"
     weights.write_bytes(b"not a checkpoint")

@@ -27,7 +27,7 @@ from analyzers.performance import (
 from analyzers.signal_quality import SignalQualityAnalyzer, signal_quality
 from analyzers.tearsheet import write_tearsheet
 from btml.cli import main
-from feeds.errors import DataError
+from core.errors import DataError
 from feeds.sample import load_sample
 from feeds.store import ParquetStore
 from mlmodels.dataset import DatasetConfig

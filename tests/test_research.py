@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from analyzers.backtest import CostConfig, run_backtest
 from analyzers.performance import deflated_sharpe
 from btml.cli import main
-from feeds.errors import ConfigError, DataError, SymbolNotFound
+from core.errors import ConfigError, DataError, ModelNotFound
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from feeds.store import ParquetStore
 from mlmodels.dataset import DatasetConfig, build_dataset
@@ -409,7 +409,7 @@ def test_stress_without_any_scenario_or_model_is_an_error(market, tmp_path) -> N
     late = {s: f.loc["2009-06-01":] for s, f in frames.items()}
     with pytest.raises(DataError, match="no stress scenario could run.*no test range"):
         stress(tmp_path, card.ref, late, log=lambda _: None)
-    with pytest.raises(SymbolNotFound, match="no model called 'nope'"):
+    with pytest.raises(ModelNotFound, match="no model called 'nope'"):
         stress(tmp_path, "nope", late)
 
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from btml.cli import main
-from feeds.errors import ConfigError, DataError, SymbolNotFound
+from core.errors import ConfigError, DataError, ModelNotFound, SymbolNotFound
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from feeds.store import ParquetStore
 from mlmodels.registry import ModelRegistry
@@ -153,7 +153,7 @@ def test_a_refused_walk_forward_records_nothing(recorded, request_, error, messa
 def test_a_refused_stress_or_config_records_nothing(recorded) -> None:
     root, _ = recorded
     before, folders = _db_rows(root), sorted((root / "runs").iterdir())
-    with pytest.raises(SymbolNotFound, match="no model called 'nope'"):
+    with pytest.raises(ModelNotFound, match="no model called 'nope'"):
         run_stress(root, StressConfig(model="nope", symbols=SYMBOLS), **QUIET)
     with pytest.raises(SymbolNotFound, match=r"NOPE \(1Day\) is not in the store"):
         run_stress(root, StressConfig(model="rec-f1", symbols=("NOPE",)), **QUIET)

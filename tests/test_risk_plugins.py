@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analyzers.backtest import CostConfig, run_backtest
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from feeds.sample import load_sample
 from mlmodels.features import FEATURES
 from serving.replay import ReplayClient

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from serving.signal import Signal
 from strategies.risk import (
     DailyLossState,

@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from btml.cli import main
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from tests.postgres import new_database, pg_cluster
 from workflows import (
     RegistryError,

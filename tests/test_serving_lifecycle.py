@@ -21,7 +21,7 @@ import requests
 from click.testing import CliRunner
 
 from btml.cli import main
-from feeds.errors import CorruptFileError
+from core.errors import CorruptFileError
 from mlmodels.registry import ModelRegistry
 from serving.archive import build_archive, sha256_file
 from serving.client import RestClient, RestConfig, ServingUnavailable

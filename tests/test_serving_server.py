@@ -17,7 +17,7 @@ import requests
 from click.testing import CliRunner
 
 from btml.cli import main
-from feeds.errors import ConfigError, CorruptFileError, SymbolNotFound
+from core.errors import ConfigError, CorruptFileError, ModelNotFound
 from mlmodels.registry import ModelRegistry
 from serving.archive import ModelServeConfig, build_archive
 from serving.client import InProcessClient, RestClient, RestConfig, ServingUnavailable
@@ -158,9 +158,9 @@ def test_bad_requests_get_clear_errors(served) -> None:
         pytest.raises(BadRequest, match="9 windows in one request; at most 8"),
     ):
         c.predict(windows(9))
-    with rest(cfg, "nosuchmodel") as c, pytest.raises(SymbolNotFound, match="nosuchmodel"):
+    with rest(cfg, "nosuchmodel") as c, pytest.raises(ModelNotFound, match="nosuchmodel"):
         c.predict(windows(1))
-    with rest(cfg, version=9) as c, pytest.raises(SymbolNotFound, match="version"):
+    with rest(cfg, version=9) as c, pytest.raises(ModelNotFound, match="version"):
         c.predict(windows(1))
 
 

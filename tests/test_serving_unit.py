@@ -146,7 +146,7 @@ def test_rest_client_fails_fast_when_nothing_listens() -> None:
 
 
 def test_rest_config_is_checked() -> None:
-    from feeds.errors import ConfigError
+    from core.errors import ConfigError
 
     for bad in ({"deadline_s": 0}, {"connect_timeout": -1.0}, {"read_timeout": 0}):
         with pytest.raises(ConfigError, match="read_timeout must be > 0"):

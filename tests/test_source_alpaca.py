@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
+from core.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.sources.alpaca import AlpacaSource
 from feeds.sources.base import Source
 from tests.loopback import LoopbackServer, Reply, Request

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feeds.errors import ConfigError, SymbolNotFound
+from core.errors import ConfigError, SymbolNotFound
 from feeds.frame import OHLCV_COLUMNS
 from feeds.sources import synthetic
 from feeds.sources.base import Source

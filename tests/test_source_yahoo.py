@@ -29,7 +29,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.response import HTTPResponse
 from yfinance.data import YfData
 
-from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
+from core.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.sources.base import Source
 from feeds.sources.yahoo import YahooSource
 from feeds.timeframes import resample

@@ -15,8 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from feeds.download import download
-from feeds.errors import (
+from core.errors import (
     ConfigError,
     CorruptFileError,
     SourceUnavailable,
@@ -25,6 +24,7 @@ from feeds.errors import (
     SymbolNotFound,
     ValidationError,
 )
+from feeds.download import download
 from feeds.sources.base import Source
 from feeds.store import ParquetStore
 from tests.conftest import FrameFactory, ohlcv_frame, parquet_files, temp_files

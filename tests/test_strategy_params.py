@@ -12,8 +12,8 @@ import pytest
 
 from analyzers.backtest import CostConfig, run_backtest
 from core.config import DataConfig
+from core.errors import ConfigError
 from feeds.btfeeds import StoreData
-from feeds.errors import ConfigError
 from feeds.sample import load_sample
 from mlmodels.dataset import DatasetConfig
 from mlmodels.pipeline import train_model

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from btml.cli import main
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from feeds.store import ParquetStore
 from mlmodels.pipeline import register_untrained

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.errors import DataError, UserError, ValidationError
 from feeds.calendars import sessions
-from feeds.errors import DataError, UserError, ValidationError
 from feeds.frame import OHLCV_COLUMNS, empty_frame, guess_asset_class, make_frame
 from feeds.sample import SAMPLE_SYMBOLS, load_sample
 from feeds.sources.csv_source import read_csv_frames

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from mlmodels.nets import MLSTMBlock, MLSTMLayer, SLSTMBlock, SLSTMLayer, XLSTMStack
 from mlmodels.nets.mlstm import BlockDiagonalLinear, mlstm_parallel
 from mlmodels.nets.slstm import scripted_slstm_scan

@@ -30,7 +30,7 @@ import pandas as pd
 from analyzers.backtest import BacktestResult, CostConfig, run_backtest
 from analyzers.performance import drawdown_days
 from core.config import DataConfig
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from feeds.store import ParquetStore
 from mlmodels.registry import ModelCard, ModelRegistry
 from serving.client import InProcessClient, RestClient, SignalClient

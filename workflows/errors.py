@@ -1,4 +1,4 @@
-"""The run registry's errors, in the project's tree (:mod:`feeds.errors`).
+"""The run registry's errors, in the project's tree (:mod:`core.errors`).
 
 UserError
 +-- RunNotFound      no run has that id (or the prefix matches none or several)
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from feeds.errors import BtmlError, UserError
+from core.errors import BtmlError, UserError
 
 
 class RunNotFound(UserError, LookupError):

@@ -23,7 +23,7 @@ from analyzers.backtest import BacktestResult
 from analyzers.performance import run_statistics
 from analyzers.signal_quality import signal_quality
 from analyzers.tearsheet import write_tearsheet
-from feeds.errors import DataError, StoreError
+from core.errors import DataError, StoreError
 from mlmodels.registry import ModelCard
 from strategies.audit import decisions_frame
 from workflows.runs import Run, RunRegistry

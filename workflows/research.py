@@ -40,7 +40,7 @@ from analyzers.backtest import BacktestResult, CostConfig
 from analyzers.metrics import performance
 from analyzers.performance import deflated_sharpe
 from core.config import DataConfig
-from feeds.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
 from mlmodels.features import WARMUP
 from mlmodels.nets.model import get_architecture

@@ -34,7 +34,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from workflows.errors import RegistryError, RunInUse, RunNotFound, RunStateError
 from workflows.runs_db import DependRow, RunRow, TrialRow, default_url, open_engine, where
 from workflows.runs_info import ProcessId, code_version, new_run_id, to_jsonable, write_json

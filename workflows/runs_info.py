@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 ID_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 _id_lock = threading.Lock()

@@ -25,7 +25,7 @@ from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.reconcile import ReconcileReport, reconcile
 from brokers.alpaca.rest import TradingAPI
 from brokers.alpaca.store import AlpacaStore, check_mode
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from mlmodels.registry import ModelCard, ModelRegistry
 from strategies.ml_signal import MLSignalStrategy
 from strategies.windows import LiveFeatureWindows

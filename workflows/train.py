@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from core.config import DataConfig
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from feeds.store import ParquetStore
 from feeds.universes import get_universe
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset

@@ -44,7 +44,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticError
 
 from brokers.alpaca.journal_model import parse_time
-from feeds.errors import BrokerProtocolError
+from core.errors import BrokerProtocolError
 
 __all__ = [
     "AccountAnswer",

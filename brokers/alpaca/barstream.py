@@ -48,8 +48,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from core.config import DataConfig
 from core.credentials import KEY_ENV, SECRET_ENV
+from core.errors import ConfigError, DataError, SourceUnavailable
 from core.utc import to_utc
-from feeds.errors import ConfigError, DataError, SourceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ callback runs (in the stream's thread; exceptions are logged). Keys refused duri
 subscriptions, and a later :meth:`start` opens the streams again without backfilling the pause.
 
 Errors at :meth:`start` (or at :meth:`subscribe` after it): refused keys or feed raise
-:class:`~feeds.errors.ConfigError` saying what to check; an unreachable server, a timeout or a
-second connection raise :class:`~feeds.errors.SourceUnavailable` within ``timeout`` seconds, and
+:class:`~core.errors.ConfigError` saying what to check; an unreachable server, a timeout or a
+second connection raise :class:`~core.errors.SourceUnavailable` within ``timeout`` seconds, and
 no thread is left running. A malformed bar is logged and skipped. The keys never appear in a log
 line, a message or a ``repr``.
 """
@@ -54,8 +54,8 @@ from alpaca.common.exceptions import APIError
 
 from brokers.alpaca.barstream import Bar, BarStream, StreamSettings
 from core.config import DataConfig
+from core.errors import ConfigError, SymbolNotFound
 from core.utc import to_utc
-from feeds.errors import ConfigError, SymbolNotFound
 from feeds.frame import OHLCV_COLUMNS, empty_frame, guess_asset_class, make_frame
 from feeds.sources.alpaca import AlpacaSource
 from feeds.timeframes import Timeframe, get_timeframe

@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.errors import CorruptFileError, StoreError
 from core.utc import utc_datetime
-from feeds.errors import CorruptFileError, StoreError
 
 PENDING_SUBMIT = "pending_submit"  # written, not yet sent
 UNKNOWN = "unknown"  # sent, but no answer came back

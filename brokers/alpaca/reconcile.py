@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from brokers.alpaca.journal import FINAL_STATUSES, Journal, OrderRecord, net_position
-from feeds.errors import BtmlError
+from core.errors import BtmlError
 
 log = logging.getLogger(__name__)
 

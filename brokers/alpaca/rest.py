@@ -52,7 +52,7 @@ from brokers.alpaca.answers import (
     check_object,
 )
 from brokers.alpaca.config import AlpacaConfig
-from feeds.errors import BrokerProtocolError, BtmlError, ConfigError, SourceUnavailable
+from core.errors import BrokerProtocolError, BtmlError, ConfigError, SourceUnavailable
 from feeds.sources.alpaca import TimeoutAdapter as TimeoutAdapter
 
 log = logging.getLogger(__name__)

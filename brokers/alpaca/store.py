@@ -28,7 +28,7 @@ from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.journal import Journal, JournalError
 from brokers.alpaca.rest import TradingAPI
 from brokers.alpaca.updates import TradeUpdates
-from feeds.errors import BtmlError, ConfigError
+from core.errors import BtmlError, ConfigError
 
 log = logging.getLogger(__name__)
 BASELINE_KEY = "position_baseline"

@@ -24,7 +24,7 @@ from alpaca.trading.stream import TradingStream
 from brokers.alpaca.answers import check_trade_update
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.rest import BrokerUnavailable
-from feeds.errors import BrokerProtocolError
+from core.errors import BrokerProtocolError
 
 log = logging.getLogger(__name__)
 

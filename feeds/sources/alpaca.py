@@ -7,10 +7,10 @@ limit is higher). alpaca-py follows ``next_page_token`` itself, so one :meth:`Al
 returns every page.
 
 Errors: no bars, or an invalid symbol (HTTP 400/422 naming the symbol), raise
-:class:`~feeds.errors.SymbolNotFound`; refused keys (401/403) and other rejected requests raise
-:class:`~feeds.errors.ConfigError` saying what to check; server errors (5xx), rate limiting (429,
+:class:`~core.errors.SymbolNotFound`; refused keys (401/403) and other rejected requests raise
+:class:`~core.errors.ConfigError` saying what to check; server errors (5xx), rate limiting (429,
 after alpaca-py's own ``retries`` spaced ``retry_wait`` seconds apart, which also cover 504),
-timeouts and broken connections raise :class:`~feeds.errors.SourceUnavailable`. Every request
+timeouts and broken connections raise :class:`~core.errors.SourceUnavailable`. Every request
 carries a ``timeout`` (alpaca-py sets none). The keys never appear in a message, a log line or
 the ``repr``.
 """
@@ -35,8 +35,8 @@ from requests.adapters import HTTPAdapter
 
 from core.config import DataConfig
 from core.credentials import KEY_ENV, SECRET_ENV, AlpacaCredentials
+from core.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from core.utc import to_utc
-from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import guess_asset_class, make_frame
 from feeds.timeframes import get_timeframe
 

@@ -1,8 +1,8 @@
 """The source interface and its registry.
 
 A source turns a symbol, a timeframe and a date range into one canonical OHLCV frame
-(:mod:`feeds.frame`). It raises :class:`~feeds.errors.SymbolNotFound` for an unknown symbol or
-an empty answer and :class:`~feeds.errors.SourceUnavailable` for network failures; it never
+(:mod:`feeds.frame`). It raises :class:`~core.errors.SymbolNotFound` for an unknown symbol or
+an empty answer and :class:`~core.errors.SourceUnavailable` for network failures; it never
 returns an empty frame as if that were data.
 """
 
@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import pandas as pd
 
-from feeds.errors import unknown_name
+from core.errors import unknown_name
 
 
 @runtime_checkable

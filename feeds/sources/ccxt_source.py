@@ -5,7 +5,7 @@ request starts one millisecond after the newest bar so far, and the loop stops a
 when a page brings no new bar; bars are de-duplicated by their open time. ccxt throttles the
 requests itself (``enableRateLimit``, the exchange's published rate), and retries network
 failures, HTTP 429 and 5xx ``retries`` times, ``retry_wait`` seconds apart (ccxt's
-``maxRetriesOnFailure``); after that they raise :class:`~feeds.errors.SourceUnavailable`.
+``maxRetriesOnFailure``); after that they raise :class:`~core.errors.SourceUnavailable`.
 
 By default the bar that is still forming (its period has not ended yet) is dropped: it would be
 stored as if final. Symbols are ccxt's unified ones (``BTC/USDT``); ``BTC-USDT`` is accepted.
@@ -25,8 +25,8 @@ import ccxt
 import pandas as pd
 
 from core.config import DataConfig
+from core.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from core.utc import to_utc
-from feeds.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import make_frame
 from feeds.timeframes import get_timeframe
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from feeds.errors import DataError
+from core.errors import DataError
 from feeds.sources.csv_parse import norm_name, to_numbers
 
 DATE_NAMES = ("date", "datetime", "timestamp", "time", "day", "date time", "trade date")

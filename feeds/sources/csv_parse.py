@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feeds.errors import DataError
+from core.errors import DataError
 
 _NULLS = frozenset({"", "na", "n/a", "#n/a", "nan", "null", "none", "-", "--"})
 _DATE_TRIPLE = re.compile(r"^(\d{1,2})([./-])(\d{1,2})\2(\d{2,4})\b")

@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 
 from core.config import DataConfig
+from core.errors import ConfigError, DataError, SymbolNotFound
 from core.utc import to_utc
-from feeds.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import ASSET_CLASSES, OHLCV_COLUMNS, make_frame
 from feeds.sources.csv_layout import Layout, find_layout
 from feeds.sources.csv_parse import parse_local_times, read_table, to_numbers, utc_index

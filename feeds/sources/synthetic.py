@@ -37,8 +37,8 @@ import numpy as np
 import pandas as pd
 
 from core.config import DataConfig
+from core.errors import ConfigError, SymbolNotFound
 from core.utc import to_utc
-from feeds.errors import ConfigError, SymbolNotFound
 from feeds.frame import make_frame
 from feeds.timeframes import get_timeframe, resample
 

@@ -18,8 +18,8 @@ is deprecated in 1.7 and does not reach the ticker's timezone lookup, where a ne
 then looks like "possibly delisted; no timezone found". Every fetch therefore runs with
 ``yfinance.config.debug.hide_exceptions = False`` (restored afterwards, under a lock, so Yahoo
 fetches in one process are serialised) and the exceptions are mapped: no data or an unknown
-symbol -> :class:`~feeds.errors.SymbolNotFound`; network errors, timeouts, rate limits and
-server errors -> :class:`~feeds.errors.SourceUnavailable`.
+symbol -> :class:`~core.errors.SymbolNotFound`; network errors, timeouts, rate limits and
+server errors -> :class:`~core.errors.SourceUnavailable`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import pandas as pd
 import yfinance as yf
 from yfinance.exceptions import YFDataException, YFRateLimitError, YFTickerMissingError
 
+from core.errors import BtmlError, ConfigError, SourceUnavailable, SymbolNotFound
 from core.utc import to_utc
-from feeds.errors import BtmlError, ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.frame import guess_asset_class, make_frame
 from feeds.timeframes import Timeframe, get_timeframe, resample
 

@@ -11,7 +11,7 @@ Guarantees, each proved by tests/test_features.py:
 * causal: the row at ``t`` uses bars ``<= t`` only (index bars too): truncating the input
   truncates the output and changes nothing else;
 * ``WARMUP`` bars before the first complete row; with ``strict=True`` any NaN or infinite value
-  after it raises :class:`feeds.errors.DataError` naming the feature, the symbol and the date;
+  after it raises :class:`core.errors.DataError` naming the feature, the symbol and the date;
 * every feature ta also computes equals ta's value (relative tolerance 1e-6) after the warm-up.
 
 Everything is vectorised (pandas' compiled rolling and ``ewm`` kernels, numpy), including the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from feeds.errors import DataError
+from core.errors import DataError
 from feeds.frame import OHLCV_COLUMNS
 from mlmodels.features._bars import Array, Bars, head_nan
 from mlmodels.features._registry import (

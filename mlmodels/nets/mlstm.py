@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 
 def mlstm_parallel(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from core.config import DataConfig
-from feeds.errors import ConfigError, unknown_name
+from core.errors import ConfigError, unknown_name
 from mlmodels.nets.heads import AttentionFusion, MultiTaskHeads, PositionEncoder
 from mlmodels.nets.transformer import TransformerPath
 from mlmodels.nets.xlstm import XLSTMStack

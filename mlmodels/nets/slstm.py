@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 
 ScanResult = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]
 ScanFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor], ScanResult]

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from feeds.errors import ConfigError
+from core.errors import ConfigError
 from mlmodels.nets.mlstm import MLSTMLayer
 from mlmodels.nets.slstm import SLSTMLayer
 
