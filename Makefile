@@ -6,7 +6,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint clean
+.PHONY: install demo test test-all lint frontend frontend-check clean
+
+# The dashboard's frontend (React + TypeScript, Vite): built into webapp/static, which ships in
+# the Python package (so users need no Node). Rebuilt when its sources change.
+FRONT_SRC := $(shell find frontend/src -type f) frontend/index.html frontend/package.json \
+	frontend/package-lock.json frontend/vite.config.ts frontend/tsconfig.json
+FRONT_STAMP := frontend/node_modules/.built
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,9 +24,23 @@ $(STAMP): setup.cfg pyproject.toml
 	npm install --no-audit --no-fund --silent --prefix $(VENV)/node @stoplight/prism-cli@5
 	touch $(STAMP)
 
-install: $(STAMP)
+$(FRONT_STAMP): $(FRONT_SRC)
+	npm ci --no-audit --no-fund --silent --prefix frontend
+	npm run --silent --prefix frontend build
+	touch $(FRONT_STAMP)
 
-demo: $(STAMP)
+frontend: $(FRONT_STAMP)
+
+# CI: the committed build (webapp/static) must be what the sources build to.
+frontend-check: $(FRONT_STAMP)
+	git diff --exit-code --stat -- webapp/static || \
+	  (echo "webapp/static differs from a build of frontend/: run make frontend and commit it"; exit 1)
+	test -z "$$(git status --porcelain -- webapp/static)" || \
+	  (echo "webapp/static has files a build of frontend/ does not make: commit or remove them"; exit 1)
+
+install: $(STAMP) $(FRONT_STAMP)
+
+demo: $(STAMP) $(FRONT_STAMP)
 	$(BIN)/btml demo
 
 lint: $(STAMP)
@@ -29,12 +49,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # The fast tier: every test not marked slow (one real TorchServe, real backtests, real SQLite).
-test: $(STAMP) lint
+test: $(STAMP) $(FRONT_STAMP) lint
+	npm test --silent --prefix frontend
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Everything, the slow tier included (TorchServe end to end, heavy training, paper sessions).
-test-all: $(STAMP) lint
+test-all: $(STAMP) $(FRONT_STAMP) lint
+	npm test --silent --prefix frontend
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) data_storage .pytest_cache .mypy_cache
+	rm -rf $(VENV) data_storage .pytest_cache .mypy_cache frontend/node_modules

@@ -1,6 +1,9 @@
-"""Live-broker benchmark against the loopback Alpaca fake (real alpaca-py clients), in one run.
+"""Live-broker benchmark against the loopback Alpaca (real alpaca-py clients), in one run.
 
 Run: .venv/bin/python benchmarks/bench_alpaca.py [--rounds 200] [--orders 1000]
+
+The loopback Alpaca is ``brokers.alpaca.sim.trading.AlpacaFake`` (Trading API and
+``trade_updates`` on 127.0.0.1).
 
 * Order round trip, interleaved round-robin: the bare alpaca-py ``submit_order`` (no journal,
   no limiter) against ``AlpacaBroker.buy`` (journal intent -> guarded submit -> journal answer
@@ -18,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,15 +31,13 @@ import pandas as pd
 from alpaca.trading.client import TradingClient
 from alpaca.trading.requests import MarketOrderRequest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from brokers.alpaca.config import AlpacaConfig  # noqa: E402
-from brokers.alpaca.journal import Journal, OrderIntent  # noqa: E402
-from brokers.alpaca.reconcile import reconcile  # noqa: E402
-from brokers.alpaca.rest import TradingAPI  # noqa: E402
-from brokers.alpaca.store import AlpacaStore  # noqa: E402
-from feeds.btfeeds import StoreData  # noqa: E402
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig  # noqa: E402
+from brokers.alpaca.config import AlpacaConfig
+from brokers.alpaca.journal import Journal, OrderIntent
+from brokers.alpaca.reconcile import reconcile
+from brokers.alpaca.rest import TradingAPI
+from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake, FakeConfig
+from brokers.alpaca.store import AlpacaStore
+from feeds.btfeeds import StoreData
 
 
 def _config(fake: AlpacaFake, journal: Path) -> AlpacaConfig:

@@ -18,20 +18,22 @@ import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
 
 from analyzers.backtest import CostConfig, run_backtest
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from mlmodels.features import FEATURES
 from mlmodels.pipeline import register_untrained
-from mlmodels.registry import ModelRegistry
+from mlmodels.registry import ModelCard, ModelRegistry
 from serving.archive import build_archive
 from serving.client import InProcessClient, RestClient
 from serving.server import ServerConfig, start, stop
 from strategies.baselines import SmaCross, SmaCrossConfig
 from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
-from strategies.sizing import FixedFraction
+from strategies.plugins import PluginSpec
 from strategies.windows import FeatureWindows
 
 
@@ -45,6 +47,62 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+HEADER = (
+    "| symbols | bars | SMA bars/s | ML via TorchServe bars/s | ratio | ML in-process bars/s | ratio |\n"
+    "|---|---|---|---|---|---|---|"
+)
+# The ML strategy's rules for the benchmark: every signal trades, 5 % of equity per entry.
+ML_CONFIG = MLSignalConfig(
+    sizer=PluginSpec(name="fixed", params={"fraction": 0.05}),
+    min_edge=0.0, horizon_agreement=0, allow_short=True,
+)  # fmt: skip
+
+
+def serve_tiny(root: Path, window: int) -> tuple[ModelRegistry, ModelCard, ServerConfig]:
+    """Register the ``tiny`` preset (seeded weights, 51 features), archive it, start TorchServe."""
+    names = [f.name for f in FEATURES[:51]]
+    reg = ModelRegistry(root / "models")
+    card = register_untrained(reg, "tiny", "tiny", features=names, window=window)
+    p = free_ports(5)
+    cfg = ServerConfig(
+        home=root / "serving", inference_port=p[0], management_port=p[1],
+        metrics_port=p[2], grpc_inference_port=p[3], grpc_management_port=p[4],
+    )  # fmt: skip
+    start(cfg, [build_archive(reg, card.ref, cfg.model_store)])
+    return reg, card, cfg
+
+
+def bars_per_second(frames: dict[str, pd.DataFrame], strategy: type, **kwargs: Any) -> float:
+    """Data bars (symbols x timestamps) per second of one whole Cerebro run."""
+    total = sum(len(f) for f in frames.values())
+    t = time.perf_counter()
+    run_backtest(strategy.__name__, frames, strategy, costs=CostConfig(), strategy_kwargs=kwargs)
+    return total / (time.perf_counter() - t)
+
+
+def bench_universe(
+    n: int, bars: int, window: int, reg: ModelRegistry, card: ModelCard, cfg: ServerConfig
+) -> str:
+    """One table row: SMA, ML over REST and ML in-process on an ``n``-symbol market."""
+    frames = generate_market(SyntheticConfig(n_symbols=n, n_bars=bars, seed=1))
+    windows = FeatureWindows.build(frames, list(card.features), window)
+    total = sum(len(f) for f in frames.values())
+    clients = {
+        "rest": RestClient.for_server(cfg.home, "tiny"),
+        "inproc": InProcessClient.from_registry(reg.root, card.ref, threads=1),
+    }
+    speeds = {"sma": bars_per_second(frames, SmaCross, config=SmaCrossConfig())}
+    for key, client in clients.items():
+        speeds[key] = bars_per_second(
+            frames, MLSignalStrategy, config=ML_CONFIG, client=client, windows=windows
+        )
+    return (
+        f"| {n} | {total:,} | {speeds['sma']:,.0f} | {speeds['rest']:,.0f} | "
+        f"{speeds['rest'] / speeds['sma']:.2f}x | {speeds['inproc']:,.0f} | "
+        f"{speeds['inproc'] / speeds['sma']:.2f}x |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--symbols", type=int, nargs="+", default=[3, 20])
@@ -52,49 +110,12 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=60)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    names = [f.name for f in FEATURES[:51]]
     with tempfile.TemporaryDirectory() as tmp:
-        reg = ModelRegistry(Path(tmp) / "models")
-        card = register_untrained(reg, "tiny", "tiny", features=names, window=args.window)
-        p = free_ports(5)
-        cfg = ServerConfig(
-            home=Path(tmp) / "serving", inference_port=p[0], management_port=p[1],
-            metrics_port=p[2], grpc_inference_port=p[3], grpc_management_port=p[4],
-        )  # fmt: skip
-        start(cfg, [build_archive(reg, card.ref, cfg.model_store)])
+        reg, card, cfg = serve_tiny(Path(tmp), args.window)
         try:
-            print(
-                "| symbols | bars | SMA bars/s | ML via TorchServe bars/s | ratio | ML in-process bars/s | ratio |"
-            )
-            print("|---|---|---|---|---|---|---|")
+            print(HEADER)
             for n in args.symbols:
-                frames = generate_market(SyntheticConfig(n_symbols=n, n_bars=args.bars, seed=1))
-                windows = FeatureWindows.build(frames, names, args.window)
-                total = sum(len(f) for f in frames.values())
-                speeds = {}
-                clients = {
-                    "rest": RestClient.for_server(cfg.home, "tiny"),
-                    "inproc": InProcessClient.from_registry(reg.root, card.ref, threads=1),
-                }
-                t = time.perf_counter()
-                run_backtest("sma", frames, SmaCross, costs=CostConfig(),
-                             strategy_kwargs={"config": SmaCrossConfig()})  # fmt: skip
-                speeds["sma"] = total / (time.perf_counter() - t)
-                for key, client in clients.items():
-                    mcfg = MLSignalConfig(
-                        client=client, windows=windows, sizer=FixedFraction(fraction=0.05),
-                        min_edge=0.0, horizon_agreement=0, allow_short=True,
-                    )  # fmt: skip
-                    t = time.perf_counter()
-                    run_backtest("ml", frames, MLSignalStrategy, costs=CostConfig(),
-                                 strategy_kwargs={"config": mcfg})  # fmt: skip
-                    speeds[key] = total / (time.perf_counter() - t)
-                print(
-                    f"| {n} | {total:,} | {speeds['sma']:,.0f} | {speeds['rest']:,.0f} | "
-                    f"{speeds['rest'] / speeds['sma']:.2f}x | {speeds['inproc']:,.0f} | "
-                    f"{speeds['inproc'] / speeds['sma']:.2f}x |",
-                    flush=True,
-                )
+                print(bench_universe(n, args.bars, args.window, reg, card, cfg), flush=True)
         finally:
             stop(cfg)
 

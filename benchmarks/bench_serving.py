@@ -71,6 +71,7 @@ def forward_flops(net: torch.nn.Module, x: torch.Tensor, pos: torch.Tensor) -> i
 
 
 def bench_arch(arch: str, root: Path, args: argparse.Namespace, port: int) -> list[str]:
+    """Register, archive and serve ``arch``, time every path, and return its two table rows."""
     reg = ModelRegistry(root / "models")
     names = [f.name for f in FEATURES[:N_FEATURES]]
     card = register_untrained(reg, arch, arch, features=names, window=args.window)
@@ -84,55 +85,89 @@ def bench_arch(arch: str, root: Path, args: argparse.Namespace, port: int) -> li
     w1 = rng.normal(size=(1, args.window, N_FEATURES)).astype(np.float32)
     w64 = rng.normal(size=(64, args.window, N_FEATURES)).astype(np.float32)
     local = InProcessClient.from_registry(reg.root, card.ref, threads=1)
-    net = local.handler.net
-    assert net is not None
-    x1, p1 = local.handler.preprocess([local.handler.preprocess_one({"body": _bin(w1)})])
+    bare = bare_forward(local, w1)
     start(cfg, [mar])
-    lines = []
     try:
-        binary = RestClient(RestConfig(url=cfg.inference_url, model=arch, key_file=cfg.key_file))
-        js = RestClient(
-            RestConfig(url=cfg.inference_url, model=arch, key_file=cfg.key_file, binary=False)
-        )
-        torch.set_num_threads(1)
-
-        def bare() -> None:
-            with torch.inference_mode():
-                net(x1, p1)
-
-        t1 = timed(
-            {"rest-bin": lambda: binary.predict(w1), "rest-json": lambda: js.predict(w1),
-             "inproc": lambda: local.predict(w1), "forward": bare},
-            args.rounds,
-        )  # fmt: skip
-        t64 = timed(
-            {"rest-bin": lambda: binary.predict(w64), "rest-json": lambda: js.predict(w64),
-             "inproc": lambda: local.predict(w64)},
-            max(10, args.rounds // 10),
-        )  # fmt: skip
+        t1, t64 = time_paths(arch, cfg, local, bare, w1, w64, args.rounds)
     finally:
         stop(cfg)
+    floor_ms = forward_flops(*_net_inputs(local, w64)) / (args.gflops * 1e9) * 1000
+    return [latency_row(arch, card.parameters, t1), throughput_row(arch, floor_ms, t64)]
+
+
+def _net_inputs(
+    local: InProcessClient, w: np.ndarray
+) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """The network and the tensors the handler feeds it for windows ``w``."""
+    net = local.handler.net
+    assert net is not None
+    x, pos = local.handler.preprocess([local.handler.preprocess_one({"body": _bin(w)})])
+    return net, x, pos
+
+
+def bare_forward(local: InProcessClient, w: np.ndarray) -> Callable[[], None]:
+    """The network's forward alone on windows ``w`` (preprocessed once, outside the timing)."""
+    net, x, pos = _net_inputs(local, w)
+
+    def bare() -> None:
+        with torch.inference_mode():
+            net(x, pos)
+
+    return bare
+
+
+def time_paths(
+    arch: str,
+    cfg: ServerConfig,
+    local: InProcessClient,
+    bare: Callable[[], None],
+    w1: np.ndarray,
+    w64: np.ndarray,
+    rounds: int,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Batch-1 and batch-64 times (ms) of REST binary, REST JSON, in-process (and bare, b1)."""
+    binary = RestClient(RestConfig(url=cfg.inference_url, model=arch, key_file=cfg.key_file))
+    js = RestClient(
+        RestConfig(url=cfg.inference_url, model=arch, key_file=cfg.key_file, binary=False)
+    )
+    torch.set_num_threads(1)
+    t1 = timed(
+        {"rest-bin": lambda: binary.predict(w1), "rest-json": lambda: js.predict(w1),
+         "inproc": lambda: local.predict(w1), "forward": bare},
+        rounds,
+    )  # fmt: skip
+    t64 = timed(
+        {"rest-bin": lambda: binary.predict(w64), "rest-json": lambda: js.predict(w64),
+         "inproc": lambda: local.predict(w64)},
+        max(10, rounds // 10),
+    )  # fmt: skip
+    return t1, t64
+
+
+def latency_row(arch: str, parameters: int, t1: dict[str, list[float]]) -> str:
+    """The batch-1 row: p50s, REST p99, the REST / in-process goal and the 40 ms count."""
     p50 = {k: statistics.median(v) for k, v in t1.items()}
     p99 = {k: float(np.percentile(v, 99)) for k, v in t1.items()}
     near40 = sum(1 for v in t1["rest-bin"] if 35 <= v <= 45)
     goal = max(1.5 * p50["inproc"], p50["inproc"] + 3.0)
-    x64, p64 = local.handler.preprocess([local.handler.preprocess_one({"body": _bin(w64)})])
-    floor_ms = forward_flops(net, x64, p64) / (args.gflops * 1e9) * 1000
-    b64 = {k: statistics.median(v) for k, v in t64.items()}
-    lines.append(
-        f"| {arch} | {card.parameters:,} | {p50['forward']:.2f} | {p50['inproc']:.2f} | "
+    return (
+        f"| {arch} | {parameters:,} | {p50['forward']:.2f} | {p50['inproc']:.2f} | "
         f"{p50['rest-bin']:.2f} / {p99['rest-bin']:.2f} | {p50['rest-json']:.2f} | "
         f"{p50['rest-bin'] / p50['inproc']:.2f}x (goal <= {goal:.2f} ms: "
         f"{'met' if p50['rest-bin'] <= goal else 'NOT met'}) | "
         f"{p99['rest-bin'] / p50['rest-bin']:.2f}x | {near40} |"
     )
-    lines.append(
+
+
+def throughput_row(arch: str, floor_ms: float, t64: dict[str, list[float]]) -> str:
+    """The batch-64 row: median times, windows/s, and each path against the FLOP floor."""
+    b64 = {k: statistics.median(v) for k, v in t64.items()}
+    return (
         f"| {arch} b64 | floor {floor_ms:.1f} ms | inproc {b64['inproc']:.1f} ms | "
         f"REST bin {b64['rest-bin']:.1f} ms ({64000 / b64['rest-bin']:.0f} win/s) | "
         f"REST json {b64['rest-json']:.1f} ms | bin/floor {b64['rest-bin'] / floor_ms:.2f}x | "
         f"inproc/floor {b64['inproc'] / floor_ms:.2f}x |"
     )
-    return lines
 
 
 def _bin(w: np.ndarray) -> bytes:

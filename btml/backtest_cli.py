@@ -77,8 +77,9 @@ def backtest(
     try:
         request = _request(opts, tearsheet=tearsheet_path is not None, plot=plot_path is not None)
         result = run_backtest(
-            config.store, request, tearsheet_to=tearsheet_path, plot_to=plot_path, log=click.echo
-        )
+            config.store, request, tearsheet_to=tearsheet_path, plot_to=plot_path,
+            log=click.echo, db_url=config.db_url,
+        )  # fmt: skip
     except BtmlError as err:
         fail(err)
     click.echo(summary(result.results))
@@ -132,7 +133,7 @@ def tearsheet(config: Config, run: str, out: str) -> None:
     from workflows.reports import tearsheet_of_run
 
     try:
-        path = tearsheet_of_run(config.store, run, out)
+        path = tearsheet_of_run(config.store, run, out, db_url=config.db_url)
     except BtmlError as err:
         fail(err)
     click.echo(f"tearsheet: {path}")

@@ -18,6 +18,15 @@ from core.errors import BtmlError
     default=None,
     help="Store folder (default: $BTML_STORE or ./data_storage).",
 )
+@click.option(
+    "--db",
+    "db_url",
+    envvar="BTML_DB",
+    default=None,
+    metavar="URL",
+    help="Run registry database of every command (default: $BTML_DB, else "
+    "sqlite:///{store}/runs.sqlite), e.g. postgresql+psycopg://user@host/db.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also show the debug log lines.")
 @click.option("-q", "--quiet", is_flag=True, help="Show only warnings and errors in the log.")
 @click.option(
@@ -30,13 +39,22 @@ from core.errors import BtmlError
 @click.version_option(package_name="backtrader-ml", prog_name="btml")
 @click.pass_context
 def main(
-    ctx: click.Context, store: Path | None, verbose: bool, quiet: bool, threads: int | None
+    ctx: click.Context,
+    store: Path | None,
+    db_url: str | None,
+    verbose: bool,
+    quiet: bool,
+    threads: int | None,
 ) -> None:
     """backtrader-ml: market data, ML signals and backtests for backtrader."""
     configure_process(ctx, verbose=verbose, quiet=quiet, threads=threads)
     try:
-        ctx.obj = load_config(store)
-    except BtmlError as err:  # e.g. only one of the two Alpaca keys set
+        ctx.obj = load_config(store, db_url=db_url)
+        if ctx.obj.db_url:
+            from workflows.runs_db import check_url
+
+            check_url(ctx.obj.db_url)  # a typo fails now, not after a training
+    except BtmlError as err:  # e.g. only one of the two Alpaca keys set, a bad --db
         fail(err)
 
 
@@ -50,7 +68,7 @@ def demo(config: Config, synthetic: bool) -> None:
     from workflows.demo import run_demo, summary_table
 
     try:
-        result = run_demo(config.store, synthetic=synthetic, log=click.echo)
+        result = run_demo(config.store, synthetic=synthetic, log=click.echo, db_url=config.db_url)
     except BtmlError as err:
         fail(err)
     click.echo("")
@@ -66,6 +84,7 @@ def demo(config: Config, synthetic: bool) -> None:
 
 
 from btml.backtest_cli import backtest, tearsheet  # noqa: E402
+from btml.dashboard_cli import dashboard  # noqa: E402
 from btml.data_cli import data  # noqa: E402
 from btml.features_cli import features  # noqa: E402
 from btml.index_cli import index  # noqa: E402
@@ -87,6 +106,7 @@ main.add_command(walkforward)
 main.add_command(stress)
 main.add_command(trade)
 main.add_command(runs)
+main.add_command(dashboard)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -39,25 +39,32 @@ class SourceSettings(DataConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class Config:
-    """Everything a command needs: where the store is, credentials, source settings."""
+    """Everything a command needs: where the store is, the run registry's database
+    (``db_url``; None: ``sqlite:///{store}/runs.sqlite``), credentials, source settings."""
 
     store: Path = Path(DEFAULT_STORE)
+    db_url: str | None = None
     alpaca: AlpacaCredentials | None = None
     sources: SourceSettings = field(default_factory=SourceSettings)
 
 
 def load_config(
-    store: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+    store: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    db_url: str | None = None,
 ) -> Config:
-    """Build the config: ``store`` flag, else ``BTML_STORE``, else ``./data_storage``."""
+    """Build the config: ``store`` flag, else ``BTML_STORE``, else ``./data_storage``;
+    ``db_url`` flag, else ``BTML_DB``, else None (the store's SQLite file)."""
     env = os.environ if env is None else env
     path = Path(store or env.get("BTML_STORE") or DEFAULT_STORE)
+    db = db_url or env.get("BTML_DB") or None
     sources = SourceSettings(
         alpaca_feed=env.get("BTML_ALPACA_FEED", "iex"),
         alpaca_data_url=env.get("BTML_ALPACA_DATA_URL") or None,
         ccxt_exchange=env.get("BTML_CCXT_EXCHANGE", "binance"),
     )
-    return Config(store=path, alpaca=AlpacaCredentials.from_env(env), sources=sources)
+    return Config(store=path, db_url=db, alpaca=AlpacaCredentials.from_env(env), sources=sources)
 
 
 __all__ = ["DEFAULT_STORE", "AlpacaCredentials", "Config", "SourceSettings", "load_config"]

@@ -158,6 +158,7 @@ def import_(
             drop_invalid=drop_invalid,
             replace=replace,
             allow_jump=allow_jump,
+            db_url=config.db_url,
         )
     except BtmlError as err:
         fail(err)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from btml.common import fail, pass_config
+from btml.common import apply_threads, fail, pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
 from core.errors import BtmlError, DataError
@@ -71,7 +71,9 @@ def train(config: Config, symbols: str | None, **opts: Any) -> None:
         cfg = TrainRunConfig.from_dict({**opts, "symbols": syms})
         label = f"training {cfg.name or cfg.arch} ({cfg.arch})"
         with click.progressbar(length=cfg.epochs, label=label) as bar:
-            result = run_training(config.store, cfg, on_epoch=_epoch_line(bar), log=click.echo)
+            result = run_training(
+                config.store, cfg, on_epoch=_epoch_line(bar), log=click.echo, db_url=config.db_url
+            )
     except BtmlError as err:
         fail(err)
     except KeyboardInterrupt:
@@ -193,13 +195,17 @@ def show(config: Config, ref: str, as_json: bool) -> None:
     "--epochs", default=3, show_default=True, help="Training epochs for the out-of-sample metrics."
 )
 @click.option("--max-batches", default=30, show_default=True, help="Batches per epoch.")
-@click.option("--threads", default=None, type=int, help="CPU threads (default: all cores).")
-def bench(archs: tuple[str, ...], epochs: int, max_batches: int, threads: int | None) -> None:
+@click.option(
+    "--threads",
+    default=None,
+    type=click.IntRange(min=1),
+    help="CPU threads (default: those of btml --threads).",
+)
+@click.pass_context
+def bench(
+    ctx: click.Context, archs: tuple[str, ...], epochs: int, max_batches: int, threads: int | None
+) -> None:
     """Benchmark presets beside nn.LSTM of equal size: size, latency, training speed, OOS metrics."""
-    import os
-
-    import torch
-
     from mlmodels.benchmark import benchmark_architectures
     from mlmodels.nets.model import get_architecture
 
@@ -208,7 +214,8 @@ def bench(archs: tuple[str, ...], epochs: int, max_batches: int, threads: int | 
             get_architecture(a)
     except BtmlError as err:
         fail(err)
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    if threads is not None:  # else the group's (btml --threads) stand
+        ctx.call_on_close(apply_threads(threads))
     benchmark_architectures(
         list(archs) or None, epochs=epochs, max_batches=max_batches, log=click.echo
     )

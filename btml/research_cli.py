@@ -50,7 +50,7 @@ def walkforward(
     tearsheet_path: str | None, **opts: Any,
 ) -> None:  # fmt: skip
     """Train, serve and backtest per fold; report only the stitched out-of-sample result."""
-    from workflows.research import WalkForwardConfig, run_walk_forward
+    from workflows.walkforward import WalkForwardConfig, run_walk_forward
 
     try:
         cfg = WalkForwardConfig.from_dict({
@@ -59,7 +59,9 @@ def walkforward(
                       "train": "expanding" if rolling is None else "rolling"},
             "train": {"epochs": epochs, "patience": 5},
         })  # fmt: skip
-        out = run_walk_forward(config.store, cfg, tearsheet_to=tearsheet_path, log=click.echo)
+        out = run_walk_forward(
+            config.store, cfg, tearsheet_to=tearsheet_path, log=click.echo, db_url=config.db_url
+        )
     except BtmlError as err:
         fail(err)
     res, p, d = out.result, out.stitched.stats, out.result.dsr
@@ -79,11 +81,11 @@ def walkforward(
 @pass_config
 def stress(config: Config, model: str, symbols: str, timeframe: str) -> None:
     """The model's strategy over crash windows the data covers and synthetic shocks."""
-    from workflows.research import StressConfig, run_stress
+    from workflows.stress import StressConfig, run_stress
 
     try:
         cfg = StressConfig(model=model, symbols=_symbols(symbols), timeframe=timeframe)
-        out = run_stress(config.store, cfg, log=click.echo)
+        out = run_stress(config.store, cfg, log=click.echo, db_url=config.db_url)
     except BtmlError as err:
         fail(err)
     click.echo(out.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

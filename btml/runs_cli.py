@@ -76,17 +76,16 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[
 @click.option(
     "--db",
     "db_url",
-    envvar="BTML_DB",
     default=None,
     metavar="URL",
-    help="Registry database (default: sqlite:///{store}/runs.sqlite; env BTML_DB), e.g. "
-    "postgresql+psycopg://user@host/db.",
+    help="Registry database (default: that of btml --db, which reads $BTML_DB, else "
+    "sqlite:///{store}/runs.sqlite), e.g. postgresql+psycopg://user@host/db.",
 )
 @click.pass_context
 def runs(ctx: click.Context, db_url: str | None) -> None:
     """Recorded runs: their parameters, metrics, artefacts and what depends on them."""
     config = ctx.find_object(Config) or load_config()
-    ctx.obj = _Target(config.store, db_url)
+    ctx.obj = _Target(config.store, db_url or config.db_url)
 
 
 @runs.command("list")

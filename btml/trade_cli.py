@@ -98,6 +98,7 @@ def trade(ctx: click.Context, **opts: Any) -> None:
             alpaca, timeframe=opts["timeframe"], serving=opts["serving"],
             adopt_positions=opts["adopt_positions"], bars=opts["bars"], log=click.echo,
             feed_kwargs={"market_hours": True} if opts["regular_hours"] else None,
+            db_url=config.db_url,
         )  # fmt: skip
     except BtmlError as err:
         fail(err)

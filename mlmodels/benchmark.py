@@ -9,10 +9,11 @@ measured on the bare recurrent paths of matched parameter count.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -92,48 +93,70 @@ def benchmark_architectures(
     )
     dcfg = DatasetConfig(window=60)
     rows = []
-    names = archs or list(ARCHITECTURES)
-    for name in names:
-        base = ARCHITECTURES[name]
-        for cfg in (
-            [base, lstm_baseline(base)] if base.xlstm_layers and not base.ensemble else [base]
-        ):
-            ds = build_dataset(frames, dcfg)
-            split = chronological_split(ds.times, lookahead=24)
-            mcfg = cfg.with_data(len(ds.feature_names), ds.window)
-            model = build_model(mcfg)
-            row: dict[str, Any] = {
-                "model": mcfg.arch,
-                "params": count_parameters(model),
-                "ms_b1": latency(model, mcfg, 1),
-                "ms_b64": latency(model, mcfg, 64),
-            }
-            tcfg = TrainConfig(
-                epochs=epochs, batch_size=64, max_batches=max_batches, lr=1e-3, seed=0
-            )
-            t = time.perf_counter()
-            _, card = train_on_dataset(
-                ds, split, mcfg, name="bench", registry=None, train_cfg=tcfg, data_cfg=dcfg
-            )
-            row["train_samples_s"] = epochs * max_batches * 64 / (time.perf_counter() - t)
-            m = card.metrics["test"]
-            row.update(
-                {
-                    "dir_acc": m["direction_accuracy"],
-                    "dir_logloss": m["direction_logloss"],
-                    "ic_1": m["price_1_ic"],
-                    "price_1_mae": m["price_1_mae"],
-                    "majority_acc": card.metrics["baselines_test"]["majority_direction_accuracy"],
-                }
-            )
-            if cfg.rnn == "xlstm" and cfg.xlstm_layers:
-                for b in (1, 64):
-                    xm, lm, xp, lp = path_latency(mcfg, b)
-                    row[f"path_ratio_b{b}"] = xm / lm
-                    row[f"path_ms_b{b}"] = (xm, lm, xp, lp)
+    for name in archs or list(ARCHITECTURES):
+        for cfg in _variants(ARCHITECTURES[name]):
+            row = benchmark_one(cfg, frames, dcfg, epochs=epochs, max_batches=max_batches)
             rows.append(row)
             log(format_row(row))
     return rows
+
+
+def _variants(base: ModelConfig) -> list[ModelConfig]:
+    """The preset, and beside a recurrent single model its ``nn.LSTM`` twin of equal size."""
+    return [base, lstm_baseline(base)] if base.xlstm_layers and not base.ensemble else [base]
+
+
+def benchmark_one(
+    cfg: ModelConfig,
+    frames: Mapping[str, pd.DataFrame],
+    dcfg: DatasetConfig,
+    *,
+    epochs: int,
+    max_batches: int,
+) -> dict[str, Any]:
+    """One model's row: size and latency, training speed and test metrics, path ratios."""
+    ds = build_dataset(frames, dcfg)
+    split = chronological_split(ds.times, lookahead=24)
+    mcfg = cfg.with_data(len(ds.feature_names), ds.window)
+    model = build_model(mcfg)
+    row: dict[str, Any] = {
+        "model": mcfg.arch,
+        "params": count_parameters(model),
+        "ms_b1": latency(model, mcfg, 1),
+        "ms_b64": latency(model, mcfg, 64),
+    }
+    tcfg = TrainConfig(epochs=epochs, batch_size=64, max_batches=max_batches, lr=1e-3, seed=0)
+    t = time.perf_counter()
+    _, card = train_on_dataset(
+        ds, split, mcfg, name="bench", registry=None, train_cfg=tcfg, data_cfg=dcfg
+    )
+    row["train_samples_s"] = epochs * max_batches * 64 / (time.perf_counter() - t)
+    row.update(_test_metrics(card.metrics))
+    if cfg.rnn == "xlstm" and cfg.xlstm_layers:
+        row.update(_path_ratios(mcfg))
+    return row
+
+
+def _test_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The out-of-sample figures the table shows, from a model card's metrics."""
+    m = metrics["test"]
+    return {
+        "dir_acc": m["direction_accuracy"],
+        "dir_logloss": m["direction_logloss"],
+        "ic_1": m["price_1_ic"],
+        "price_1_mae": m["price_1_mae"],
+        "majority_acc": metrics["baselines_test"]["majority_direction_accuracy"],
+    }
+
+
+def _path_ratios(mcfg: ModelConfig) -> dict[str, Any]:
+    """xLSTM / nn.LSTM latency of the bare recurrent paths at batch 1 and 64."""
+    out: dict[str, Any] = {}
+    for b in (1, 64):
+        xm, lm, xp, lp = path_latency(mcfg, b)
+        out[f"path_ratio_b{b}"] = xm / lm
+        out[f"path_ms_b{b}"] = (xm, lm, xp, lp)
+    return out
 
 
 def format_row(r: dict[str, Any]) -> str:

@@ -14,7 +14,8 @@ Set up like any backtrader strategy::
     cerebro.addstrategy(MLSignalStrategy, model="tiny:1", store="data_storage",
                         entry_prob=0.55, sizer="fixed")
 
-or with ``config=MLSignalConfig(...)`` and ``client=`` / ``windows=`` (see the class).
+or with ``config=MLSignalConfig(...)`` (plain values) and the runtime objects beside it,
+``client=`` / ``windows=`` (see the class).
 
 Entry rules (``MLSignalConfig``): long when P(up) - P(down) >= ``min_edge``, P(up) >=
 ``entry_prob``, confidence >= ``min_confidence`` and at least ``horizon_agreement`` of the
@@ -33,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,10 +71,8 @@ class MLSignalConfig(DataConfig):
 
     ``sizer``: a ``strategies.sizing.SIZERS`` entry as a ``PluginSpec``, a name, or a sizer
     object of a registered class (turned into its spec). The runtime objects (the signal
-    client, the feature windows) are not part of the config: give them to the strategy
-    (``client=``, ``windows=``, or ``model=`` and ``store=``). ``client=``/``windows=`` are
-    still accepted here for older scripts: they ride along outside the fields (not compared,
-    not in ``to_dict``, dropped by ``dataclasses.replace``).
+    client, the feature windows) are not part of the config: give them to the strategy beside
+    it (``client=``, ``windows=``, or ``model=`` and ``store=``).
     """
 
     entry_prob: float = 0.0
@@ -86,11 +85,8 @@ class MLSignalConfig(DataConfig):
     serving_failure: str = "abort"
     rebalance_band: float = 0.02
     returns_lookback: int = 60
-    client: InitVar[SignalClient | None] = None
-    windows: InitVar[FeatureWindows | None] = None
 
-    def __post_init__(self, client: SignalClient | None, windows: FeatureWindows | None) -> None:
-        object.__setattr__(self, "_attached", (client, windows))
+    def __post_init__(self) -> None:
         object.__setattr__(self, "sizer", sizer_spec(self.sizer))
         if not isinstance(self.risk, RiskConfig):
             raise ConfigError(f"risk must be a RiskConfig, got {type(self.risk).__name__}")
@@ -345,11 +341,9 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
 
 # -- the runtime objects ------------------------------------------------------------------------
 def runtime_objects(p: Any, datas: Sequence[Any]) -> tuple[SignalClient, FeatureWindows]:
-    """The strategy's client and windows: given (``client``/``windows`` params, or an older
-    config carrying them), else built from ``model`` and ``store``."""
-    attached = getattr(p.config, "_attached", (None, None))
-    client = p.client if p.client is not None else attached[0]
-    windows = p.windows if p.windows is not None else attached[1]
+    """The strategy's client and windows: the ``client``/``windows`` params when given, else
+    built from ``model`` and ``store``."""
+    client, windows = p.client, p.windows
     if client is not None and windows is not None:
         return client, windows
     if p.model is None or p.store is None:
@@ -362,7 +356,7 @@ def runtime_objects(p: Any, datas: Sequence[Any]) -> tuple[SignalClient, Feature
 
     root = Path(p.store)
     if client is None:
-        client = InProcessClient.from_registry(root / "models", str(p.model), threads=1)
+        client = InProcessClient.from_registry(root / "models", str(p.model))
     if windows is None:
         card = ModelRegistry(root / "models").card(str(p.model))
         windows = feed_windows(datas, card, root)

@@ -23,9 +23,9 @@ from backtrader.order import Order
 from brokers.alpaca import answers
 from brokers.alpaca.journal import Journal
 from brokers.alpaca.rest import OrderSpec, TradingAPI
+from brokers.alpaca.sim.trading import AlpacaFake, first_only, set_field
 from brokers.alpaca.store import AlpacaStore
 from core.errors import BrokerProtocolError
-from tests.alpaca_fake import AlpacaFake, first_only, set_field
 from tests.test_alpaca_broker import Session, _config, _data, _orders_with
 
 pytestmark = pytest.mark.timeout(60)

@@ -25,10 +25,10 @@ from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.journal import Journal, OrderIntent
 from brokers.alpaca.reconcile import PositionMismatch
 from brokers.alpaca.rest import BrokerUnavailable, OrderSpec, RateLimiter, TradingAPI
+from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake, FakeConfig
 from brokers.alpaca.store import AlpacaStore
 from core.errors import ConfigError
 from feeds.btfeeds import StoreData
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -31,7 +31,7 @@ from alpaca.trading.requests import (
 from alpaca.trading.stream import TradingStream
 from websockets.sync.client import connect
 
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig
+from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake, FakeConfig
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -1,7 +1,7 @@
 """Live bars: AlpacaBarHub and LiveBars in real Cerebro runs against a loopback Alpaca stream.
 
-The stream is ``tests/alpaca_data_fake.py`` (Alpaca's protocol, msgpack frames, one connection
-per endpoint), history is served by ``tests/loopback.py`` from the bars the fake was given, in
+The stream is ``brokers/alpaca/sim/data.py`` (Alpaca's protocol, msgpack frames, one connection
+per endpoint), history is served by ``brokers/alpaca/sim/loopback.py`` from the bars the fake was given, in
 the recorded bodies' shape. Bars are pushed from a driver thread while ``cerebro.run()`` blocks;
 the strategy stops itself once it saw the expected bars, and a watchdog stops a run that hangs.
 """
@@ -26,10 +26,10 @@ import pytest
 import requests
 
 from brokers.alpaca.datastream import AlpacaBarHub, HubConfig
+from brokers.alpaca.sim.data import KEY_ID, SECRET, AlpacaDataFake
+from brokers.alpaca.sim.loopback import LoopbackServer
 from core.errors import ConfigError, SourceUnavailable
 from feeds.live import LiveBars, in_regular_session
-from tests.alpaca_data_fake import KEY_ID, SECRET, AlpacaDataFake
-from tests.loopback import LoopbackServer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -27,6 +27,9 @@ import pytest
 
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.journal import Journal
+from brokers.alpaca.sim.data import AlpacaDataFake
+from brokers.alpaca.sim.loopback import LoopbackServer, Request
+from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake, FakeConfig
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from mlmodels.dataset import DatasetConfig
 from mlmodels.pipeline import train_model
@@ -34,9 +37,6 @@ from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, ModelRegistry
 from mlmodels.trainer import TrainConfig
 from strategies.audit import decisions_frame
 from strategies.risk import RiskConfig
-from tests.alpaca_data_fake import AlpacaDataFake
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeConfig
-from tests.loopback import LoopbackServer, Request
 from workflows.backtest import MLRunConfig
 from workflows.runs import RunRegistry
 from workflows.runs_info import file_sha256

@@ -28,7 +28,8 @@ from mlmodels.dataset import DatasetConfig
 from mlmodels.pipeline import train_model
 from mlmodels.registry import CARD_FILE, ModelCard, ModelRegistry
 from mlmodels.trainer import TrainConfig
-from strategies.risk import RiskConfig
+from strategies.audit import limits_held, outcomes_frame
+from strategies.risk import DEFAULT_RULES, RiskConfig
 from workflows.backtest import BacktestConfig, MLRunConfig, backtest
 from workflows.errors import RunInUse
 from workflows.runs import RunRegistry
@@ -129,7 +130,8 @@ def test_runs_show_json_lists_the_artefacts_and_the_data_hashes(store: Path) -> 
     assert shown.exit_code == 0, shown.output
     record = json.loads(shown.output)
     assert record["id"] == rid and record["kind"] == "backtest"
-    arts = ["returns.parquet", "audit.parquet", "summary.json", "tearsheet.html"]
+    arts = ["returns.parquet", "audit.parquet", "risk_outcomes.parquet", "summary.json",
+            "tearsheet.html"]  # fmt: skip
     assert record["artifacts"] == arts
     for name in arts:
         assert (store / "runs" / rid / name).stat().st_size > 0
@@ -142,6 +144,32 @@ def test_runs_show_json_lists_the_artefacts_and_the_data_hashes(store: Path) -> 
     copied = (store.parent / "t.html").read_bytes()
     assert copied == (store / "runs" / rid / "tearsheet.html").read_bytes()
     assert b"btml-ml" in copied
+
+
+def test_the_risk_rules_outcomes_are_saved_beside_the_audit(store: Path) -> None:
+    """``risk_outcomes.parquet``: a row per decision and rule (what it measured, what it did),
+    the very table ``outcomes_frame`` makes of the run's audit trail, registered with the run."""
+    risk = RiskConfig(max_position=0.002)  # below the model's ~0.5 % sizes: the cap binds
+    ml = MLRunConfig(min_edge=0.0, horizon_agreement=0, risk=risk)
+    out = backtest(store, BacktestConfig(symbols=SYMBOLS, model="m:1", ml=ml), log=lambda _: None)
+    audit = out.results[0].strategy.audit
+    saved = pd.read_parquet(out.run_dir / "risk_outcomes.parquet")
+    pd.testing.assert_frame_equal(saved, outcomes_frame(audit))
+    assert len(saved) == len(audit) * len(DEFAULT_RULES) > 0
+    assert set(saved.rule) == {
+        "position-limit", "daily-loss-stop", "drawdown-halt", "correlation", "gross-exposure",
+    }  # fmt: skip
+    cap = saved[saved.rule == "position-limit"]
+    assert (cap.limit == 0.002).all() and cap.bound.any()  # the cap did bind, and says so
+    assert (saved.target.abs() <= 0.002 + 1e-12).all()
+    assert all(limits_held(audit, risk).values())
+    decisions = pd.read_parquet(out.run_dir / "audit.parquet")
+    assert set(zip(saved.timestamp, saved.symbol, strict=True)) == set(
+        zip(decisions.timestamp, decisions.symbol, strict=True)
+    )
+    with RunRegistry(store) as registry:
+        artifacts = registry.get(out.run_id).artifacts
+    assert artifacts[:3] == ("returns.parquet", "audit.parquet", "risk_outcomes.parquet")
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from brokers.alpaca.sim.loopback import LoopbackServer
 from btml.cli import main
 from btml.common import (
     MAX_DEFAULT_THREADS,
@@ -30,7 +31,6 @@ from btml.common import (
     default_threads,
     log_level,
 )
-from tests.loopback import LoopbackServer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alpaca"
 REQUESTED = "DEBUG feeds.sources.alpaca: alpaca: requesting AAPL 1Day bars"

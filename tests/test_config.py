@@ -30,6 +30,14 @@ def test_store_default_env_and_flag_precedence() -> None:
     assert load_config(env={"BTML_STORE": ""}).store == Path(DEFAULT_STORE)
 
 
+def test_registry_database_default_env_and_flag_precedence() -> None:
+    assert load_config(env={}).db_url is None  # the store's SQLite file
+    assert load_config(env={"BTML_DB": "sqlite:////env.db"}).db_url == "sqlite:////env.db"
+    flag = load_config(env={"BTML_DB": "sqlite:////env.db"}, db_url="sqlite:////flag.db")
+    assert flag.db_url == "sqlite:////flag.db"
+    assert load_config(env={"BTML_DB": ""}).db_url is None
+
+
 def _store_named_by_cli(args: list[str], env: dict[str, str | None]) -> str:
     result = CliRunner().invoke(main, [*args, "data", "list"], env=env)
     assert result.exit_code == 0, result.output

@@ -33,9 +33,9 @@ from brokers.alpaca.journal import (
     make_client_order_id,
     net_position,
 )
+from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake, FakeOrder
 from core.errors import CorruptFileError, StoreError
 from serving.signal import Signal
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, FakeOrder
 
 pytestmark = pytest.mark.timeout(20)
 

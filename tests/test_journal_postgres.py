@@ -95,7 +95,7 @@ def test_reconciliation_reads_and_writes_postgresql(db: str) -> None:
     pg_url = db
     from brokers.alpaca.config import AlpacaConfig
     from brokers.alpaca.rest import OrderSpec, TradingAPI
-    from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake
+    from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake
 
     with AlpacaFake() as fake, Journal(pg_url) as journal:
         fake.set_price("NVDA", 50.0)

@@ -170,20 +170,13 @@ def test_entry_rules() -> None:
         RiskConfig(max_position=1.5)
 
 
-def test_the_older_config_carrying_client_and_windows_still_runs(frames, feature_windows) -> None:
-    """``MLSignalConfig(client=..., windows=...)`` (scripts written before the split) trades
-    exactly like the strategy params ``client=``/``windows=``."""
+def test_the_config_holds_no_runtime_objects(frames, feature_windows) -> None:
+    """The client and the windows go to the strategy beside the config, never into it."""
     client = ReplayClient.from_frame(scripted_signals(frames))
-    new = run(frames, feature_windows, client)
-    cfg = MLSignalConfig(client=client, windows=feature_windows, sizer=FixedFraction(fraction=0.3),
-                         entry_prob=0.5, horizon_agreement=3)  # fmt: skip
-    old = run_backtest(
-        "ml", frames, MLSignalStrategy, costs=CostConfig(), strategy_kwargs={"config": cfg}
-    )
-    assert old.final_value == new.final_value
-    assert [(d.timestamp, d.target, d.reason) for d in old.strategy.audit] == [
-        (d.timestamp, d.target, d.reason) for d in new.strategy.audit
-    ]
+    with pytest.raises(TypeError, match="client"):
+        MLSignalConfig(client=client)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="windows"):
+        MLSignalConfig(windows=feature_windows)  # type: ignore[call-arg]
 
 
 def test_desired_weight_steps() -> None:

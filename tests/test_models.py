@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from mlmodels.labels import LabelConfig
 from mlmodels.losses import Curriculum, LossConfig, MultiTaskLoss
 from mlmodels.nets.model import ARCHITECTURES, build_model, count_parameters, get_architecture
 from mlmodels.pipeline import train_on_dataset
-from mlmodels.registry import ModelRegistry, load_weights
+from mlmodels.registry import CARD_FILE, ModelRegistry, load_weights
 from mlmodels.splits import WalkForward, chronological_split
 from mlmodels.trainer import TrainConfig, Trainer
 from workflows.runs import RunRegistry
@@ -198,6 +200,14 @@ def test_loss_options() -> None:
     assert all(v > 0 for v in cur.weights(9, 10, base).values())
 
 
+@pytest.fixture
+def torch_threads() -> Iterator[Callable[[int], None]]:
+    """Set torch's intra-op threads for one test; the count before it is restored after."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 def _walk_forward_accuracy(cfg: SyntheticConfig) -> tuple[float, float, int]:
     frames = generate_market(cfg)
     dcfg = DatasetConfig(window=20, labels=LabelConfig(dead_zone=0.0))
@@ -217,8 +227,10 @@ def _walk_forward_accuracy(cfg: SyntheticConfig) -> tuple[float, float, int]:
 
 
 @pytest.mark.slow
-def test_finds_a_planted_signal_and_nothing_in_a_random_walk() -> None:
-    torch.set_num_threads(2)
+def test_finds_a_planted_signal_and_nothing_in_a_random_walk(
+    torch_threads: Callable[[int], None],
+) -> None:
+    torch_threads(2)
     acc, majority, n = _walk_forward_accuracy(
         SyntheticConfig.pure_random_walk(n_symbols=6, n_bars=1500, seed=3, planted_strength=0.3)
     )
@@ -316,3 +328,29 @@ def test_explanation_parts(small_ds) -> None:
     ) == pytest.approx(1.0, abs=1e-5)
     assert exp.grad_x_input["return_1"].shape == (len(ds.feature_names),)
     assert np.abs(exp.grad_x_input["return_1"]).sum() > 0
+
+
+def test_a_training_run_in_a_relative_store_keeps_a_copy_of_the_card(tmp_path, monkeypatch) -> None:
+    """``./data_storage`` is the CLI's default: the card is copied into the run's folder, not
+    recorded as a path under it."""
+    from btml.cli import main
+    from feeds.store import ParquetStore
+    from workflows.runs import RunRegistry
+
+    monkeypatch.chdir(tmp_path)
+    store = ParquetStore("rel")
+    for f in generate_market(SyntheticConfig(n_symbols=2, n_bars=500, seed=3)).values():
+        store.write(f)
+    res = CliRunner().invoke(
+        main,
+        ["--store", "rel", "train", "--arch", "tiny", "--symbols", "SYN000,SYN001",
+         "--epochs", "1", "--window", "16", "--name", "r"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with RunRegistry("rel") as reg:
+        run = reg.list("train")[0]
+    assert CARD_FILE in run.artifacts
+    copied = run.dir / CARD_FILE
+    assert copied.is_file()
+    assert json.loads(copied.read_text())["name"] == "r"
+    assert not (run.dir / "rel").exists()  # no empty tree of the store's path

@@ -34,7 +34,8 @@ from strategies.risk import RiskConfig
 from strategies.sizing import FixedFraction
 from strategies.windows import FeatureWindows
 from workflows.backtest import MLRunConfig
-from workflows.research import gap_shock, limits_held, stress, vol_shock, walk_forward
+from workflows.stress import gap_shock, limits_held, stress, vol_shock
+from workflows.walkforward import walk_forward
 
 SYMBOLS = ("SYN000", "SYN001")
 WINDOW = 16
@@ -319,13 +320,13 @@ def ml_run(root: Path, frames, card_ref: str, risk: RiskConfig):
     t0, t1 = (pd.Timestamp(x) for x in card.date_ranges["test"])
     traded = {s: f.loc[t0:t1] for s, f in frames.items()}
     cfg = MLSignalConfig(
-        client=InProcessClient.from_registry(root / "models", card_ref, threads=1),
-        windows=windows, sizer=FixedFraction(fraction=0.6), min_edge=0.0, horizon_agreement=0,
-        risk=risk,
-    )  # fmt: skip
-    res = run_backtest(
-        "ml", traded, MLSignalStrategy, costs=CostConfig(), strategy_kwargs={"config": cfg}
+        sizer=FixedFraction(fraction=0.6), min_edge=0.0, horizon_agreement=0, risk=risk
     )
+    client = InProcessClient.from_registry(root / "models", card_ref)
+    res = run_backtest(
+        "ml", traded, MLSignalStrategy, costs=CostConfig(),
+        strategy_kwargs={"config": cfg, "client": client, "windows": windows},
+    )  # fmt: skip
     return res, decisions_frame(res.strategy.audit)
 
 
@@ -446,8 +447,10 @@ def test_walkforward_cli(market, wf) -> None:
     saved = pd.read_parquet(run_dir / "returns.parquet").iloc[:, 0]
     assert len(saved) == 2 * TEST_BARS
     summary = json.loads((run_dir / "summary.json").read_text(), parse_constant=_no_nan)
-    (run,) = summary["runs"]
-    assert run["final_value"] == pytest.approx(CostConfig().cash * (1 + run["total_return"]))
+    run, bench = summary["runs"]  # the stitched walk-forward, then its buy-and-hold benchmark
+    assert bench["name"] == "buy-and-hold" and run["name"] == "walk-forward cli"
+    for r in (run, bench):
+        assert r["final_value"] == pytest.approx(CostConfig().cash * (1 + r["total_return"]))
     assert summary["model_card"]["name"] == "cli-f2"
     assert "Sharpe" in (root / "wf.html").read_text()
 

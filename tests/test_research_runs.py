@@ -1,6 +1,6 @@
-"""Walk-forward and stress as recorded runs (workflows.research.run_walk_forward/run_stress):
-a real walk-forward of the tiny preset over a small synthetic market in a real store, real
-run-registry files; refused requests record nothing."""
+"""Walk-forward and stress as recorded runs (``workflows.walkforward.run_walk_forward``,
+``workflows.stress.run_stress``): a real walk-forward of the tiny preset over a small synthetic
+market in a real store, real run-registry files; refused requests record nothing."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from analyzers.backtest import CostConfig
 from btml.cli import main
 from core.errors import ConfigError, DataError, ModelNotFound, SymbolNotFound
 from feeds.sources.synthetic import SyntheticConfig, generate_market
@@ -21,16 +22,11 @@ from feeds.store import ParquetStore
 from mlmodels.registry import ModelRegistry
 from mlmodels.splits import WalkForward
 from mlmodels.trainer import TrainConfig
-from workflows.backtest import MLRunConfig
-from workflows.research import (
-    StressConfig,
-    WalkForwardConfig,
-    WalkForwardRunResult,
-    run_stress,
-    run_walk_forward,
-)
+from workflows.backtest import MLRunConfig, clip_range, run_baseline
 from workflows.runs import RunRegistry
 from workflows.runs_info import file_sha256
+from workflows.stress import StressConfig, run_stress
+from workflows.walkforward import WalkForwardConfig, WalkForwardRunResult, run_walk_forward
 
 pytestmark = pytest.mark.timeout(900)
 SYMBOLS = ("SYN000", "SYN001")
@@ -108,6 +104,32 @@ def test_the_walk_forward_run_keeps_the_stitched_returns_and_links_its_models(re
     refused = CliRunner().invoke(main, ["--store", str(root), "runs", "rm", out.run_id, "--yes"])
     assert refused.exit_code == 2 and "is used by model rec-f1:1, model rec-f2:1" in refused.stderr
     assert _db_rows(root) == before and rec.dir.is_dir()
+
+
+def test_the_walk_forward_is_benchmarked_by_buy_and_hold_over_its_test_bars(recorded) -> None:
+    """Buy-and-hold of the same symbols over each fold's test segment, at the same costs,
+    stitched like the folds: saved beside the walk-forward's returns, in its metrics, and
+    the benchmark of its tearsheet."""
+    root, out = recorded
+    res = out.result
+    frames = {s: ParquetStore(root).read(s, "1Day") for s in SYMBOLS}
+    assert len(res.benchmarks) == 2
+    for bench, (_, row) in zip(res.benchmarks, res.folds.iterrows(), strict=True):
+        alone = run_baseline("buyhold", clip_range(frames, row["test_start"], row["test_end"]),
+                             CostConfig())  # fmt: skip
+        pd.testing.assert_series_equal(bench.returns, alone.returns)
+    pd.testing.assert_series_equal(res.benchmark, pd.concat([b.returns for b in res.benchmarks]))
+    pd.testing.assert_index_equal(res.benchmark.index, res.returns.index)
+    saved = pd.read_parquet(out.run_dir / "returns.parquet")
+    assert list(saved.columns) == ["walk-forward rec", "buy-and-hold"]
+    assert saved["buy-and-hold"].to_numpy() == pytest.approx(res.benchmark.to_numpy(), rel=1e-12)
+    with RunRegistry(root) as runs:
+        metrics = runs.get(out.run_id).metrics
+    total = float((1 + res.benchmark).prod() - 1)
+    assert metrics["buyhold_total_return"] == pytest.approx(total, rel=1e-9)
+    assert metrics["buyhold_bars"] == 2 * TEST_BARS
+    page = (out.run_dir / "tearsheet.html").read_text()
+    assert "walk-forward rec vs buy-and-hold" in page  # not "vs no benchmark"
 
 
 def test_stress_records_a_trial_per_scenario(recorded) -> None:

@@ -25,6 +25,8 @@ from click.testing import CliRunner
 
 from btml.cli import main
 from core.errors import ConfigError
+from feeds.sample import load_sample
+from feeds.store import ParquetStore
 from tests.postgres import new_database, pg_cluster
 from workflows import (
     RegistryError,
@@ -449,9 +451,71 @@ def test_cli_db_option_and_env_var(tmp_path: Path) -> None:
     by_flag = CliRunner().invoke(
         main, ["--store", str(store), "runs", "--db", url, "list", "--json"]
     )
-    assert (
-        [r["kind"] for r in by_env] == ["stress"] == [r["kind"] for r in json.loads(by_flag.stdout)]
+    by_group = CliRunner().invoke(
+        main, ["--store", str(store), "--db", url, "runs", "list", "--json"]
     )
+    kinds = [[r["kind"] for r in json.loads(res.stdout)] for res in (by_flag, by_group)]
+    assert [r["kind"] for r in by_env] == ["stress"] and kinds == [["stress"], ["stress"]]
+
+
+def _store_ibm(root: Path) -> Path:
+    ParquetStore(root).write(load_sample(adjusted=True)["IBM"].loc["2010"], merge=False)
+    return root
+
+
+def _backtest(store: Path, *group: str, env: dict[str, str] | None = None) -> Any:
+    cli = [*group, "backtest", "--baseline", "sma", "--symbols", "IBM"]
+    return CliRunner().invoke(main, ["--store", str(store), *cli], env=env)
+
+
+def _recorded(res: Any) -> str:
+    """The run id a command printed (``recorded as run ID ...``)."""
+    found = re.search(r"recorded as run (\S+)", res.stdout)
+    assert found, res.output
+    return found.group(1)
+
+
+def _run_ids(store: Path, *group: str, env: dict[str, str] | None = None) -> list[str]:
+    res = CliRunner().invoke(main, ["--store", str(store), *group, "runs", "list", "--json"],
+                             env=env)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return [r["id"] for r in json.loads(res.stdout)]
+
+
+def test_btml_db_records_a_command_where_btml_runs_reads(tmp_path: Path) -> None:
+    """``btml --db URL`` (or ``BTML_DB``) is the registry of every command, not only of
+    ``btml runs``: the backtest is recorded there and the store's own SQLite never sees it."""
+    store = _store_ibm(tmp_path / "store")
+    url = f"sqlite:///{tmp_path / 'elsewhere' / 'reg.sqlite'}"
+    by_flag, by_env = _backtest(store, "--db", url), _backtest(store, env={"BTML_DB": url})
+    assert by_flag.exit_code == 0 and by_env.exit_code == 0, by_flag.output + by_env.output
+    made = [_recorded(r) for r in (by_flag, by_env)]
+    assert sorted(_run_ids(store, "--db", url)) == sorted(made)
+    assert _run_ids(store, env={"BTML_DB": url}) == _run_ids(store, "--db", url)
+    assert not (store / "runs.sqlite").exists() and _run_ids(store) == []
+    assert {p.name for p in (store / "runs").iterdir()} == set(made)  # folders stay in the store
+    assert _backtest(store).exit_code == 0  # without --db: the store's SQLite
+    assert len(_run_ids(store)) == 1 and len(_run_ids(store, "--db", url)) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "error: run registry: 'not a url' is not a database URL"),
+        ("nosuchdb://h/x", "error: run registry: 'nosuchdb://h/x' is not a database URL"),
+        ("sqlite://", "error: run registry: give SQLite a file, not an in-memory database"),
+    ],
+    ids=["garbage", "unknown-database", "in-memory"],
+)
+def test_a_bad_btml_db_fails_with_one_line_before_any_work(
+    tmp_path: Path, url: str, message: str
+) -> None:
+    store = _store_ibm(tmp_path)
+    before = _folder_bytes(store)
+    for res in (_backtest(store, "--db", url), _backtest(store, env={"BTML_DB": url})):
+        assert res.exit_code == 2 and res.stdout == "", res.output
+        assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith(message)
+    assert _folder_bytes(store) == before  # no run folder, no registry file
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +550,21 @@ def test_postgresql_round_trip_and_refused_rm(tmp_path: Path, pg_db: str) -> Non
     assert not (tmp_path / "runs.sqlite").exists()
     result = _cli(tmp_path, "rm", parent.id, "--yes", env={"BTML_DB": pg_db})
     assert result.exit_code == 2 and "model tiny:v1" in result.stderr
+
+
+def test_a_command_records_its_run_in_postgresql_through_btml_db(
+    tmp_path: Path, pg_db: str
+) -> None:
+    store = _store_ibm(tmp_path)
+    res = _backtest(store, env={"BTML_DB": pg_db})
+    assert res.exit_code == 0, res.output
+    run = _recorded(res)
+    assert _run_ids(store, env={"BTML_DB": pg_db}) == [run] == _run_ids(store, "--db", pg_db)
+    assert not (store / "runs.sqlite").exists()
+    with RunRegistry(store, pg_db) as reg:
+        rec = reg.get(run)
+    assert (rec.kind, rec.status, rec.params["baseline"]) == ("backtest", "ok", "sma")
+    assert rec.metrics["bars"] > 200 and "returns.parquet" in rec.artifacts
 
 
 def test_two_processes_open_and_write_one_new_postgresql_registry(

@@ -267,11 +267,12 @@ def test_a_strategy_holds_when_the_token_is_refused(server, tmp_path) -> None:
     client = RestClient(
         RestConfig(url=cfg.inference_url, model="m", key_file=wrong, retries=0, backoff=0.01)
     )
-    mcfg = MLSignalConfig(
-        client=client, windows=FeatureWindows.build(frames, feature_names(), WINDOW),
-        sizer=FixedFraction(fraction=0.2), serving_failure="hold",
+    mcfg = MLSignalConfig(sizer=FixedFraction(fraction=0.2), serving_failure="hold")
+    windows = FeatureWindows.build(frames, feature_names(), WINDOW)
+    run = run_backtest(
+        "ml", frames, MLSignalStrategy,
+        strategy_kwargs={"config": mcfg, "client": client, "windows": windows},
     )  # fmt: skip
-    run = run_backtest("ml", frames, MLSignalStrategy, strategy_kwargs={"config": mcfg})
     assert run.strategy.serving_failures > 0
     assert run.stats.trades == 0
 

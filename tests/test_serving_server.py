@@ -348,15 +348,13 @@ def test_same_trades_through_torchserve_and_in_process(served) -> None:
     s = load_sample(adjusted=True)
     frames = {k: s[k].loc["2009-01-01":"2010-06-30"] for k in ("AAPL", "IBM", "MSFT")}
     windows = FeatureWindows.build(frames, feature_names(), WINDOW)
+    mcfg = MLSignalConfig(
+        sizer=FixedFraction(fraction=0.2), min_edge=0.0, horizon_agreement=0, allow_short=True
+    )
     results = []
     for client in (rest(cfg, "tiny"), InProcessClient.from_registry(reg.root, "tiny:1")):
-        mcfg = MLSignalConfig(
-            client=client, windows=windows, sizer=FixedFraction(fraction=0.2), min_edge=0.0,
-            horizon_agreement=0, allow_short=True,
-        )  # fmt: skip
-        results.append(
-            run_backtest("ml", frames, MLSignalStrategy, strategy_kwargs={"config": mcfg})
-        )
+        kwargs = {"config": mcfg, "client": client, "windows": windows}
+        results.append(run_backtest("ml", frames, MLSignalStrategy, strategy_kwargs=kwargs))
     served_run, local_run = results
     assert served_run.stats.trades > 0
     assert served_run.final_value == pytest.approx(local_run.final_value, rel=1e-9)

@@ -220,7 +220,7 @@ def test_a_hung_server_costs_one_deadline_per_call() -> None:
 
 
 def test_client_errors_are_not_retried_and_do_not_count_toward_the_breaker() -> None:
-    from tests.loopback import LoopbackServer, Reply
+    from brokers.alpaca.sim.loopback import LoopbackServer, Reply
 
     path = "/predictions/m"
     bad = {"code": 400, "type": "BadRequest", "message": "expected windows of 16 bars x 51"}
@@ -247,7 +247,7 @@ def test_client_errors_are_not_retried_and_do_not_count_toward_the_breaker() -> 
 
 
 def test_a_garbled_answer_is_a_serving_failure() -> None:
-    from tests.loopback import LoopbackServer, Reply
+    from brokers.alpaca.sim.loopback import LoopbackServer, Reply
 
     with LoopbackServer() as srv:
         cfg = RestConfig(url=srv.base_url, model="m", token="t", retries=0, breaker_failures=2)
@@ -260,8 +260,8 @@ def test_a_garbled_answer_is_a_serving_failure() -> None:
 
 
 def test_a_refused_token_is_re_read_once_then_a_serving_failure(tmp_path) -> None:
+    from brokers.alpaca.sim.loopback import LoopbackServer, Reply
     from serving.client import TokenRefused
-    from tests.loopback import LoopbackServer, Reply
 
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps({"inference": {"key": "old"}}))

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brokers.alpaca.sim.loopback import LoopbackServer, Reply, Request
 from core.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.sources.alpaca import AlpacaSource
 from feeds.sources.base import Source
-from tests.loopback import LoopbackServer, Reply, Request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alpaca"
 BARS = "/v2/stocks/bars"

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from brokers.alpaca.sim.loopback import LoopbackServer, Reply, Request
 from core.errors import ConfigError, SourceUnavailable, SymbolNotFound
 from feeds.sources.base import Source
 from feeds.sources.ccxt_source import CcxtSource
-from tests.loopback import LoopbackServer, Reply, Request
 
 RECORDING = Path(__file__).parent / "fixtures" / "binance" / "klines_btcusdt_1d_testnet.json"
 ROWS: list[list[Any]] = json.loads(RECORDING.read_text())["client"][0]["return"]

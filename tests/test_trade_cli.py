@@ -16,9 +16,9 @@ from click.testing import CliRunner
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.journal import Journal, OrderIntent
 from brokers.alpaca.rest import OrderSpec, TradingAPI
+from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake, first_only, set_field
 from brokers.alpaca.store import KILL_KEY
 from btml.cli import main
-from tests.alpaca_fake import KEY_ID, SECRET, AlpacaFake, first_only, set_field
 
 pytestmark = pytest.mark.timeout(60)
 ENV = {"APCA_API_KEY_ID": KEY_ID, "APCA_API_SECRET_KEY": SECRET}

@@ -3,12 +3,19 @@
 The run registry (:mod:`workflows.runs`) is where every result is recorded.
 """
 
-from workflows.errors import RegistryError, RunInUse, RunNotFound, RunStateError
+from workflows.errors import (
+    BadRegistryURL,
+    RegistryError,
+    RunInUse,
+    RunNotFound,
+    RunStateError,
+)
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import code_version, file_sha256, new_run_id
 from workflows.runs_model import MetricsTable, RunRecord
 
 __all__ = [
+    "BadRegistryURL",
     "MetricsTable",
     "RegistryError",
     "Run",

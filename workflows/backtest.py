@@ -11,7 +11,8 @@ kind ``backtest`` with the resolved request as its parameters, the sha256 of eve
 file it read (and of the model's card and weights) as its inputs, the summary metrics, the
 configurations it tried (the ML strategy and each baseline), and its artefacts in
 ``{store}/runs/{id}/``: ``returns.parquet`` (one column per strategy), ``audit.parquet``
-(the ML decisions), ``summary.json``, and on request ``tearsheet.html`` and ``plot.png``.
+(the ML decisions), ``risk_outcomes.parquet`` (each risk rule's outcome at each decision),
+``summary.json``, and on request ``tearsheet.html`` and ``plot.png``.
 """
 
 from __future__ import annotations
@@ -226,11 +227,12 @@ def oos_start(card: ModelCard, start: Any, allow_in_sample: bool = False) -> pd.
 def signal_client(
     store_path: Path, card: ModelCard, serving: str, log: Callable[[str], None]
 ) -> Iterator[SignalClient]:
-    """In-process, or TorchServe: the running server, else one started for this run."""
+    """In-process, or TorchServe: the running server, else one started for this run. The
+    in-process model runs on this process's torch threads (``btml --threads`` sets them)."""
     if serving not in SERVING:
         raise ConfigError(f"--serving must be one of {', '.join(SERVING)}, got {serving!r}")
     if serving == "inprocess":
-        yield InProcessClient.from_registry(store_path / "models", card.ref, threads=1)
+        yield InProcessClient.from_registry(store_path / "models", card.ref)
         return
     from serving.archive import archive_name, build_archive
     from serving.server import ServerConfig, read_state, start, stop

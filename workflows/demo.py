@@ -12,7 +12,6 @@ backtest are recorded in the run registry (``btml runs list``), each with its fo
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,9 +43,11 @@ DEMO_EPOCHS = 12
 
 @dataclass
 class DemoResult:
-    """What the demo made and measured, and the runs it recorded (kind, id, folder)."""
+    """What the demo made and measured, and the runs it recorded (kind, id, folder) in the
+    registry at ``db_url`` (None: the store's SQLite file)."""
 
     store: Path
+    db_url: str | None = None
     files: list[Path] = field(default_factory=list)
     reports: list[ValidationReport] = field(default_factory=list)
     results: list[BacktestResult] = field(default_factory=list)
@@ -79,7 +80,7 @@ def _store_market(
     frames, params, inputs = _market(synthetic, log)
     checked = {sym: validate(frame, sym) for sym, frame in frames.items()}
     with (
-        RunRegistry(store.root) as registry,
+        RunRegistry(store.root, out.db_url) as registry,
         registry.start("import", params, inputs=inputs) as run,
     ):
         for frame, report in checked.values():
@@ -99,16 +100,17 @@ def _train(store_path: Path, symbols: tuple[str, ...], out: DemoResult, log: Log
     the run, so the backtest's run depends on it)."""
     from workflows.train import TrainRunConfig, train
 
+    # threads: unset, so the process's torch threads (btml --threads) train it
     request = TrainRunConfig(
         arch="tiny", symbols=symbols, index="DEMOIDX", name="demo", epochs=DEMO_EPOCHS,
-        batch_size=128, patience=4, window=30, seed=0, threads=os.cpu_count(),
+        batch_size=128, patience=4, window=30, seed=0,
     )  # fmt: skip
     log(f"training the tiny model ({DEMO_EPOCHS} epochs at most, early stopping on validation)")
 
     def on_epoch(epoch: int, row: dict[str, float]) -> None:
         log(f"  epoch {epoch}: train {row['train_loss']:.4f}  val {row['val_loss']:.4f}")
 
-    res = train(store_path, request, on_epoch=on_epoch, log=log)
+    res = train(store_path, request, on_epoch=on_epoch, log=log, db_url=out.db_url)
     out.runs.append(("train", res.run_id, res.run_dir))
     card = res.card
     t, b = card.metrics["test"], card.metrics["baselines_test"]
@@ -155,11 +157,14 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def run_demo(store_path: Path, *, synthetic: bool = False, log: Log = print) -> DemoResult:
+def run_demo(
+    store_path: Path, *, synthetic: bool = False, log: Log = print, db_url: str | None = None
+) -> DemoResult:
     """Run the demo, writing under ``store_path``; ``log`` receives progress lines. The
-    import of the data, the training and the backtest are recorded as runs (``out.runs``)."""
+    import of the data, the training and the backtest are recorded as runs (``out.runs``) in
+    the registry at ``db_url`` (default: the store's SQLite file)."""
     t0 = time.perf_counter()
-    out = DemoResult(store=store_path)
+    out = DemoResult(store=store_path, db_url=db_url)
     store = ParquetStore(store_path)
     feeds = _store_market(store, synthetic, out, log)
     index = _build_index(store, feeds, out, log)
@@ -204,7 +209,7 @@ def _backtest(
             f"backtesting with commission {costs.commission:.2%}, slippage {costs.slippage:.2%}, "
             "fills at the next open, max 25 % per symbol, 3 % daily loss stop, 25 % drawdown halt"
         )
-        res = backtest(store_path, request, log=log)
+        res = backtest(store_path, request, log=log, db_url=out.db_url)
     finally:
         stop(cfg)
         log("stopped TorchServe (no Java or worker process left)")

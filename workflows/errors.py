@@ -4,6 +4,7 @@ UserError
 +-- RunNotFound      no run has that id (or the prefix matches none or several)
 +-- RunInUse         a run that models or other runs depend on cannot be removed
 +-- RunStateError    finishing a finished run, removing a running one, an unknown status
++-- BadRegistryURL   (also a RegistryError) the database URL is unusable: fix --db / BTML_DB
 BtmlError
 +-- RegistryError    the registry's database cannot be opened or written
 """
@@ -37,3 +38,8 @@ class RunStateError(UserError):
 
 class RegistryError(BtmlError):
     """The run registry's database could not be opened, migrated or written."""
+
+
+class BadRegistryURL(RegistryError, UserError):
+    """The registry's database URL cannot be used: not a URL, an unknown database, or a
+    driver that is not installed (fix ``--db`` / ``BTML_DB``)."""

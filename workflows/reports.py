@@ -2,8 +2,9 @@
 
 A backtest's folder (``{store}/runs/{id}/``, see :func:`workflows.backtest.backtest`) holds
 ``returns.parquet`` (one column per strategy: the requested one first), ``audit.parquet``
-(the ML decisions), ``summary.json`` (each strategy's statistics and the model card), and on
-request ``tearsheet.html`` and ``plot.png``. :func:`tearsheet_of_run` reads a recorded run
+(the ML decisions), ``risk_outcomes.parquet`` (what each risk rule measured and did at each
+decision: ``strategies.audit.outcomes_frame``), ``summary.json`` (each strategy's statistics
+and the model card), and on request ``tearsheet.html`` and ``plot.png``. :func:`tearsheet_of_run` reads a recorded run
 by id; :func:`tearsheet_for_run` reads any such folder.
 """
 
@@ -25,7 +26,7 @@ from analyzers.signal_quality import signal_quality
 from analyzers.tearsheet import write_tearsheet
 from core.errors import DataError, StoreError
 from mlmodels.registry import ModelCard
-from strategies.audit import decisions_frame
+from strategies.audit import decisions_frame, outcomes_frame
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import to_jsonable, write_json
 
@@ -35,8 +36,9 @@ BUY_AND_HOLD = "buy-and-hold"
 def write_results(
     folder: Path, results: Sequence[BacktestResult], card: ModelCard | None
 ) -> list[str]:
-    """Write ``returns.parquet`` (a column per result), the ML audit trail and
-    ``summary.json`` into ``folder``; returns the names written."""
+    """Write ``returns.parquet`` (a column per result), the ML audit trail (the decisions,
+    and the risk rules' outcomes) and ``summary.json`` into ``folder``; returns the names
+    written."""
     folder.mkdir(parents=True, exist_ok=True)
     rets = pd.DataFrame({r.name: r.returns for r in results})
     rets.index.name = "timestamp"
@@ -46,7 +48,8 @@ def write_results(
         audit = getattr(r.strategy, "audit", None)
         if audit:
             decisions_frame(audit).to_parquet(folder / "audit.parquet")
-            names.append("audit.parquet")
+            outcomes_frame(audit).to_parquet(folder / "risk_outcomes.parquet", index=False)
+            names += ["audit.parquet", "risk_outcomes.parquet"]
     summary = {
         "runs": [
             {"name": r.name, "final_value": r.final_value, **r.stats.as_row()} for r in results

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from core.sqlite import foreign_header, sqlite_engine
-from workflows.errors import RegistryError
+from workflows.errors import BadRegistryURL, RegistryError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "runs_alembic_version"  # not "alembic_version": the database may be shared
@@ -93,12 +93,31 @@ def where(engine_or_url: Engine | sa.URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def open_engine(db_url: str) -> Engine:
-    """The engine for ``db_url``, its schema upgraded to the newest migration."""
+def check_url(db_url: str) -> sa.URL:
+    """``db_url`` parsed, its database known and its driver importable (nothing is opened);
+    raises :class:`BadRegistryURL` naming the fix otherwise."""
     try:
         url = sa.make_url(db_url)
-    except sa.exc.ArgumentError as err:
-        raise RegistryError(f"run registry: {db_url!r} is not a database URL ({err})") from err
+        url.get_dialect().import_dbapi()
+    except sa.exc.ArgumentError as err:  # unparseable, or no such database (NoSuchModuleError)
+        raise BadRegistryURL(
+            f"run registry: {db_url!r} is not a database URL SQLAlchemy knows ({err}); give "
+            "e.g. sqlite:////abs/path/runs.sqlite or postgresql+psycopg://user@host/db"
+        ) from err
+    except ImportError as err:
+        raise BadRegistryURL(
+            f"run registry at {where(url)}: the {url.drivername} driver is not installed "
+            f"({err}); install it or name an installed one (postgresql+psycopg://...)"
+        ) from err
+    if url.get_backend_name() == "sqlite" and (url.database or "") in ("", ":memory:"):
+        raise BadRegistryURL("run registry: give SQLite a file, not an in-memory database")
+    return url
+
+
+def open_engine(db_url: str) -> Engine:
+    """The engine for ``db_url`` (see :func:`check_url`), its schema upgraded to the newest
+    migration."""
+    url = check_url(db_url)
     try:
         engine = _sqlite_engine(url) if url.get_backend_name() == "sqlite" else _engine(url)
     except (sa.exc.ArgumentError, ImportError) as err:
@@ -116,10 +135,7 @@ def _engine(url: sa.URL) -> Engine:
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
-    database = url.database or ""
-    if database in ("", ":memory:"):
-        raise RegistryError("run registry: give SQLite a file, not an in-memory database")
-    _check_sqlite_file(Path(database))
+    _check_sqlite_file(Path(url.database or ""))
     return sqlite_engine(url, busy_timeout_s=BUSY_TIMEOUT_S)
 
 

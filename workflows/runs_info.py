@@ -101,9 +101,13 @@ class ProcessId:
 
 
 def process_start_time(pid: int) -> float | None:
-    """The process's start time (seconds since the epoch), None when no such process."""
+    """The process's start time (seconds since the epoch), None when no such process (a zombie,
+    ended but not reaped by its parent, counts as gone)."""
     try:
-        return float(psutil.Process(pid).create_time())
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return float(proc.create_time())
     except psutil.NoSuchProcess:
         return None
     except psutil.AccessDenied:  # it exists; we may not look closer

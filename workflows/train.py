@@ -245,7 +245,7 @@ def write_history(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
 def _record(run: Run, store_path: Path, card: ModelCard, seconds: float) -> None:
     """The full history (with resumed epochs), the card's copy and the final metrics."""
     write_history(run.add_artifact("history.csv"), card.training.get("history", []))
-    run.add_artifact(ModelRegistry(store_path / "models").path(card.ref) / CARD_FILE)
+    run.add_artifact((ModelRegistry(store_path / "models").path(card.ref) / CARD_FILE).resolve())
     run.log_metrics({"model": card.ref, **card_metrics(card), "seconds": seconds})
 
 

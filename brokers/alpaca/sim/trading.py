@@ -53,7 +53,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.server import Server as WsServer
 from websockets.sync.server import ServerConnection, serve
 
-from tests.loopback import Reply, Request
+from brokers.alpaca.sim.loopback import Reply, Request
 
 __all__ = ["KEY_ID", "SECRET", "AlpacaFake", "FakeConfig", "FakeOrder", "first_only", "set_field"]
 

@@ -42,7 +42,7 @@ from websockets.http11 import Response as WsResponse
 from websockets.sync.server import Server as WsServer
 from websockets.sync.server import ServerConnection, serve
 
-from tests.loopback import LoopbackServer, Reply, Request
+from brokers.alpaca.sim.loopback import LoopbackServer, Reply, Request
 
 __all__ = ["KEY_ID", "SECRET", "AlpacaDataFake"]
 

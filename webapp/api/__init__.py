@@ -1,0 +1,1 @@
+"""The REST resources under ``/api/v1`` (each module one router) and the WebSocket."""

@@ -1,0 +1,147 @@
+"""A job's process: ``python -m webapp.job_main`` reads one request (JSON on stdin), calls the
+workflow, and reports on stdout as JSON lines::
+
+    {"event": "log", "message": "run 20261205T..."}      every line the workflow logs
+    {"event": "run", "run_id": "..."}                    once its run is recorded
+    {"event": "epoch", "epoch": 3, "losses": {...}}      training: after every epoch
+    {"event": "done", "run_id": "...", "metrics": {...}}
+    {"event": "error", "message": "...", "user_error": true}
+
+It dies with the dashboard (``PR_SET_PDEATHSIG``), so a killed dashboard leaves no orphan
+and its run is marked ``lost`` on the next start. SIGTERM cancels (the run is ``cancelled``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+
+RUN_LINE = re.compile(r"^run (\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{6})$")
+Emit = Callable[[dict[str, Any]], None]
+
+
+def emit(event: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(event, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _logger(out: Emit) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        out({"event": "log", "message": str(message)})
+        m = RUN_LINE.match(str(message).strip())
+        if m:
+            out({"event": "run", "run_id": m.group(1)})
+
+    return log
+
+
+def run_backtest(store: Path, params: dict[str, Any], db_url: str | None, out: Emit) -> Any:
+    from workflows.backtest import BacktestConfig, backtest
+
+    res = backtest(store, BacktestConfig.from_dict(params), log=_logger(out), db_url=db_url)
+    return res.run_id
+
+
+def run_train(store: Path, params: dict[str, Any], db_url: str | None, out: Emit) -> Any:
+    from workflows.train import TrainRunConfig, train
+
+    def on_epoch(epoch: int, row: dict[str, float]) -> None:
+        out({"event": "epoch", "epoch": epoch, "losses": row, "ended_at": time.time()})
+
+    cfg = TrainRunConfig.from_dict(params)
+    res = train(store, cfg, on_epoch=on_epoch, log=_logger(out), db_url=db_url)
+    return res.run_id
+
+
+def run_import(store: Path, params: dict[str, Any], db_url: str | None, out: Emit) -> Any:
+    from feeds.sources.csv_source import CsvOptions
+    from workflows.data import import_file
+
+    opts = CsvOptions(**params.get("options", {}))
+    flags = {k: bool(params.get(k, False)) for k in ("drop_invalid", "replace", "allow_jump")}
+    result, run_id = import_file(store, params["path"], opts, db_url=db_url, **flags)
+    out({"event": "run", "run_id": run_id})
+    out({"event": "log", "message": f"stored {', '.join(result.stored) or 'nothing'}"})
+    return run_id
+
+
+def run_kill(store: Path, params: dict[str, Any], db_url: str | None, out: Emit) -> Any:
+    """The kill switch (cancel all; ``flatten``: close all), journaled before it sends."""
+    from brokers.alpaca.config import AlpacaConfig
+    from brokers.alpaca.store import kill_switch
+
+    paper = params.get("mode", "paper") == "paper"
+    cfg = AlpacaConfig.from_env(paper=paper, live_confirmed=not paper,
+                                journal=store / "live" / f"journal-{params.get('mode', 'paper')}.sqlite")  # fmt: skip
+    report = kill_switch(cfg, flatten=bool(params.get("flatten")))
+    for line in report.done:
+        out({"event": "log", "message": line})
+    if report.error is not None:
+        raise report.error
+    return None
+
+
+RUNNERS: dict[str, Callable[[Path, dict[str, Any], str | None, Emit], Any]] = {
+    "backtest": run_backtest,
+    "train": run_train,
+    "import": run_import,
+    "kill": run_kill,
+}
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGKILL when the dashboard goes; exit if it already went."""
+    parent = int(os.environ.get("BTML_JOB_PARENT", "0"))
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent and os.getppid() != parent:
+        os._exit(1)
+
+
+def _cancel_on_sigterm() -> None:
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main() -> int:
+    _die_with_parent()
+    _cancel_on_sigterm()
+    request = json.loads(sys.stdin.read())
+    import torch
+
+    torch.set_num_threads(int(request.get("threads", 1)))
+    runner = RUNNERS[request["kind"]]
+    try:
+        run_id = runner(Path(request["store"]), request["params"], request.get("db_url"), emit)
+    except KeyboardInterrupt:
+        emit({"event": "error", "message": "cancelled", "user_error": False, "cancelled": True})
+        return 130
+    except UserError as err:
+        emit({"event": "error", "message": str(err), "user_error": True})
+        return 2
+    except Exception as err:  # reported to the dashboard; the traceback goes to the job's log
+        import traceback
+
+        traceback.print_exc()
+        emit({"event": "error", "message": f"{type(err).__name__}: {err}", "user_error": False})
+        return 1
+    emit({"event": "done", "run_id": run_id})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

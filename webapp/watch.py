@@ -1,0 +1,51 @@
+"""What the dashboard watches while it runs: the live journals (new fills and signals reach the
+``fills`` and ``signals`` topics within ``poll_seconds``) and its own health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from webapp import live
+from webapp.events import Hub
+from webapp.settings import DashboardSettings
+
+
+class JournalWatch:
+    """Remembers what it has published, so each fill and signal is sent once."""
+
+    def __init__(self, settings: DashboardSettings, hub: Hub) -> None:
+        self.settings, self.hub = settings, hub
+        self.seen_fills: set[str] = set()
+        self.seen_orders: dict[str, str] = {}
+        self.first = True
+
+    def poll(self) -> None:
+        book = live.read_book(self.settings.journal_paths)
+        new_fills = [f for f in book.fills if f.execution_id not in self.seen_fills]
+        changed = [o for o in book.orders if self.seen_orders.get(o.client_order_id) != o.status]
+        self.seen_fills.update(f.execution_id for f in new_fills)
+        self.seen_orders.update({o.client_order_id: o.status for o in changed})
+        if self.first:  # what was there at start-up is the snapshot, not news
+            self.first = False
+            return
+        for f in new_fills:
+            self.hub.publish("fills", live.fill_dict(f))
+        for o in changed:
+            if o.signal is not None:
+                self.hub.publish("signals", live.signals(live.Book([o], [], []))[0])
+
+    def snapshot_fills(self) -> list[dict[str, Any]]:
+        return [live.fill_dict(f) for f in live.read_book(self.settings.journal_paths).fills[-50:]]
+
+    def snapshot_signals(self) -> list[dict[str, Any]]:
+        return live.signals(live.read_book(self.settings.journal_paths), 50)
+
+
+async def watch_loop(watch: JournalWatch, every: float) -> None:
+    """Poll in a worker thread (SQLite reads block) until cancelled."""
+    while True:
+        with contextlib.suppress(Exception):  # a locked or missing journal: try again next time
+            await asyncio.to_thread(watch.poll)
+        await asyncio.sleep(every)

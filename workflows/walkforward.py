@@ -1,0 +1,358 @@
+"""``btml walkforward``: out-of-sample evidence, one model per fold.
+
+``mlmodels.splits.WalkForward`` folds over the bars that have features and labels, purged by
+at least the labels' lookahead. Per fold the scaler is fit afresh on that fold's training rows
+only, the model is trained with early stopping on the fold's validation tail, registered as
+``NAME-fN``, optionally archived and served by TorchServe, and backtested on the fold's test
+segment alone, beside buy-and-hold of the same symbols over the same bars at the same costs.
+The test segments do not overlap; their returns are stitched into one out-of-sample series,
+reported with the deflated Sharpe ratio for the number of models trained (the per-fold Sharpes
+give the trials' variance); the buy-and-hold returns are stitched the same way and are the
+benchmark of the stitched run (its tearsheet, its ``buyhold_`` metrics).
+
+:func:`run_walk_forward` records the walk-forward in the run registry, after checking the
+request (a refused one records nothing and trains nothing): a trial per fold (its train,
+validation and test ranges, the model's config, its results), each fold's model linked to the
+run, and in the run's folder the stitched returns (``returns.parquet``: the walk-forward's
+column, then ``buy-and-hold``), ``summary.json`` and ``folds.csv``. :func:`walk_forward` is
+the same work without a record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from analyzers.backtest import BacktestResult, CostConfig
+from analyzers.metrics import performance
+from analyzers.performance import deflated_sharpe
+from core.config import DataConfig
+from core.errors import ConfigError, DataError
+from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
+from mlmodels.features import WARMUP
+from mlmodels.nets.model import get_architecture
+from mlmodels.pipeline import train_on_dataset
+from mlmodels.registry import ModelCard, ModelRegistry
+from mlmodels.splits import Split, WalkForward
+from mlmodels.trainer import TrainConfig
+from workflows.backtest import (
+    SERVING,
+    Log,
+    MLRunConfig,
+    clip_range,
+    run_baseline,
+    run_model,
+    summary_metrics,
+)
+from workflows.reports import BUY_AND_HOLD, copy_out, tearsheet_for_run, write_results
+from workflows.runs import Run, RunRegistry
+from workflows.train import check_model_name, check_symbols, checkpoint_dir, read_stored
+
+
+@dataclass(frozen=True)
+class _Recorder:
+    """The run a recorded walk-forward writes to as it goes."""
+
+    registry: RunRegistry
+    run: Run
+
+
+@dataclass
+class WalkForwardResult:
+    """Per-fold rows, the stitched out-of-sample returns, the deflated Sharpe, and buy-and-hold
+    over the same test bars: per fold (``benchmarks``) and stitched (``benchmark``)."""
+
+    folds: pd.DataFrame
+    returns: pd.Series
+    dsr: dict[str, float]
+    cards: list[ModelCard] = field(default_factory=list)
+    results: list[BacktestResult] = field(default_factory=list)
+    benchmarks: list[BacktestResult] = field(default_factory=list)
+    benchmark: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))
+
+
+@dataclass(frozen=True)
+class WalkForwardPlan:
+    """A checked walk-forward: the unscaled dataset, its folds, and how to train each."""
+
+    name: str
+    arch: str
+    probe: WindowDataset
+    splits: list[Split]
+    train_cfg: TrainConfig
+    data_cfg: DatasetConfig
+    index_name: str | None = None
+    timeframe: str = "1Day"
+    serving: str = "inprocess"
+    costs: CostConfig | None = None
+    ml: MLRunConfig | None = None
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """What one fold made: its model's card, its backtest, buy-and-hold beside it, its row."""
+
+    card: ModelCard
+    result: BacktestResult
+    benchmark: BacktestResult
+    row: dict[str, Any]
+
+
+def plan_walk_forward(
+    frames: Mapping[str, pd.DataFrame],
+    *,
+    name: str,
+    arch: str,
+    folds: WalkForward,
+    train_cfg: TrainConfig,
+    data_cfg: DatasetConfig,
+    index: pd.DataFrame | None = None,
+    **options: Any,
+) -> WalkForwardPlan:
+    """Check the name and preset, build the dataset and cut its folds (nothing is written);
+    ``options`` are the plan's other fields (index_name, timeframe, serving, costs, ml)."""
+    check_model_name(name)
+    get_architecture(arch)
+    probe = build_dataset(frames, data_cfg, index)
+    splits = _fold_splits(probe, folds, data_cfg, frames)
+    return WalkForwardPlan(name, arch, probe, splits, train_cfg, data_cfg, **options)
+
+
+def walk_forward(
+    store_path: Path,
+    frames: Mapping[str, pd.DataFrame],
+    *,
+    name: str,
+    arch: str = "tiny",
+    folds: WalkForward,
+    train_cfg: TrainConfig,
+    data_cfg: DatasetConfig,
+    index: pd.DataFrame | None = None,
+    index_name: str | None = None,
+    timeframe: str = "1Day",
+    serving: str = "inprocess",
+    costs: CostConfig | None = None,
+    ml: MLRunConfig | None = None,
+    log: Log = print,
+) -> WalkForwardResult:
+    """Train, (serve,) and backtest each fold; see the module docstring (records no run)."""
+    plan = plan_walk_forward(
+        frames, name=name, arch=arch, folds=folds, train_cfg=train_cfg, data_cfg=data_cfg,
+        index=index, index_name=index_name, timeframe=timeframe, serving=serving, costs=costs,
+        ml=ml,
+    )  # fmt: skip
+    return run_folds(store_path, frames, plan, log)
+
+
+def run_folds(
+    store_path: Path,
+    frames: Mapping[str, pd.DataFrame],
+    plan: WalkForwardPlan,
+    log: Log = print,
+    recorder: _Recorder | None = None,
+) -> WalkForwardResult:
+    """Every fold of a checked plan, then the stitched returns (the walk-forward's and
+    buy-and-hold's) and the deflated Sharpe of the walk-forward's."""
+    done = [_fold(store_path, frames, plan, k, sp, log, recorder)
+            for k, sp in enumerate(plan.splits, 1)]  # fmt: skip
+    parts = [f.result.returns for f in done]
+    stitched = _stitch(parts)
+    dsr = deflated_sharpe(stitched, [_sharpe(r) for r in parts], n_trials=len(plan.splits))
+    return WalkForwardResult(
+        pd.DataFrame([f.row for f in done]).set_index("fold"), stitched, dsr,
+        [f.card for f in done], [f.result for f in done], [f.benchmark for f in done],
+        _stitch([f.benchmark.returns for f in done]),
+    )  # fmt: skip
+
+
+def _stitch(parts: Sequence[pd.Series]) -> pd.Series:
+    """The folds' returns in time order; overlapping test segments are a bug."""
+    stitched = pd.concat(parts).sort_index()
+    if stitched.index.has_duplicates:
+        raise DataError("walk-forward test segments overlap; this is a bug in the splitter")
+    return stitched
+
+
+def _fold(
+    store_path: Path,
+    frames: Mapping[str, pd.DataFrame],
+    plan: WalkForwardPlan,
+    k: int,
+    sp: Split,
+    log: Log,
+    recorder: _Recorder | None,
+) -> _Fold:
+    """Train fold ``k`` (a fresh scaler), register and link its model, backtest its test
+    segment, and buy-and-hold over the same bars."""
+    t0 = time.perf_counter()
+    ds = replace(plan.probe, scaler=None)  # unscaled rows: a fresh scaler per fold
+    log(f"fold {k}/{len(plan.splits)}: train to {ds.times[sp.train].max().date()}, "
+        f"test {sp.test_start.date()} .. {sp.test_end.date()}")  # fmt: skip
+    name = f"{plan.name}-f{k}"
+    _, card = train_on_dataset(
+        ds, sp, plan.arch, name=name, registry=ModelRegistry(store_path / "models"),
+        train_cfg=plan.train_cfg, data_cfg=plan.data_cfg, index_name=plan.index_name,
+        timeframe=plan.timeframe, work_dir=checkpoint_dir(store_path, name),
+        training_run=recorder.run.id if recorder else None,
+    )  # fmt: skip
+    if recorder is not None:
+        recorder.registry.link_model(card.ref, recorder.run.id)
+    res, _ = run_model(
+        store_path, card.ref, frames, serving=plan.serving, start=None, end=sp.test_end,
+        costs=plan.costs, ml=plan.ml, log=log,
+    )  # fmt: skip
+    span = clip_range(frames, res.returns.index[0], res.returns.index[-1])
+    bench = run_baseline("buyhold", span, plan.costs)
+    row = _fold_row(k, card, sp, res, time.perf_counter() - t0)
+    if recorder is not None:
+        recorder.run.record_trials([_fold_trial(card, row)])
+    return _Fold(card, res, bench, row)
+
+
+def _fold_row(
+    k: int, card: ModelCard, sp: Split, res: BacktestResult, seconds: float
+) -> dict[str, Any]:
+    """One row of the folds table (the CLI prints every column but ``seconds``)."""
+    s = res.stats
+    return {"fold": k, "model": card.ref, "test_start": sp.test_start, "test_end": sp.test_end,
+            "return": s.total_return, "sharpe": s.sharpe, "max_drawdown": s.max_drawdown,
+            "trades": s.trades, "seconds": seconds}  # fmt: skip
+
+
+def _fold_trial(card: ModelCard, row: Mapping[str, Any]) -> dict[str, Any]:
+    """The configuration fold ``row`` tried (its ranges, the model's config) and its results."""
+    ranges = {f"{k}_range": card.date_ranges.get(k) for k in ("train", "val", "test")}
+    return {**row, **ranges, "arch": card.arch, "model_config": card.model_config,
+            "window": card.window}  # fmt: skip
+
+
+def _sharpe(r: pd.Series) -> float:
+    """Per-period Sharpe of one fold's returns (0 when flat or too short)."""
+    sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
+    return float(r.mean() / sd) if sd > 1e-12 else 0.0
+
+
+def _fold_splits(
+    ds: WindowDataset, folds: WalkForward, data_cfg: DatasetConfig, frames: Mapping[str, Any]
+) -> list[Split]:
+    """The folds over ``ds``'s sample times, purged with at least the labels' lookahead."""
+    need = data_cfg.labels.lookahead
+    if folds.lookahead < need:  # a shorter purge would leak labels into the next segment
+        folds = replace(folds, lookahead=need)
+    try:
+        return list(folds.split(ds.times))
+    except DataError as err:
+        bars = max(len(f) for f in frames.values())
+        raise DataError(
+            f"{err} (the folds count the bars that have features and labels: {bars} stored bars "
+            f"less the feature warm-up and window of {WARMUP + data_cfg.window - 1} and the label "
+            f"lookahead of {need}); use fewer --folds, a smaller --test-bars or more history"
+        ) from err
+
+
+# -- the recorded walk-forward ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class WalkForwardConfig(DataConfig):
+    """One walk-forward request as plain values (``btml walkforward``'s options): fold models
+    register as ``NAME-fK``; ``tearsheet`` asks for ``tearsheet.html`` in the run's folder."""
+
+    symbols: tuple[str, ...]
+    name: str = "wf"
+    arch: str = "tiny"
+    folds: WalkForward = field(default_factory=lambda: WalkForward(n_splits=3, test_size=252))
+    index: str | None = None
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=20, patience=5))
+    window: int = 30
+    serving: str = "inprocess"
+    timeframe: str = "1Day"
+    costs: CostConfig = field(default_factory=CostConfig)
+    ml: MLRunConfig = field(default_factory=MLRunConfig)
+    tearsheet: bool = False
+
+    def __post_init__(self) -> None:
+        check_symbols(self.symbols)
+        check_model_name(self.name)
+        if self.serving not in SERVING:
+            raise ConfigError(f"serving must be one of {', '.join(SERVING)}, got {self.serving!r}")
+        DatasetConfig(window=self.window)
+
+
+@dataclass(frozen=True)
+class WalkForwardRunResult:
+    """A recorded walk-forward: its run, the resolved request, the folds, the stitched run."""
+
+    run_id: str
+    run_dir: Path
+    config: WalkForwardConfig
+    result: WalkForwardResult
+    stitched: BacktestResult
+    tearsheet: Path | None = None
+
+
+def run_walk_forward(
+    store: str | os.PathLike[str],
+    config: WalkForwardConfig,
+    *,
+    tearsheet_to: str | os.PathLike[str] | None = None,
+    log: Log = print,
+    db_url: str | None = None,
+) -> WalkForwardRunResult:
+    """Run and record a walk-forward (see the module docstring) in the registry at ``db_url``
+    (default: the store's SQLite); ``tearsheet_to`` also copies the tearsheet out of the run's
+    folder. A refused request raises before anything is written or trained."""
+    store_path = Path(store)
+    threads = config.train.threads or torch.get_num_threads()
+    cfg = replace(config, train=replace(config.train, threads=threads))
+    frames, index, inputs = read_stored(store_path, cfg.symbols, cfg.timeframe, cfg.index)
+    plan = plan_walk_forward(
+        frames, name=cfg.name, arch=cfg.arch, folds=cfg.folds, train_cfg=cfg.train,
+        data_cfg=DatasetConfig(window=cfg.window, skip_short=True), index=index,
+        index_name=cfg.index, timeframe=cfg.timeframe, serving=cfg.serving, costs=cfg.costs,
+        ml=cfg.ml,
+    )  # fmt: skip
+    with (
+        RunRegistry(store_path, db_url) as registry,
+        registry.start("walkforward", cfg.to_dict(), inputs=inputs) as run,
+    ):
+        log(f"run {run.id}")
+        res = run_folds(store_path, frames, plan, log, _Recorder(registry, run))
+        stitched = _save_walk_forward(run, cfg, res)
+        sheet = None
+        if cfg.tearsheet:
+            out = run.add_artifact("tearsheet.html")
+            sheet = copy_out(tearsheet_for_run(run.dir, out, benchmark=res.benchmark), tearsheet_to)
+    return WalkForwardRunResult(run.id, run.dir, cfg, res, stitched, sheet)
+
+
+def _stitched_result(name: str, returns: pd.Series, cash: float, trades: int) -> BacktestResult:
+    """A stitched series as one run (every fold starts from ``cash``)."""
+    perf = performance(returns, trades=trades)
+    return BacktestResult(name, returns, cash * (1 + perf.total_return), perf)
+
+
+def _save_walk_forward(run: Run, cfg: WalkForwardConfig, res: WalkForwardResult) -> BacktestResult:
+    """The stitched returns (and buy-and-hold's), ``summary.json`` (with the last fold's card)
+    and ``folds.csv`` in the run's folder, and the run's metrics (buy-and-hold's prefixed
+    ``buyhold_``); returns the stitched result."""
+    cash = cfg.costs.cash
+    stitched = _stitched_result(
+        f"walk-forward {cfg.name}", res.returns, cash, int(res.folds["trades"].sum())
+    )
+    trades = sum(b.stats.trades for b in res.benchmarks)
+    bench = _stitched_result(BUY_AND_HOLD, res.benchmark, cash, trades)
+    for name in write_results(run.dir, [stitched, bench], res.cards[-1]):
+        run.add_artifact(name)
+    res.folds.to_csv(run.add_artifact("folds.csv"))
+    d = res.dsr
+    run.log_metrics({**summary_metrics([stitched, bench]), "folds": len(res.folds),
+                     "deflated_sharpe": d["dsr"], "sr0": d["sr0"]})  # fmt: skip
+    return stitched
