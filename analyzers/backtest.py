@@ -14,6 +14,9 @@ from core.config import DataConfig
 from core.errors import ConfigError
 from feeds.btfeeds import StoreData
 
+#: The baselines a model's backtest runs beside, at the same costs (``--baseline`` names).
+BASELINES = ("buyhold", "sma")
+
 
 @dataclass(frozen=True, kw_only=True)
 class CostConfig(DataConfig):

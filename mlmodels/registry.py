@@ -20,16 +20,18 @@ import pickle
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from core.errors import ConfigError, DataError, ModelNotFound
-from mlmodels.dataset import Scaler
 from mlmodels.labels import LabelConfig
-from mlmodels.nets.model import ModelConfig, build_model
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: reading cards needs none
+    from torch import nn
+
+    from mlmodels.dataset import Scaler
+    from mlmodels.nets.model import ModelConfig
 
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "weights.pt"
@@ -100,6 +102,8 @@ class ModelCard:
         return f"{self.name}:{self.version}"
 
     def model_cfg(self) -> ModelConfig:
+        from mlmodels.nets.model import ModelConfig
+
         return ModelConfig.from_dict(self.model_config)
 
     def label_cfg(self) -> LabelConfig:
@@ -108,6 +112,8 @@ class ModelCard:
         return LabelConfig(**d)
 
     def scaler_obj(self) -> Scaler:
+        from mlmodels.dataset import Scaler
+
         return Scaler.from_dict(self.scaler)
 
     def check_features(self, names: list[str] | tuple[str, ...]) -> None:
@@ -194,6 +200,8 @@ class ModelRegistry:
             except FileExistsError:
                 continue
         card = dataclasses.replace(card, version=ver)
+        import torch
+
         torch.save(model.state_dict(), d / WEIGHTS_FILE)
         tmp = d / (CARD_FILE + ".tmp")
         tmp.write_text(card.to_json())
@@ -223,6 +231,10 @@ class ModelRegistry:
 
 def load_weights(path: Path, card: ModelCard, device: str = "cpu") -> nn.Module:
     """Build ``card``'s network and load the state dict at ``path`` into it, strictly."""
+    import torch
+
+    from mlmodels.nets.model import build_model
+
     model = build_model(card.model_cfg())
     try:
         state = torch.load(path, map_location=device, weights_only=True)

@@ -273,6 +273,10 @@ def test_runs_compare_puts_metrics_side_by_side(root: Path) -> None:
             )
             ids.append(until_final(c, r.json()["id"])["run_id"])
         table = c.get(f"{API}/runs/compare?ids={','.join(ids)}", headers=AUTH).json()
+        first = c.get(f"{API}/runs?kind=backtest&limit=1", headers=AUTH).json()
+        second = c.get(f"{API}/runs?kind=backtest&limit=1&before={first['next']}", headers=AUTH)
+    assert [r["id"] for r in first["runs"]] == [ids[1]] and first["next"] == ids[1]
+    assert [r["id"] for r in second.json()["runs"]] == [ids[0]]
     assert table["runs"] == ids
     sharpe = table["metrics"]["sharpe"]
     assert set(sharpe) == set(ids) and sharpe[ids[0]] != sharpe[ids[1]]

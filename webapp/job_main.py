@@ -91,6 +91,58 @@ def run_kill(store: Path, params: dict[str, Any], db_url: str | None, out: Emit)
     return None
 
 
+def check_backtest(store: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The request as the workflow resolves it (model version, dates); reads, never writes."""
+    from workflows.backtest import BacktestConfig, plan_backtest
+
+    out: dict[str, Any] = plan_backtest(store, BacktestConfig.from_dict(params)).config.to_dict()
+    return out
+
+
+def check_train(store: Path, params: dict[str, Any]) -> dict[str, Any]:
+    """The request with its model name; the preset and every symbol must exist."""
+    from feeds.store import ParquetStore
+    from mlmodels.nets.model import get_architecture
+    from workflows.train import TrainRunConfig
+
+    cfg = TrainRunConfig.from_dict(params)
+    resolved = cfg.resolved()
+    get_architecture(resolved.arch)
+    for sym in [*resolved.symbols, *([resolved.index] if resolved.index else [])]:
+        ParquetStore(store).read(sym, resolved.timeframe)  # names the way to get a missing one
+    return {**cfg.to_dict(), "name": resolved.name}
+
+
+CHECKS: dict[str, Callable[[Path, dict[str, Any]], dict[str, Any]]] = {
+    "backtest": check_backtest,
+    "train": check_train,
+}
+
+
+def field_of(err: Exception) -> str | None:
+    """The request field an error is about (the API's 422 names it)."""
+    from core.errors import ModelNotFound, SymbolNotFound
+
+    if isinstance(err, ModelNotFound):
+        return "model"
+    if isinstance(err, SymbolNotFound):
+        return "symbols"
+    head = str(err).split(":", 1)[0].strip()
+    return head if head.isidentifier() else None
+
+
+def check(request: dict[str, Any]) -> int:
+    """Check a request the way its workflow will (the API's 422 comes from here, so the
+    dashboard's own process never loads torch); prints one ``accepted`` or ``refused`` event."""
+    try:
+        params = CHECKS[request["kind"]](Path(request["store"]), request["params"])
+    except UserError as err:
+        emit({"event": "refused", "message": str(err), "field": field_of(err)})
+        return 2
+    emit({"event": "accepted", "params": params})
+    return 0
+
+
 RUNNERS: dict[str, Callable[[Path, dict[str, Any], str | None, Emit], Any]] = {
     "backtest": run_backtest,
     "train": run_train,
@@ -121,6 +173,8 @@ def main() -> int:
     _die_with_parent()
     _cancel_on_sigterm()
     request = json.loads(sys.stdin.read())
+    if request.get("check_only"):
+        return check(request)
     import torch
 
     torch.set_num_threads(int(request.get("threads", 1)))

@@ -86,6 +86,36 @@ def child_env(parent: dict[str, str] | None = None, *, broker: bool = False) -> 
     return env
 
 
+class Refused(Exception):
+    """A job request its workflow refuses: ``field`` names the request field, if known."""
+
+    def __init__(self, message: str, field: str | None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_request(
+    store: Path, kind: str, params: dict[str, Any], timeout: float = 120.0
+) -> dict[str, Any]:
+    """Check a request in a short-lived job process (the workflow's own checks, which need
+    torch: the dashboard's process stays without it); returns the resolved parameters or
+    raises :class:`Refused`."""
+    request = {"kind": kind, "params": params, "store": str(store.resolve()), "check_only": True}
+    proc = subprocess.run(
+        [sys.executable, "-m", "webapp.job_main"], input=json.dumps(request), text=True,
+        capture_output=True, env=child_env(), timeout=timeout,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )  # fmt: skip
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    last = events[-1] if events else {}
+    if last.get("event") == "accepted":
+        return dict(last["params"])
+    if last.get("event") == "refused":
+        raise Refused(str(last["message"]), last.get("field"))
+    tail = proc.stderr.strip().splitlines()[-1:] or [f"exit code {proc.returncode}"]
+    raise RuntimeError(f"the request could not be checked: {tail[0]}")
+
+
 class JobManager:
     """Starts, follows and cancels jobs; publishes every change on the ``jobs`` topic and each
     training epoch on ``training``."""

@@ -28,7 +28,7 @@ from typing import Any, Self, cast
 
 import pandas as pd
 
-from analyzers.backtest import BacktestResult, CostConfig, run_backtest
+from analyzers.backtest import BASELINES, BacktestResult, CostConfig, run_backtest
 from analyzers.performance import drawdown_days
 from core.config import DataConfig
 from core.errors import ConfigError, DataError
@@ -45,7 +45,6 @@ from workflows.runs_info import file_sha256
 from workflows.train import link_training_run, model_inputs
 
 SERVING = ("inprocess", "torchserve")
-BASELINES = ("buyhold", "sma")
 Log = Callable[[str], None]
 
 

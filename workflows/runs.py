@@ -344,10 +344,20 @@ class RunRegistry:
             q = sa.select(TrialRow.config).where(TrialRow.run_id == rid).order_by(TrialRow.seq)
             return [dict(c) for c in s.scalars(q)]
 
+    def count(self) -> int:
+        """How many runs are recorded."""
+        with self._session() as s:
+            return int(s.scalar(sa.select(sa.func.count()).select_from(RunRow)) or 0)
+
     def list(
-        self, kind: str | None = None, status: str | None = None, limit: int | None = 50
+        self,
+        kind: str | None = None,
+        status: str | None = None,
+        limit: int | None = 50,
+        before: str | None = None,
     ) -> builtins.list[RunRecord]:
-        """Runs, newest first, optionally of one kind and/or status."""
+        """Runs, newest first, optionally of one kind and/or status; ``before`` (a run id)
+        gives the next page: only runs older than it."""
         if status is not None and status not in STATUSES:
             raise ConfigError(f"unknown run status {status!r}: known are {', '.join(STATUSES)}")
         q = sa.select(RunRow).order_by(RunRow.id.desc())
@@ -355,6 +365,8 @@ class RunRegistry:
             q = q.where(RunRow.kind == kind)
         if status is not None:
             q = q.where(RunRow.status == status)
+        if before is not None:
+            q = q.where(RunRow.id < before)
         if limit is not None:
             q = q.limit(limit)
         with self._session() as s:

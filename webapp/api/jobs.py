@@ -14,8 +14,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.errors import ModelNotFound, SymbolNotFound, UserError
+from core.errors import UserError
 from webapp.api.deps import jobs, settings, unprocessable
+from webapp.jobs import Refused, check_request
 
 router = APIRouter(tags=["jobs"])
 
@@ -78,56 +79,25 @@ class KillBody(_Body):
     confirm: str
 
 
-def _field_of(message: str) -> str | None:
-    head = message.split(":", 1)[0].strip()
-    return head if head.isidentifier() else None
-
-
-def _checked(fn: Any, *args: Any) -> Any:
+def _checked(request: Request, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The workflow's own checks (in a job process): 422 naming the field when refused."""
     try:
-        return fn(*args)
-    except ModelNotFound as err:
-        raise unprocessable(f"model: {err}", "model") from err
-    except SymbolNotFound as err:
-        raise unprocessable(f"symbols: {err}", "symbols") from err
-    except UserError as err:
-        raise unprocessable(str(err), _field_of(str(err))) from err
-
-
-def _check_backtest(store: Path, params: dict[str, Any]) -> dict[str, Any]:
-    from workflows.backtest import BacktestConfig, plan_backtest
-
-    plan = plan_backtest(store, BacktestConfig.from_dict(params))  # reads, never writes
-    out: dict[str, Any] = plan.config.to_dict()
-    return out
-
-
-def _check_train(store: Path, params: dict[str, Any]) -> dict[str, Any]:
-    from feeds.store import ParquetStore
-    from mlmodels.nets.model import get_architecture
-    from workflows.train import TrainRunConfig
-
-    cfg = TrainRunConfig.from_dict(params).resolved()
-    get_architecture(cfg.arch)
-    store_ = ParquetStore(store)
-    for sym in [*cfg.symbols, *([cfg.index] if cfg.index else [])]:
-        store_.read(sym, cfg.timeframe)  # SymbolNotFound names the way to get it
-    out: dict[str, Any] = TrainRunConfig.from_dict(params).to_dict()
-    out["name"] = cfg.name
-    return out
+        return check_request(settings(request).store, kind, params)
+    except Refused as err:
+        raise unprocessable(str(err), err.field) from err
 
 
 @router.post("/backtest", status_code=status.HTTP_202_ACCEPTED)
 def start_backtest(request: Request, body: BacktestBody) -> dict[str, Any]:
     """Start a backtest job (checked first: 422 and nothing started if it would be refused)."""
-    params = _checked(_check_backtest, settings(request).store, body.model_dump())
+    params = _checked(request, "backtest", body.model_dump())
     return jobs(request).submit("backtest", params).as_dict()
 
 
 @router.post("/train", status_code=status.HTTP_202_ACCEPTED)
 def start_training(request: Request, body: TrainBody) -> dict[str, Any]:
     """Start a training job; its epochs stream on the WebSocket's ``training`` topic."""
-    params = _checked(_check_train, settings(request).store, body.model_dump())
+    params = _checked(request, "train", body.model_dump())
     key = f"model:{params['name']}"
     busy = jobs(request).busy_key(key)
     if busy is not None:

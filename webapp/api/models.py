@@ -38,8 +38,8 @@ def list_models(request: Request) -> dict[str, Any]:
 @router.get("/models/presets")
 def presets() -> dict[str, Any]:
     """The architecture presets a training job can use, and the backtest baselines."""
-    from mlmodels.nets.model import ARCHITECTURES
-    from workflows.backtest import BASELINES
+    from analyzers.backtest import BASELINES
+    from mlmodels.presets import ARCHITECTURES
 
     return {"presets": sorted(ARCHITECTURES), "baselines": list(BASELINES)}
 

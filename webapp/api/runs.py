@@ -22,12 +22,15 @@ def list_runs(
     kind: str | None = None,
     status_: str | None = Query(None, alias="status"),
     limit: int = Query(100, ge=1, le=10_000),
+    before: str | None = Query(None, description="only runs older than this id (the next page)"),
 ) -> dict[str, Any]:
-    """Runs, newest first (``kind``: backtest, train, walkforward, ...; ``status``)."""
+    """Runs, newest first (``kind``: backtest, train, walkforward, ...; ``status``), a page of
+    ``limit``; ``next`` is the ``before`` of the following page (None on the last)."""
     if status_ is not None and status_ not in STATUSES:
         raise unprocessable(f"status must be one of {', '.join(STATUSES)}", "status")
     with registry(request) as reg:
-        return {"runs": [row(r) for r in reg.list(kind, status_, limit)]}
+        runs = reg.list(kind, status_, limit, before)
+    return {"runs": [row(r) for r in runs], "next": runs[-1].id if len(runs) == limit else None}
 
 
 def row(r: RunRecord) -> dict[str, Any]:
