@@ -24,7 +24,19 @@ _WHERE = {
     "Signal": "serving.signal",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "FLAT",
+    "BadRequest",
+    "CircuitBreaker",
+    "InProcessClient",
+    "PositionState",
+    "RestClient",
+    "RestConfig",
+    "ServingUnavailable",
+    "Signal",
+    "SignalClient",
+    "TokenRefused",
+]
 
 if TYPE_CHECKING:
     from serving.client import (

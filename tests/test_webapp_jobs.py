@@ -82,7 +82,7 @@ def test_a_training_job_streams_every_epoch_and_its_losses_are_served(root: Path
             ws, lambda m: m["type"] == "jobs" and m["data"]["state"] in ("ok", "failed")
         )
         done = seen[-1]["data"]
-        assert done["state"] == "ok", done
+        assert done["state"] == "ok", (done["error"], done["last_log"])
         epochs = [m["data"] for m in seen if m["type"] == "training"]
         assert [e["epoch"] for e in epochs] == [1, 2, 3]
         assert all(e["run_id"] == done["run_id"] and e["losses"] for e in epochs)
@@ -202,3 +202,82 @@ def test_a_client_that_never_reads_is_dropped_not_buffered(root: Path) -> None:
                     break
             wait_for(lambda: hub.subscribers == 0, timeout=30)
         time.sleep(0.1)
+
+
+def test_a_download_job_fetches_from_alpaca_with_the_keys_only_it_gets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job talks to the project's Alpaca data server (real alpaca-py client); the keys
+    reach this job's process because it needs them, and never a response."""
+    import pandas as pd
+
+    from brokers.alpaca.sim.data import AlpacaDataFake
+    from brokers.alpaca.sim.loopback import LoopbackServer
+    from brokers.alpaca.sim.trading import KEY_ID, SECRET
+    from feeds.store import ParquetStore
+
+    with AlpacaDataFake(key_id=KEY_ID, secret_key=SECRET) as data, LoopbackServer() as rest:
+        data.serve_history(rest)
+        for day in pd.bdate_range("2026-03-02", periods=5):
+            for minute in range(0, 390, 30):
+                t = day.tz_localize("America/New_York") + pd.Timedelta(hours=9, minutes=30 + minute)
+                px = 100 + day.day + minute / 1000
+                data.push_bar("AAPL", t, px, px + 0.5, px - 0.5, px + 0.1, 1000, stream=False)
+        monkeypatch.setenv("APCA_API_KEY_ID", KEY_ID)
+        monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET)
+        monkeypatch.setenv("BTML_ALPACA_DATA_URL", rest.base_url)
+        with client(tmp_path) as c:
+            body = {
+                "symbols": ["AAPL"],
+                "source": "alpaca",
+                "start": "2026-03-01",
+                "end": "2026-03-09",
+            }
+            r = c.post(f"{API}/data/download", headers=AUTH, json=body)
+            assert r.status_code == 202, r.text
+            done = until_final(c, r.json()["id"])
+            listed = c.get(f"{API}/data", headers=AUTH).text
+    assert done["state"] == "ok", (done["error"], done["last_log"])
+    assert done["progress"] == 1.0
+    frame = ParquetStore(tmp_path).read("AAPL", "1Day")
+    assert len(frame) == 5 and frame.attrs.get("source", "alpaca") == "alpaca"
+    assert KEY_ID not in listed and SECRET not in listed
+
+
+def test_the_kill_switch_from_the_dashboard_is_journaled_and_cancels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from brokers.alpaca.config import AlpacaConfig
+    from brokers.alpaca.journal import Journal, OrderIntent
+    from brokers.alpaca.rest import OrderSpec, TradingAPI
+    from brokers.alpaca.sim.trading import KEY_ID, SECRET, AlpacaFake
+    from brokers.alpaca.store import KILL_KEY
+
+    journal = tmp_path / "live" / "journal-paper.sqlite"
+    journal.parent.mkdir()
+    with AlpacaFake() as fake:
+        fake.set_price("AAPL", 100.0)
+        cfg = AlpacaConfig(key_id=KEY_ID, secret_key=SECRET, trading_url=fake.url, journal=journal)
+        with Journal(journal) as j:
+            rec = j.record_intent(OrderIntent(strategy="ml", symbol="AAPL", side="buy", qty=2,
+                                              bar_time="2026-03-02T15:00:00Z", order_type="limit",
+                                              limit_price=90.0))  # fmt: skip
+            body, _ = TradingAPI(cfg).submit_idempotent(OrderSpec(
+                client_order_id=rec.client_order_id, symbol="AAPL", side="buy", qty=2,
+                order_type="limit", limit_price=90.0))  # fmt: skip
+            j.mark_sent(rec.client_order_id, body)
+        monkeypatch.setenv("APCA_API_KEY_ID", KEY_ID)
+        monkeypatch.setenv("APCA_API_SECRET_KEY", SECRET)
+        monkeypatch.setenv("APCA_API_BASE_URL", fake.url)
+        with client(tmp_path) as c:
+            r = c.post(f"{API}/live/kill", headers=AUTH, json={"confirm": "KILL"})
+            assert r.status_code == 202, r.text
+            done = until_final(c, r.json()["id"])
+            orders = c.get(f"{API}/orders", headers=AUTH).json()["orders"]
+        assert done["state"] == "ok", (done["error"], done["last_log"])
+        assert [o["status"] for o in fake.orders()] == ["canceled"]
+        assert not fake.errors
+    with Journal(journal) as j:
+        entry = json.loads(j.meta(KILL_KEY) or "{}")
+    assert entry["status"] == "done" and "canceled 1 orders" in " ".join(entry["done"])
+    assert [o["status"] for o in orders] == ["canceled"]

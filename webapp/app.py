@@ -21,7 +21,7 @@ from webapp.auth import COOKIE, load_token, matches, require_token
 from webapp.events import Hub
 from webapp.jobs import JobManager
 from webapp.settings import DashboardSettings
-from webapp.watch import JournalWatch, watch_loop
+from webapp.watch import JournalWatch, health_loop, health_now, watch_loop
 from workflows.runs import RunRegistry
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -93,6 +93,10 @@ def _page_routes(app: FastAPI) -> None:
         return FileResponse(index)
 
 
+def _running(app: FastAPI) -> Any:
+    return lambda: sum(j["state"] == "running" for j in app.state.jobs.snapshot())
+
+
 def create_app(settings: DashboardSettings) -> FastAPI:
     """The dashboard's app over ``settings.store`` (see the package docstring)."""
     hub = Hub()
@@ -104,11 +108,15 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         watch = JournalWatch(settings, hub)
         hub.add_snapshot("fills", watch.snapshot_fills)
         hub.add_snapshot("signals", watch.snapshot_signals)
-        task = asyncio.create_task(watch_loop(watch, settings.poll_seconds))
+        tasks = [
+            asyncio.create_task(watch_loop(watch, settings.poll_seconds)),
+            asyncio.create_task(health_loop(hub, settings, _running(app), 5.0)),
+        ]
         try:
             yield
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             await asyncio.to_thread(app.state.jobs.close)
 
     app = FastAPI(title="backtrader-ml dashboard", version="1", lifespan=lifespan,
@@ -121,7 +129,7 @@ def create_app(settings: DashboardSettings) -> FastAPI:
     hub.add_snapshot("jobs", app.state.jobs.snapshot)
     hub.add_snapshot("training", lambda: None)
     hub.add_snapshot("alerts", lambda: [])
-    hub.add_snapshot("health", lambda: {"ok": True, "jobs": len(app.state.jobs.snapshot())})
+    hub.add_snapshot("health", lambda: health_now(settings, _running(app)()))
     app.include_router(_api_router())
     app.include_router(ws.router, prefix=API)
     _session_routes(app)

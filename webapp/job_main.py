@@ -75,6 +75,41 @@ def run_import(store: Path, params: dict[str, Any], db_url: str | None, out: Emi
     return run_id
 
 
+def run_download(store: Path, params: dict[str, Any], db_url: str | None, out: Emit) -> Any:
+    """Fetch what the store lacks; one log line per symbol, failed if any symbol failed."""
+    from core.credentials import AlpacaCredentials
+    from core.errors import SourceUnavailable
+    from feeds.download import download
+    from feeds.sources.base import get_source
+    from feeds.store import ParquetStore
+
+    name, symbols = params["source"], list(params["symbols"])
+    opts: dict[str, Any] = {}
+    if name == "alpaca":
+        creds = AlpacaCredentials.from_env(os.environ)
+        opts = {"key_id": creds.key_id if creds else None,
+                "secret_key": creds.secret_key if creds else None,
+                "url": os.environ.get("BTML_ALPACA_DATA_URL") or None}  # fmt: skip
+    done: list[str] = []
+
+    def on_symbol(sym: str) -> None:
+        done.append(sym)
+        out({"event": "progress", "done": len(done), "total": len(symbols)})
+
+    report = download(ParquetStore(store), get_source(name, **opts), symbols,
+                      timeframe=params.get("timeframe", "1Day"),
+                      start=params.get("start") or "2000-01-01", end=params.get("end"),
+                      on_symbol=on_symbol)  # fmt: skip
+    for line in report.lines():
+        out({"event": "log", "message": line})
+    if not report.ok:
+        raise SourceUnavailable(
+            f"{len(report.failed)} of {len(symbols)} symbol(s) failed "
+            f"(first: {next(iter(report.failed.items()))[1]}); run it again to fetch what is missing"
+        )
+    return None
+
+
 def run_kill(store: Path, params: dict[str, Any], db_url: str | None, out: Emit) -> Any:
     """The kill switch (cancel all; ``flatten``: close all), journaled before it sends."""
     from brokers.alpaca.config import AlpacaConfig
@@ -148,6 +183,7 @@ RUNNERS: dict[str, Callable[[Path, dict[str, Any], str | None, Emit], Any]] = {
     "train": run_train,
     "import": run_import,
     "kill": run_kill,
+    "download": run_download,
 }
 
 

@@ -66,8 +66,8 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
-BROKER_ENV = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "APCA_API_BASE_URL")
-NEEDS_BROKER = frozenset({"kill"})  # the only jobs that talk to the broker
+BROKER_ENV = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "APCA_API_BASE_URL", "BTML_ALPACA_DATA_URL")
+NEEDS_BROKER = frozenset({"kill", "download-alpaca"})  # the only jobs that need its keys
 
 
 def child_env(parent: dict[str, str] | None = None, *, broker: bool = False) -> dict[str, str]:
@@ -215,7 +215,7 @@ class JobManager:
             try:
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "webapp.job_main"], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE, stderr=err_log, text=True, env=child_env(broker=job.kind in NEEDS_BROKER),
+                    stdout=subprocess.PIPE, stderr=err_log, text=True, env=child_env(broker=_needs_broker(job)),
                     start_new_session=True, cwd=str(Path(__file__).resolve().parents[1]),
                 )  # fmt: skip
             except OSError as err:
@@ -261,6 +261,9 @@ class JobManager:
                 self._append_log(job, list(job.log))
         elif kind == "epoch":
             self._on_epoch(job, event)
+        elif kind == "progress":
+            with self._lock:
+                job.progress = int(event["done"]) / max(1, int(event["total"]))
         elif kind in ("done", "error") and event.get("run_id"):
             with self._lock:
                 job.run_id = event["run_id"]
@@ -295,6 +298,11 @@ class JobManager:
         with self._lock:
             data = job.as_dict()
         self.publish("jobs", data)
+
+
+def _needs_broker(job: Job) -> bool:
+    kind = job.kind if job.kind != "download" else f"download-{job.params.get('source')}"
+    return kind in NEEDS_BROKER
 
 
 def _final_state(job: Job, code: int, outcome: dict[str, Any]) -> tuple[str, str | None]:

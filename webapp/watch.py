@@ -49,3 +49,23 @@ async def watch_loop(watch: JournalWatch, every: float) -> None:
         with contextlib.suppress(Exception):  # a locked or missing journal: try again next time
             await asyncio.to_thread(watch.poll)
         await asyncio.sleep(every)
+
+
+def health_now(settings: DashboardSettings, running_jobs: int) -> dict[str, Any]:
+    """The ``health`` topic's message: the run database reachable, jobs running."""
+    from workflows.runs import RunRegistry
+
+    try:
+        with RunRegistry(settings.store, settings.db_url) as reg:
+            db: dict[str, Any] = {"ok": True, "runs": reg.count()}
+    except Exception as err:  # the message is the answer
+        db = {"ok": False, "error": str(err).splitlines()[0][:300]}
+    return {"ok": db["ok"], "database": db, "jobs_running": running_jobs}
+
+
+async def health_loop(hub: Hub, settings: DashboardSettings, running: Any, every: float) -> None:
+    """Publish the health every ``every`` seconds until cancelled."""
+    while True:
+        with contextlib.suppress(Exception):
+            hub.publish("health", await asyncio.to_thread(health_now, settings, running()))
+        await asyncio.sleep(every)

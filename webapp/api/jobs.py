@@ -71,6 +71,16 @@ class ImportBody(_Body):
     allow_jump: bool = False
 
 
+class DownloadBody(_Body):
+    """Symbols to fetch into the store from a data source (only what is missing)."""
+
+    symbols: list[str] = Field(min_length=1)
+    source: Literal["yahoo", "alpaca", "ccxt"] = "yahoo"
+    timeframe: str = "1Day"
+    start: str = "2000-01-01"
+    end: str | None = None
+
+
 class KillBody(_Body):
     """The kill switch: ``confirm`` must be the word ``KILL``."""
 
@@ -123,6 +133,18 @@ def start_import(request: Request, body: ImportBody) -> dict[str, Any]:
         raise unprocessable(f"options: {err}", "options") from err
     params = {**body.model_dump(), "path": str(path.resolve())}
     return jobs(request).submit("import", params, owner_key=f"file:{path.resolve()}").as_dict()
+
+
+@router.post("/data/download", status_code=status.HTTP_202_ACCEPTED)
+def start_download(request: Request, body: DownloadBody) -> dict[str, Any]:
+    """Download symbols into the store, as a job (progress per symbol)."""
+    from feeds.timeframes import get_timeframe
+
+    try:
+        get_timeframe(body.timeframe)
+    except UserError as err:
+        raise unprocessable(f"timeframe: {err}", "timeframe") from err
+    return jobs(request).submit("download", body.model_dump(), owner_key="download").as_dict()
 
 
 @router.get("/jobs")

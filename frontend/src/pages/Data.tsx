@@ -1,4 +1,4 @@
-import { useState, type FormEvent } from "react";
+import { useEffect, useState, type FormEvent } from "react";
 import { Card, ErrorLine, JobLine, Table } from "../components/ui";
 import { PriceChart, type Bar } from "../components/charts";
 import { useApi } from "../lib/hooks";
@@ -11,10 +11,26 @@ export default function Data() {
   const list = useApi<{ series: Series[]; errors: string[] }>("data");
   const [symbol, setSymbol] = useState<string | null>(null);
   const bars = useApi<{ bars: Bar[] }>(symbol ? `data/${encodeURIComponent(symbol)}/bars?limit=500` : null);
-  const { jobs, cancel } = useJobs("import");
+  const all = useJobs();
+  const jobs = all.jobs.filter((j) => j.kind === "import" || j.kind === "download");
+  const cancel = all.cancel;
   const [path, setPath] = useState("");
+  const [dl, setDl] = useState({ symbols: "", source: "yahoo", start: "2015-01-01" });
   const [formError, setFormError] = useState<string | null>(null);
   const series = list.data?.series ?? [];
+  const finished = jobs.filter((j) => j.state === "ok" || j.state === "failed").length;
+  useEffect(() => list.reload(), [finished]); // eslint-disable-line react-hooks/exhaustive-deps
+
+  const download = async (e: FormEvent) => {
+    e.preventDefault();
+    setFormError(null);
+    const symbols = dl.symbols.split(",").map((x) => x.trim()).filter(Boolean);
+    try {
+      await api("data/download", { method: "POST", json: { symbols, source: dl.source, start: dl.start } });
+    } catch (err) {
+      setFormError((err as Error).message);
+    }
+  };
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -47,6 +63,28 @@ export default function Data() {
           {bars.data ? <PriceChart bars={bars.data.bars} marks={[]} /> : <p className="muted">loading…</p>}
         </Card>
       ) : null}
+      <Card title="Download">
+        <form onSubmit={download} className="form">
+          <label>
+            symbols
+            <input name="download-symbols" value={dl.symbols} onChange={(e) => setDl({ ...dl, symbols: e.target.value })} placeholder="AAPL,MSFT" required />
+          </label>
+          <label>
+            source
+            <select value={dl.source} onChange={(e) => setDl({ ...dl, source: e.target.value })}>
+              <option value="yahoo">Yahoo</option>
+              <option value="alpaca">Alpaca</option>
+              <option value="ccxt">ccxt (crypto)</option>
+            </select>
+          </label>
+          <label>
+            from
+            <input type="date" value={dl.start} onChange={(e) => setDl({ ...dl, start: e.target.value })} />
+          </label>
+          <button type="submit">Download</button>
+        </form>
+        <p className="muted small">only what the store lacks is fetched; a failed symbol leaves the others stored</p>
+      </Card>
       <Card title="Import a CSV file">
         <form onSubmit={submit} className="form">
           <label>
