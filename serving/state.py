@@ -140,6 +140,8 @@ def shutdown(cfg: ServerConfig, timeout: float = 30.0) -> Shutdown:
         )
     leftovers = _leftovers(cfg, state.pgid)
     end_processes(leftovers, timeout)
+    if leftovers:  # the group is this TorchServe's (a pgid is not reused while it has members)
+        _end_group(state.pgid, timeout)
     done = f"; stopped {len(leftovers)} leftover processes" if leftovers else ""
     return Shutdown(
         bool(leftovers), f"stale state file {where}: pid {state.pid} is gone; removed it{done}"
@@ -159,12 +161,12 @@ def _end_group(pgid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if group_alive(pgid):
+    # SIGKILL until the group is empty: a killed JVM can take seconds to go under load, and a
+    # worker it started while shutting down must not outlive it
+    deadline = time.monotonic() + KILL_WAIT
+    while group_alive(pgid) and time.monotonic() < deadline:
         signal_group(pgid, signal.SIGKILL)
-        # a killed JVM can take seconds to go under load: return only once the group is gone
-        deadline = time.monotonic() + KILL_WAIT
-        while group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        time.sleep(0.2)
 
 
 def _leftovers(cfg: ServerConfig, pgid: int) -> list[int]:

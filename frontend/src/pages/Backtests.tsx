@@ -37,6 +37,7 @@ export default function Backtests() {
   const [selected, setSelected] = useState<string[]>([]);
   const [form, setForm] = useState({ symbols: "", what: "baseline:buyhold" });
   const [formError, setFormError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false); // the request is being checked by its workflow
   const focus = selected[0] ?? null;
   const results = useApi<Results>(focus ? `backtest/results/${focus}` : null);
   const compare = useApi<Compare>(selected.length > 1 ? `runs/compare?ids=${selected.join(",")}` : null);
@@ -54,6 +55,7 @@ export default function Backtests() {
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     setFormError(null);
+    setBusy(true);
     const symbols = form.symbols.split(",").map((s) => s.trim()).filter(Boolean);
     const [kind, value] = form.what.split(/:(.*)/s);
     const body = kind === "baseline" ? { symbols, baseline: value } : { symbols, model: value };
@@ -61,6 +63,8 @@ export default function Backtests() {
       await api("backtest", { method: "POST", json: body });
     } catch (err) {
       setFormError((err as Error).message);
+    } finally {
+      setBusy(false);
     }
   };
   const symbols = (data.data?.series ?? []).map((s) => s.symbol);
@@ -80,7 +84,9 @@ export default function Backtests() {
               {(models.data?.models ?? []).map((m) => <option key={m.ref} value={`model:${m.ref}`}>model {m.ref}</option>)}
             </select>
           </label>
-          <button type="submit">Start backtest</button>
+          <button type="submit" disabled={busy}>
+            {busy ? "Checking…" : "Start backtest"}
+          </button>
         </form>
         <ErrorLine error={formError} />
         {jobs.slice(0, 5).map((j) => <JobLine key={j.id} job={j} onCancel={cancel} />)}

@@ -24,6 +24,7 @@ export default function Training() {
   const { jobs, cancel } = useJobs("train");
   const [form, setForm] = useState({ symbols: "", arch: "tiny", name: "", epochs: 10 });
   const [formError, setFormError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false); // the request is being checked by its workflow
   const [runId, setRunId] = useState<string | null>(null);
   const [rows, setRows] = useState<Row[]>([]);
   const [card, setCard] = useState<string | null>(null);
@@ -53,11 +54,14 @@ export default function Training() {
   const submit = async (e: FormEvent) => {
     e.preventDefault();
     setFormError(null);
+    setBusy(true);
     const symbols = form.symbols.split(",").map((s) => s.trim()).filter(Boolean);
     try {
       await api("train", { method: "POST", json: { symbols, arch: form.arch, name: form.name || null, epochs: form.epochs } });
     } catch (err) {
       setFormError((err as Error).message);
+    } finally {
+      setBusy(false);
     }
   };
   const symbols = (data.data?.series ?? []).map((s) => s.symbol);
@@ -84,7 +88,9 @@ export default function Training() {
             epochs
             <input type="number" min={1} value={form.epochs} onChange={(e) => setForm({ ...form, epochs: Number(e.target.value) })} name="epochs" />
           </label>
-          <button type="submit">Start training</button>
+          <button type="submit" disabled={busy}>
+            {busy ? "Checking…" : "Start training"}
+          </button>
         </form>
         <ErrorLine error={formError} />
         {jobs.slice(0, 5).map((j) => <JobLine key={j.id} job={j} onCancel={cancel} />)}
