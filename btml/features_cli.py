@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,13 @@ from btml.common import fail, pass_config
 from btml.config import Config
 from btml.output import echo_json, json_option
 from core.errors import BtmlError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlmodels.leakage import LeakFinding
+
+Frames = dict[str, "pd.DataFrame"]
 
 
 @click.group()
@@ -83,8 +91,11 @@ def select(
 
     try:
         frames, index = _load_frames(config, symbols, index_name, timeframe)
-        ds = build_dataset(frames, DatasetConfig(window=2), index)
-        split = chronological_split(ds.times, lookahead=24)
+        cfg = DatasetConfig(window=2)
+        ds = build_dataset(frames, cfg, index)
+        split = chronological_split(
+            ds.times, lookahead=cfg.labels.lookahead, symbols=ds.sample_symbol
+        )
         rows = ds.rows[ds.sample_row[split.train]]
         import pandas as pd
 
@@ -96,6 +107,8 @@ def select(
             threshold=threshold,
             top_k=top_k,
             variance=variance,
+            times=ds.times[split.train],
+            gap=cfg.labels.direction_horizon,
         )
         sel.save(out)
     except BtmlError as err:
@@ -112,10 +125,19 @@ def select(
 @click.argument("symbols", nargs=-1)
 @click.option(
     "--file",
-    "table",
+    "file",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="A feature table (Parquet/CSV, datetime index or column, plus a close column) to scan.",
+    help="A feature table (.parquet or .csv: a time index or datetime/date column, a close "
+    "column, optionally open/high/low/volume and symbol, then one column per feature) for the "
+    "statistical tests, or a .py module of feature functions (as --features-module).",
+)
+@click.option(
+    "--features-module",
+    "module",
+    default=None,
+    help="Your feature functions: a .py path, a module name or a btml.features entry point; "
+    "truncation-tested and scanned on SYMBOLS (the embedded sample if none).",
 )
 @click.option(
     "--index", "index_name", default=None, help="Stored index for the index-relative features."
@@ -125,47 +147,88 @@ def select(
 def check_leakage(
     config: Config,
     symbols: tuple[str, ...],
-    table: Path | None,
+    file: Path | None,
+    module: str | None,
     index_name: str | None,
     timeframe: str,
 ) -> None:
-    """Check the feature pipeline on stored SYMBOLS (truncation) and/or a feature --file.
+    """Check features for look-ahead; exit 1 on a leak, 2 on bad input.
 
-    Exits 1 when any feature looks at the future.
+    \b
+    SYMBOLS                the built-in pipeline on stored series: truncation test (a value
+                           must not change when later bars are removed)
+    --features-module/.py  your functions: the truncation test, then the weak-leak test of
+                           their values (catches future data joined from elsewhere)
+    --file TABLE           values only: the weak-leak test (does a column know the returns
+                           after its bar beyond what the past explains? partial regression,
+                           Newey-West, Bonferroni; see mlmodels.leakage) and the fingerprint
+                           of a z-score over the whole sample
     """
-    from mlmodels.features import compute_features
-    from mlmodels.leakage import future_correlation_check, truncation_check
+    from mlmodels.leakage import read_table, scan_table
 
-    findings = []
+    if file is not None and file.suffix == ".py":
+        if module is not None:
+            raise click.UsageError("give the module as --file or --features-module, not both")
+        module = str(file)
+    table = file if file is not None and file.suffix != ".py" else None
+    if not symbols and table is None and module is None:
+        raise click.UsageError("give SYMBOLS, --file or --features-module to check")
+    findings: list[tuple[str, LeakFinding]] = []
     try:
-        frames, index = _load_frames(config, symbols, index_name, timeframe)
-        for sym, frame in frames.items():
-            findings += [(sym, f) for f in truncation_check(frame, compute_features, index=index)]
+        frames, index = _leak_frames(config, symbols, index_name, timeframe, module)
+        if symbols:
+            findings += _builtin_findings(frames, index)
+        if module is not None:
+            findings += _module_findings(module, frames, index)
         if table is not None:
-            tab = _read_table(table)
-            if "close" not in tab.columns:
-                raise click.UsageError(f"{table}: needs a close column to compare against returns")
-            findings += [
-                (table.name, f)
-                for f in future_correlation_check(tab.drop(columns=["close"]), tab["close"])
-            ]
+            found = scan_table(read_table(table))
+            findings += [(f"{table.name}{':' + s if s else ''}", f) for s, f in found]
     except BtmlError as err:
         fail(err)
     for where, f in findings:
         click.echo(f"LEAK {where}: {f.feature} ({f.check}): {f.detail}")
     if findings:
         sys.exit(1)
-    click.echo(f"no leakage found ({len(symbols)} symbol(s){', 1 table' if table else ''})")
+    what = [f"{len(frames)} series"] if frames else []
+    what += [f"module {module}"] if module else []
+    what += [f"table {table.name}"] if table else []
+    click.echo(f"no leakage found ({', '.join(what)})")
 
 
-def _read_table(path: Path):  # type: ignore[no-untyped-def]
-    import pandas as pd
+def _leak_frames(
+    config: Config,
+    symbols: tuple[str, ...],
+    index_name: str | None,
+    timeframe: str,
+    module: str | None,
+) -> tuple[Frames, pd.DataFrame | None]:
+    """Stored SYMBOLS, or the embedded sample's AAPL, IBM, MSFT to test a module on."""
+    if symbols:
+        frames, index = _load_frames(config, symbols, index_name, timeframe)
+        return frames, index
+    if module is None:
+        return {}, None
+    from feeds.sample import load_sample
 
-    tab = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-    if not isinstance(tab.index, pd.DatetimeIndex):
-        col = next(
-            (c for c in tab.columns if str(c).lower() in ("datetime", "date", "timestamp")), None
-        )
-        if col is not None:
-            tab = tab.set_index(pd.to_datetime(tab.pop(col), utc=True))
-    return tab
+    sample = load_sample(adjusted=True)
+    return {s: sample[s] for s in ("AAPL", "IBM", "MSFT")}, None
+
+
+def _builtin_findings(frames: Frames, index: pd.DataFrame | None) -> list[tuple[str, LeakFinding]]:
+    from mlmodels.features import compute_features
+    from mlmodels.leakage import truncation_check
+
+    return [
+        (sym, f)
+        for sym, frame in frames.items()
+        for f in truncation_check(frame, compute_features, index=index)
+    ]
+
+
+def _module_findings(
+    module: str, frames: Frames, index: pd.DataFrame | None
+) -> list[tuple[str, LeakFinding]]:
+    from mlmodels.user_features import load_feature_module
+
+    user = load_feature_module(module)
+    return [(f"{module}:{sym}", f) for sym, f in user.scan(frames, index)]

@@ -4,8 +4,10 @@
   order) and drop any whose absolute Pearson correlation with an already kept one exceeds the
   threshold (0.8 by default).
 * ``importance``: a gradient-boosting (or random-forest) classifier of the direction label, fit
-  on the first 80 % of the training rows; permutation importance on the last 20 % (still
+  on the first 80 % of the training period; permutation importance on its last 20 % (still
   training data, never validation or test); keep the top ``k`` after the correlation filter.
+  The cut is by time (``times``), not by row: rows come symbol after symbol, and a cut at 80 %
+  of the rows would fit on the first symbols' whole history and judge on the last symbol's.
 * ``pca``: standardise and project onto the principal components explaining ``variance`` of the
   training rows; the selection file stores the projection so training and serving apply it.
 
@@ -108,16 +110,40 @@ def correlation_filter(
     return [order[k] for k in kept], report
 
 
+def holdout_by_time(
+    times: pd.DatetimeIndex | np.ndarray, fraction: float = 0.8, gap: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions before and from the cut at ``fraction`` of the distinct ``times``.
+
+    Every symbol contributes to both parts, and no fit row is later than a holdout row; ``gap``
+    more distinct times before the cut are left out of the fit part (labels ``gap`` bars long
+    would reach into the holdout)."""
+    t = pd.DatetimeIndex(times).asi8
+    distinct = np.unique(t)
+    k = min(max(int(len(distinct) * fraction), 1), len(distinct) - 1)
+    idx = np.arange(len(t))
+    return idx[t < distinct[max(k - gap, 0)]], idx[t >= distinct[k]]
+
+
 def importance_ranking(
-    x: pd.DataFrame, y: np.ndarray, *, model: str = "gbm", n_repeats: int = 5, seed: int = 0
+    x: pd.DataFrame,
+    y: np.ndarray,
+    *,
+    model: str = "gbm",
+    n_repeats: int = 5,
+    seed: int = 0,
+    times: pd.DatetimeIndex | np.ndarray | None = None,
+    gap: int = 0,
 ) -> pd.Series:
-    """Permutation importance of each feature for predicting ``y`` (chronological 80/20 inside x)."""
+    """Permutation importance of each feature for predicting ``y``: fit on the first 80 % of
+    the period, scored on the rest (:func:`holdout_by_time`; rows in time order if no
+    ``times``)."""
     from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
     from sklearn.inspection import permutation_importance
 
     if len(x) < 50:
         raise DataError(f"importance ranking needs at least 50 training rows, got {len(x)}")
-    cut = int(len(x) * 0.8)
+    fit, hold = holdout_by_time(np.arange(len(x)) if times is None else times, 0.8, gap)
     if model == "gbm":
         est = HistGradientBoostingClassifier(
             max_iter=100, max_depth=3, learning_rate=0.05, random_state=seed
@@ -126,9 +152,9 @@ def importance_ranking(
         est = RandomForestClassifier(n_estimators=100, max_depth=6, n_jobs=1, random_state=seed)
     else:
         raise ConfigError(f"model must be 'gbm' or 'rf', got {model!r}")
-    est.fit(x.iloc[:cut], y[:cut])
+    est.fit(x.iloc[fit], y[fit])
     imp = permutation_importance(
-        est, x.iloc[cut:], y[cut:], n_repeats=n_repeats, random_state=seed, n_jobs=1
+        est, x.iloc[hold], y[hold], n_repeats=n_repeats, random_state=seed, n_jobs=1
     )
     return pd.Series(imp.importances_mean, index=x.columns).sort_values(ascending=False)
 
@@ -142,19 +168,25 @@ def select_features(
     top_k: int = 38,
     variance: float = 0.95,
     seed: int = 0,
+    times: pd.DatetimeIndex | np.ndarray | None = None,
+    gap: int = 0,
 ) -> Selection:
-    """Fit a selection on training rows ``x`` (and direction labels ``y`` for ``importance``)."""
+    """Fit a selection on training rows ``x`` (and direction labels ``y`` for ``importance``,
+    split by ``times``, one per row, with ``gap`` bars between fit and holdout)."""
     if method not in METHODS:
         raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    x = x.replace([np.inf, -np.inf], np.nan).dropna()
+    keep = x.replace([np.inf, -np.inf], np.nan).notna().all(axis=1).to_numpy()
+    x = x[keep]
     if method == "corr":
         kept, report = correlation_filter(x, threshold)
         return Selection("corr", tuple(x.columns), tuple(kept), report)
     if method == "importance":
         if y is None:
             raise ConfigError("importance selection needs labels y")
-        y = np.asarray(y)[-len(x) :] if len(y) != len(x) else np.asarray(y)
-        ranking = importance_ranking(x, y, seed=seed)
+        if len(y) != len(keep) or (times is not None and len(times) != len(keep)):
+            raise DataError(f"x has {len(keep)} rows; give y (and times) with one value per row")
+        rows_t = None if times is None else pd.DatetimeIndex(times)[keep]
+        ranking = importance_ranking(x, np.asarray(y)[keep], seed=seed, times=rows_t, gap=gap)
         kept, report = correlation_filter(x, threshold, order=list(ranking.index))
         kept = kept[:top_k]
         for row in report:

@@ -14,8 +14,8 @@ from feeds.sample import load_sample
 from feeds.store import ParquetStore
 from mlmodels.dataset import DatasetConfig, build_dataset
 from mlmodels.features import WARMUP, compute_features
-from mlmodels.leakage import future_correlation_check, truncation_check
-from mlmodels.selection import Selection, correlation_filter, select_features
+from mlmodels.leakage import future_information_check, truncation_check
+from mlmodels.selection import Selection, correlation_filter, holdout_by_time, select_features
 from mlmodels.splits import chronological_split
 
 
@@ -144,7 +144,7 @@ def test_check_leakage_cli_finds_a_planted_leak(frames, tmp_path) -> None:
         ],
     )
     assert res.exit_code == 1, res.output
-    assert "LEAK features.parquet: leak (future-correlation)" in res.output
+    assert "LEAK features.parquet: leak (future-information)" in res.output
     assert res.output.count("LEAK") == 1  # the honest features pass
     clean = CliRunner().invoke(
         main, ["--store", str(tmp_path / "store"), "features", "check-leakage", "IBM"]
@@ -152,9 +152,31 @@ def test_check_leakage_cli_finds_a_planted_leak(frames, tmp_path) -> None:
     assert clean.exit_code == 0 and "no leakage found" in clean.output
 
 
-def test_future_correlation_ignores_honest_features(frames) -> None:
+def test_future_information_ignores_honest_features(frames) -> None:
     feats = compute_features(frames["MSFT"]).iloc[WARMUP:]
-    assert future_correlation_check(feats, frames["MSFT"]["close"]) == []
+    assert future_information_check(feats, frames["MSFT"]) == []
+
+
+def test_importance_holdout_is_later_in_time_for_every_symbol() -> None:
+    """Rows come symbol after symbol; the holdout is the last 20 % of the period, not of rows."""
+    cal = pd.bdate_range("2010-01-01", periods=500, tz="UTC")
+    times = cal.append(cal[100:])
+    fit, hold = holdout_by_time(times, 0.8, gap=2)
+    assert times[fit].max() < times[hold].min()
+    assert (fit < 500).any() and (fit >= 500).any() and (hold < 500).any() and (hold >= 500).any()
+    assert times[hold].min() == cal[400] and times[fit].max() == cal[397]  # 2 bars of gap
+
+
+def test_importance_selection_on_stacked_symbols_split_by_time() -> None:
+    rng = np.random.default_rng(3)
+    cal = pd.bdate_range("2010-01-01", periods=400, tz="UTC")
+    times = cal.append(cal)
+    x = pd.DataFrame(rng.normal(size=(800, 4)), columns=[f"f{i}" for i in range(4)])
+    y = np.digitize(x["f0"] + 0.3 * rng.normal(size=800), [-0.5, 0.5])
+    sel = select_features(x, y, method="importance", top_k=2, times=times)
+    assert sel.outputs[0] == "f0"
+    with pytest.raises(DataError, match="one value per row"):
+        select_features(x, y[:-1], method="importance", times=times)
 
 
 def test_features_select_cli_writes_a_file_training_can_read(frames, tmp_path) -> None:
