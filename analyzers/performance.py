@@ -12,6 +12,8 @@ With simple per-period returns ``r_t``, equity ``E_t = prod(1 + r)``:
 * turnover = traded value / mean portfolio value, per year (``periods`` bars a year);
 * trades: win rate = share of closed trades with net P&L > 0, profit factor = gross profit /
   gross loss, average trade = mean net P&L.
+
+The deflated Sharpe ratio lives in :mod:`analyzers.overfitting` (importable from here too).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from analyzers.metrics import max_drawdown, performance
-from core.errors import ConfigError, DataError
+from analyzers.overfitting import deflated_sharpe as deflated_sharpe  # its home before
 
 
 def drawdown_duration(returns: pd.Series) -> int:
@@ -152,53 +154,3 @@ def run_statistics(returns: pd.Series, periods: int = 252) -> dict[str, float]:
         "max_drawdown_days": float(drawdown_days(returns)),
         "calmar": calmar(returns, periods),
     }
-
-
-def deflated_sharpe(
-    returns: pd.Series, trial_sharpes: Sequence[float], n_trials: int | None = None
-) -> dict[str, float]:
-    """The deflated Sharpe ratio (Bailey and Lopez de Prado, 2014) of per-period ``returns``.
-
-    With the per-period Sharpe ``SR`` (std with ddof 1), sample length ``T``, skewness ``g3``
-    and (non-excess) kurtosis ``g4`` of the returns, ``N`` trials whose per-period Sharpe
-    ratios ``trial_sharpes`` have variance ``V`` (ddof 1)::
-
-        SR0 = sqrt(V) * ((1 - gamma) * Z^-1(1 - 1/N) + gamma * Z^-1(1 - 1/(N e)))
-        DSR = Z((SR - SR0) * sqrt(T - 1) / sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2))
-
-    (``gamma`` the Euler-Mascheroni constant, ``Z`` the standard normal CDF): the probability
-    that the true Sharpe exceeds the best one expected from ``N`` unskilled trials. With one
-    trial ``SR0 = 0`` and DSR is the probabilistic Sharpe ratio against zero. ``N`` defaults
-    to the number of trial Sharpes; ``N > 1`` needs at least two finite ones. Fewer than 3
-    returns, or constant returns, give 0 (no evidence) rather than NaN.
-    """
-    from scipy.stats import kurtosis, norm, skew
-
-    r = returns.dropna().to_numpy(dtype=float)
-    if not np.isfinite(r).all():
-        raise DataError(f"deflated_sharpe: {int((~np.isfinite(r)).sum())} infinite returns")
-    trials = np.asarray(trial_sharpes, dtype=float)
-    trials = trials[np.isfinite(trials)]
-    n = max(1, len(trial_sharpes)) if n_trials is None else n_trials
-    if n < 1:
-        raise ConfigError(f"deflated_sharpe: n_trials must be >= 1, got {n}")
-    if n > 1 and len(trials) < 2:
-        raise ConfigError(
-            f"deflated_sharpe: {n} trials need the Sharpe ratios of at least 2 of them to "
-            f"estimate their variance, got {len(trials)} finite ones"
-        )
-    t = len(r)
-    out = {"sharpe": 0.0, "sr0": 0.0, "dsr": 0.0, "trials": float(n), "periods": float(t)}
-    sd = float(r.std(ddof=1)) if t > 1 else 0.0
-    if t < 3 or sd <= 1e-10 * float(np.abs(r).max()):  # constant up to rounding
-        return out
-    sr = float(r.mean()) / sd
-    gamma = 0.5772156649015329
-    if n > 1:
-        e_max = (1 - gamma) * norm.ppf(1 - 1 / n) + gamma * norm.ppf(1 - 1 / (n * math.e))
-        out["sr0"] = math.sqrt(float(np.var(trials, ddof=1))) * float(e_max)
-    g3, g4 = float(skew(r)), float(kurtosis(r, fisher=False))
-    denom = math.sqrt(max(1e-12, 1 - g3 * sr + (g4 - 1) / 4 * sr**2))
-    out["dsr"] = float(norm.cdf((sr - out["sr0"]) * math.sqrt(t - 1) / denom))
-    out["sharpe"] = sr
-    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -10,6 +10,9 @@ from btml.common import fail, pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
 from core.errors import BtmlError
+
+if TYPE_CHECKING:
+    from workflows.walkforward import WalkForwardRunResult
 
 
 def _symbols(text: str) -> tuple[str, ...]:
@@ -42,6 +45,13 @@ def _symbols(text: str) -> tuple[str, ...]:
 )
 @click.option("--timeframe", default="1Day", show_default=True)
 @click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Repeat with N training seeds; report the spread across them (each is a trial).",
+)
+@click.option(
     "--tearsheet", "tearsheet_path", default=None, help="HTML tearsheet of the stitched OOS run."
 )
 @pass_config
@@ -49,7 +59,11 @@ def walkforward(
     config: Config, symbols: str, folds: int, test_bars: int, rolling: int | None, epochs: int,
     tearsheet_path: str | None, **opts: Any,
 ) -> None:  # fmt: skip
-    """Train, serve and backtest per fold; report only the stitched out-of-sample result."""
+    """Train, serve and backtest per fold; report only the stitched out-of-sample result.
+
+    Its deflated Sharpe counts every configuration tried on the same data (earlier backtests
+    and walk-forwards in the run registry, and each seed); the folds are one configuration.
+    """
     from workflows.walkforward import WalkForwardConfig, run_walk_forward
 
     try:
@@ -64,12 +78,32 @@ def walkforward(
         )
     except BtmlError as err:
         fail(err)
-    res, p, d = out.result, out.stitched.stats, out.result.dsr
-    click.echo(res.folds.drop(columns=["seconds"]).to_string(float_format=lambda v: f"{v:.4f}"))
+    _report(out)
+
+
+def _num(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def _report(out: WalkForwardRunResult) -> None:
+    """The first seed's folds, the seeds' table and spread, the stitched out-of-sample result
+    with its deflated Sharpe, the PBO across seeds."""
+    from workflows.walkforward import seed_spread
+
+    res, p, sel = out.result, out.stitched.stats, out.selection
+    assert sel is not None  # a recorded walk-forward has its selection statistics
+    click.echo(res.folds.drop(columns=["seconds"]).to_string(float_format=_num))
+    if out.seed_table is not None:
+        click.echo(f"\nper seed (the folds above are seed {out.seed_table.index[0]}'s):")
+        click.echo(out.seed_table.to_string(float_format=_num))
+        click.echo(f"\nacross {len(out.seed_table)} seeds:")
+        click.echo(seed_spread(out.seed_table).to_string(float_format=_num))
     click.echo(
-        f"out-of-sample: return {p.total_return:.2%}, Sharpe {p.sharpe:.2f}, max DD {p.max_drawdown:.2%}; "
-        f"deflated Sharpe {d['dsr']:.3f} (P[true Sharpe > best of {int(d['trials'])} unskilled trials])"
+        f"out-of-sample: return {p.total_return:.2%}, Sharpe {p.sharpe:.2f}, "
+        f"max DD {p.max_drawdown:.2%}; {sel.describe()}"
     )
+    if sel.pbo is not None:
+        click.echo(sel.describe_pbo("seed"))
     click.echo(f"recorded as run {out.run_id} in {out.run_dir}")
 
 

@@ -61,25 +61,36 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, A
     yield root, run_walk_forward(root, _request(tearsheet=True), **QUIET)
 
 
-def test_the_walk_forward_run_records_a_trial_per_fold(recorded) -> None:
+def test_the_walk_forward_run_records_one_trial_with_its_folds(recorded) -> None:
+    """The folds of one walk-forward are one configuration tried (one seed), not a trial each:
+    one trial row, the configuration beside its ``result`` with every fold's details."""
     root, out = recorded
     assert isinstance(out, WalkForwardRunResult)
     res = out.result
     with RunRegistry(root) as runs:
         rec, trials = runs.get(out.run_id), runs.trials(out.run_id)
-    assert (rec.kind, rec.status, rec.n_trials) == ("walkforward", "ok", 2)
+    assert (rec.kind, rec.status, rec.n_trials) == ("walkforward", "ok", 1)
     assert rec.inputs == {f: file_sha256(root / f) for f in FILES}
     assert WalkForwardConfig.from_dict(rec.params) == out.config  # plain, resolved values
     assert rec.params["train"]["threads"] == 1 and rec.params["folds"]["n_splits"] == 2
-    assert [t["fold"] for t in trials] == [1, 2]
-    for trial, card, (_, row) in zip(trials, res.cards, res.folds.iterrows(), strict=True):
-        assert trial["model"] == card.ref and trial["model_config"] == card.model_config
-        assert [trial[f"{k}_range"] for k in ("train", "val", "test")] == [
+    (trial,) = trials
+    assert trial["train"]["seed"] == 0 and "threads" not in trial["train"]
+    assert trial["folds"]["n_splits"] == 2 and trial["arch"] == "tiny" and "name" not in trial
+    result = trial["result"]
+    assert result["sharpe"] == pytest.approx(out.stitched.stats.sharpe, rel=1e-12)
+    assert result["total_return"] == pytest.approx(out.stitched.stats.total_return, rel=1e-12)
+    assert [f["fold"] for f in result["folds"]] == [1, 2]
+    for fold, card, (_, row) in zip(result["folds"], res.cards, res.folds.iterrows(), strict=True):
+        assert fold["model"] == card.ref and fold["model_config"] == card.model_config
+        assert [fold[f"{k}_range"] for k in ("train", "val", "test")] == [
             card.date_ranges[k] for k in ("train", "val", "test")
         ]
-        assert pd.Timestamp(trial["test_start"]) == row["test_start"]
-        assert trial["return"] == pytest.approx(row["return"], rel=1e-12)
-        assert trial["trades"] == row["trades"]
+        assert pd.Timestamp(fold["test_start"]) == row["test_start"]
+        assert fold["return"] == pytest.approx(row["return"], rel=1e-12)
+        assert fold["trades"] == row["trades"]
+    # the first configuration on this data: deflated as one trial
+    assert rec.metrics["dsr_n_trials"] == 1 and rec.metrics["dsr_prior_trials"] == 0
+    assert rec.metrics["seeds"] == 1 and "pbo" not in rec.metrics
 
 
 def test_the_walk_forward_run_keeps_the_stitched_returns_and_links_its_models(recorded) -> None:
@@ -205,3 +216,6 @@ def test_walkforward_cli_records_the_run_and_refuses_with_one_line(recorded) -> 
     assert (rec.kind, rec.status, rec.n_trials) == ("walkforward", "ok", 1)
     assert rec.params["name"] == "cli" and rec.params["train"]["epochs"] == 1
     assert rec.dependents == ("model cli-f1:1",)
+    # deflated by the fixture's walk-forward on the same data too (the stress run tried none)
+    assert rec.metrics["dsr_n_trials"] == 2 and rec.metrics["dsr_prior_trials"] == 1
+    assert "2 configurations tried on this data, 1 in earlier runs" in res.stdout

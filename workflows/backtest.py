@@ -9,7 +9,8 @@ Every backtest is a run in the run registry (:mod:`workflows.runs`): :func:`back
 the request first (a refused one records nothing and writes nothing), then records a run of
 kind ``backtest`` with the resolved request as its parameters, the sha256 of every stored
 file it read (and of the model's card and weights) as its inputs, the summary metrics, the
-configurations it tried (the ML strategy and each baseline), and its artefacts in
+configurations it tried (the ML strategy and each baseline, with their results), the selection
+statistics (:mod:`workflows.runs_trials`: deflated Sharpe, PBO), and its artefacts in
 ``{store}/runs/{id}/``: ``returns.parquet`` (one column per strategy), ``audit.parquet``
 (the ML decisions), ``risk_outcomes.parquet`` (each risk rule's outcome at each decision),
 ``summary.json``, and on request ``tearsheet.html`` and ``plot.png``.
@@ -42,6 +43,7 @@ from strategies.windows import FeatureWindows
 from workflows.reports import copy_out, render_plot, save_results, tearsheet_for_run
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import file_sha256
+from workflows.runs_trials import assess, trial_row
 from workflows.train import link_training_run, model_inputs
 
 SERVING = ("inprocess", "torchserve")
@@ -384,13 +386,16 @@ class BacktestPlan:
     inputs: dict[str, str]
     model: ModelPlan | None = None
 
-    def trials(self) -> list[dict[str, Any]]:
-        """The configurations the run tries: the ML strategy (if any) and each baseline."""
+    def trials(self, results: Sequence[BacktestResult]) -> list[dict[str, Any]]:
+        """The configurations the run tried over its bars (the ML strategy, if any, and each
+        baseline), each with its ``results``' statistics under ``result``."""
         cfg = self.config
-        if cfg.baseline is not None:
-            return [baseline_trial(cfg.baseline)]
-        ml = (cfg.ml or MLRunConfig()).to_dict()
-        return [{"strategy": "ml", "model": cfg.model, **ml}, *map(baseline_trial, BASELINES)]
+        tried = [baseline_trial(cfg.baseline)] if cfg.baseline else [
+            {"strategy": "ml", "model": cfg.model, **(cfg.ml or MLRunConfig()).to_dict()},
+            *map(baseline_trial, BASELINES)]  # fmt: skip
+        span = {"start": cfg.start, "end": cfg.end}
+        return [trial_row({**t, **span}, r.stats.as_row())
+                for t, r in zip(tried, results, strict=True)]  # fmt: skip
 
 
 def plan_backtest(store_path: Path, config: BacktestConfig) -> BacktestPlan:
@@ -448,9 +453,13 @@ def backtest(
         log(f"run {run.id}")
         if plan.model is not None:
             link_training_run(run, plan.model.card, log)
-        run.record_trials(plan.trials())
         results = _execute(store_path, plan, log)
-        run.log_metrics(summary_metrics(results))
+        run.record_trials(rows := plan.trials(results))
+        sel = assess(registry.data_trials(plan.inputs, exclude=[run.id]), run.id, "backtest",
+                     rows, [r.returns for r in results])  # fmt: skip
+        run.log_metrics({**summary_metrics(results), **sel.metrics()})
+        for line in sel.lines(results[0].name, "strategy"):
+            log(line)
         card = plan.model.card if plan.model else None
         save_results(run, results, card)
         sheet, plot = _extras(run, plan.config, results, tearsheet_to, plot_to)

@@ -45,6 +45,7 @@ from workflows.runs_model import (
     MetricsTable,
     RunRecord,
 )
+from workflows.runs_trials import DataTrials, query_data_trials
 
 _KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
@@ -343,6 +344,13 @@ class RunRegistry:
             rid = self._resolve(s, run_id)
             q = sa.select(TrialRow.config).where(TrialRow.run_id == rid).order_by(TrialRow.seq)
             return [dict(c) for c in s.scalars(q)]
+
+    def data_trials(self, inputs: Mapping[str, Any], *, exclude: Sequence[str] = ()) -> DataTrials:
+        """The distinct configurations finished runs tried on the data ``inputs`` names (the
+        same files with the same hashes, model files aside), each with its Sharpe ratio where
+        known (see :mod:`workflows.runs_trials`); ``exclude`` leaves runs out (the asking one)."""
+        with self._session() as s:
+            return query_data_trials(s, inputs, exclude)
 
     def count(self) -> int:
         """How many runs are recorded."""

@@ -5,17 +5,24 @@ at least the labels' lookahead. Per fold the scaler is fit afresh on that fold's
 only, the model is trained with early stopping on the fold's validation tail, registered as
 ``NAME-fN``, optionally archived and served by TorchServe, and backtested on the fold's test
 segment alone, beside buy-and-hold of the same symbols over the same bars at the same costs.
-The test segments do not overlap; their returns are stitched into one out-of-sample series,
-reported with the deflated Sharpe ratio for the number of models trained (the per-fold Sharpes
-give the trials' variance); the buy-and-hold returns are stitched the same way and are the
-benchmark of the stitched run (its tearsheet, its ``buyhold_`` metrics).
+The test segments do not overlap; their returns are stitched into one out-of-sample series;
+the buy-and-hold returns are stitched the same way and are the benchmark of the stitched run
+(its tearsheet, its ``buyhold_`` metrics).
 
-:func:`run_walk_forward` records the walk-forward in the run registry, after checking the
-request (a refused one records nothing and trains nothing): a trial per fold (its train,
-validation and test ranges, the model's config, its results), each fold's model linked to the
-run, and in the run's folder the stitched returns (``returns.parquet``: the walk-forward's
-column, then ``buy-and-hold``), ``summary.json`` and ``folds.csv``. :func:`walk_forward` is
-the same work without a record.
+The folds of a walk-forward are one configuration tried, not several: alone,
+:func:`walk_forward` reports the stitched series' deflated Sharpe ratio for one trial (the
+probabilistic Sharpe ratio against 0). :func:`run_walk_forward` records the walk-forward in the
+run registry, after checking the request (a refused one records nothing and trains nothing),
+and deflates by every configuration tried on the same data (the registry's, see
+:mod:`workflows.runs_trials`, and its own). With ``seeds`` > 1 it trains and tests the whole
+walk-forward once per seed (``train.seed``, ``train.seed + 1``, ...; fold models then have a
+version per seed), each seed a trial: the first seed's is the headline result, the others give
+the spread of the key metrics (``seeds_{metric}_{mean,std,min,max}``) and the PBO of picking a
+seed. It records a trial per seed (the configuration, and under ``result`` its stitched
+Sharpe, return, drawdown, trades and each fold's ranges, model and results), each fold's model
+linked to the run, and in the run's folder the stitched returns (``returns.parquet``: the
+walk-forward's column, then ``buy-and-hold``), ``summary.json``, ``folds.csv`` and, with
+several seeds, ``seeds.csv``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import torch
 
 from analyzers.backtest import BacktestResult, CostConfig
 from analyzers.metrics import performance
-from analyzers.performance import deflated_sharpe
+from analyzers.overfitting import deflated_sharpe
 from core.config import DataConfig
 from core.errors import ConfigError, DataError
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
@@ -53,6 +60,7 @@ from workflows.backtest import (
 )
 from workflows.reports import BUY_AND_HOLD, copy_out, tearsheet_for_run, write_results
 from workflows.runs import Run, RunRegistry
+from workflows.runs_trials import Selection, assess, trial_row
 from workflows.train import check_model_name, check_symbols, checkpoint_dir, read_stored
 
 
@@ -66,8 +74,9 @@ class _Recorder:
 
 @dataclass
 class WalkForwardResult:
-    """Per-fold rows, the stitched out-of-sample returns, the deflated Sharpe, and buy-and-hold
-    over the same test bars: per fold (``benchmarks``) and stitched (``benchmark``)."""
+    """Per-fold rows, the stitched out-of-sample returns, their deflated Sharpe (for one
+    trial, unless recorded: see the module docstring), and buy-and-hold over the same test
+    bars: per fold (``benchmarks``) and stitched (``benchmark``)."""
 
     folds: pd.DataFrame
     returns: pd.Series
@@ -159,12 +168,12 @@ def run_folds(
     recorder: _Recorder | None = None,
 ) -> WalkForwardResult:
     """Every fold of a checked plan, then the stitched returns (the walk-forward's and
-    buy-and-hold's) and the deflated Sharpe of the walk-forward's."""
+    buy-and-hold's) and the deflated Sharpe of the walk-forward's as one trial (its folds are
+    one configuration)."""
     done = [_fold(store_path, frames, plan, k, sp, log, recorder)
             for k, sp in enumerate(plan.splits, 1)]  # fmt: skip
-    parts = [f.result.returns for f in done]
-    stitched = _stitch(parts)
-    dsr = deflated_sharpe(stitched, [_sharpe(r) for r in parts], n_trials=len(plan.splits))
+    stitched = _stitch([f.result.returns for f in done])
+    dsr = deflated_sharpe(stitched)
     return WalkForwardResult(
         pd.DataFrame([f.row for f in done]).set_index("fold"), stitched, dsr,
         [f.card for f in done], [f.result for f in done], [f.benchmark for f in done],
@@ -211,8 +220,6 @@ def _fold(
     span = clip_range(frames, res.returns.index[0], res.returns.index[-1])
     bench = run_baseline("buyhold", span, plan.costs)
     row = _fold_row(k, card, sp, res, time.perf_counter() - t0)
-    if recorder is not None:
-        recorder.run.record_trials([_fold_trial(card, row)])
     return _Fold(card, res, bench, row)
 
 
@@ -227,16 +234,10 @@ def _fold_row(
 
 
 def _fold_trial(card: ModelCard, row: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration fold ``row`` tried (its ranges, the model's config) and its results."""
+    """What fold ``row`` did: its ranges, its model and the model's config, its results."""
     ranges = {f"{k}_range": card.date_ranges.get(k) for k in ("train", "val", "test")}
     return {**row, **ranges, "arch": card.arch, "model_config": card.model_config,
             "window": card.window}  # fmt: skip
-
-
-def _sharpe(r: pd.Series) -> float:
-    """Per-period Sharpe of one fold's returns (0 when flat or too short)."""
-    sd = float(r.std(ddof=1)) if len(r) > 1 else 0.0
-    return float(r.mean() / sd) if sd > 1e-12 else 0.0
 
 
 def _fold_splits(
@@ -259,11 +260,15 @@ def _fold_splits(
 
 # -- the recorded walk-forward ----------------------------------------------------------------
 
+#: The per-seed metrics whose spread across seeds a run reports.
+SEED_METRICS = ("return", "sharpe", "max_drawdown", "deflated_sharpe")
+
 
 @dataclass(frozen=True, kw_only=True)
 class WalkForwardConfig(DataConfig):
     """One walk-forward request as plain values (``btml walkforward``'s options): fold models
-    register as ``NAME-fK``; ``tearsheet`` asks for ``tearsheet.html`` in the run's folder."""
+    register as ``NAME-fK``; ``tearsheet`` asks for ``tearsheet.html`` in the run's folder;
+    ``seeds`` > 1 repeats it with ``train.seed``, ``train.seed + 1``, ... (1 to 100)."""
 
     symbols: tuple[str, ...]
     name: str = "wf"
@@ -277,18 +282,24 @@ class WalkForwardConfig(DataConfig):
     costs: CostConfig = field(default_factory=CostConfig)
     ml: MLRunConfig = field(default_factory=MLRunConfig)
     tearsheet: bool = False
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         check_symbols(self.symbols)
         check_model_name(self.name)
         if self.serving not in SERVING:
             raise ConfigError(f"serving must be one of {', '.join(SERVING)}, got {self.serving!r}")
+        if not 1 <= self.seeds <= 100:
+            raise ConfigError(f"seeds must be in [1, 100], got {self.seeds}")
         DatasetConfig(window=self.window)
 
 
 @dataclass(frozen=True)
 class WalkForwardRunResult:
-    """A recorded walk-forward: its run, the resolved request, the folds, the stitched run."""
+    """A recorded walk-forward: its run, the resolved request, the folds and stitched run of
+    the first seed, every seed's result (``seeds``, the first is ``result``) and, with several,
+    their table (``seed_table``, a row per seed), and the selection statistics (``selection``:
+    the trials counted, each seed's deflated Sharpe, the PBO across seeds)."""
 
     run_id: str
     run_dir: Path
@@ -296,6 +307,9 @@ class WalkForwardRunResult:
     result: WalkForwardResult
     stitched: BacktestResult
     tearsheet: Path | None = None
+    seeds: tuple[WalkForwardResult, ...] = ()
+    selection: Selection | None = None
+    seed_table: pd.DataFrame | None = None
 
 
 def run_walk_forward(
@@ -324,13 +338,78 @@ def run_walk_forward(
         registry.start("walkforward", cfg.to_dict(), inputs=inputs) as run,
     ):
         log(f"run {run.id}")
-        res = run_folds(store_path, frames, plan, log, _Recorder(registry, run))
-        stitched = _save_walk_forward(run, cfg, res)
+        results, rows = _run_seeds(store_path, frames, plan, cfg, log, _Recorder(registry, run))
+        prior = registry.data_trials(inputs, exclude=[run.id])
+        sel = assess(prior, run.id, "walkforward", rows, [r.returns for r in results])
+        results = [replace(r, dsr=d) for r, d in zip(results, sel.dsr, strict=True)]
+        stitched, table = _save_walk_forward(run, cfg, results, sel)
         sheet = None
         if cfg.tearsheet:
             out = run.add_artifact("tearsheet.html")
-            sheet = copy_out(tearsheet_for_run(run.dir, out, benchmark=res.benchmark), tearsheet_to)
-    return WalkForwardRunResult(run.id, run.dir, cfg, res, stitched, sheet)
+            bench = results[0].benchmark
+            sheet = copy_out(tearsheet_for_run(run.dir, out, benchmark=bench), tearsheet_to)
+    return WalkForwardRunResult(
+        run.id, run.dir, cfg, results[0], stitched, sheet, tuple(results), sel, table
+    )
+
+
+def _run_seeds(
+    store_path: Path,
+    frames: Mapping[str, pd.DataFrame],
+    plan: WalkForwardPlan,
+    cfg: WalkForwardConfig,
+    log: Log,
+    recorder: _Recorder,
+) -> tuple[list[WalkForwardResult], list[dict[str, Any]]]:
+    """The whole walk-forward once per seed, each recorded as a trial when it ends."""
+    results: list[WalkForwardResult] = []
+    rows: list[dict[str, Any]] = []
+    first = plan.train_cfg.seed
+    for i, seed in enumerate(range(first, first + cfg.seeds), 1):
+        if cfg.seeds > 1:
+            log(f"seed {seed} ({i}/{cfg.seeds})")
+        seeded = replace(plan, train_cfg=replace(plan.train_cfg, seed=seed))
+        results.append(run_folds(store_path, frames, seeded, log, recorder))
+        rows.append(trial_row(_seed_config(cfg, seed), _seed_result(results[-1])))
+        recorder.run.record_trials(rows[-1:])
+    return results, rows
+
+
+def _seed_config(cfg: WalkForwardConfig, seed: int) -> dict[str, Any]:
+    """The configuration one seed tried: the request less what does not change the results
+    (the models' name, the serving, the tearsheet, the thread count)."""
+    out = cfg.to_dict()
+    for key in ("name", "serving", "tearsheet", "seeds"):
+        out.pop(key)
+    train = {k: v for k, v in out["train"].items() if k != "threads"}
+    return {**out, "train": {**train, "seed": seed}}
+
+
+def _seed_result(res: WalkForwardResult) -> dict[str, Any]:
+    """What one seed scored: the stitched Sharpe (annualised), return, drawdown and trades,
+    and each fold's ranges, model and results."""
+    perf = performance(res.returns, trades=int(res.folds["trades"].sum()))
+    folds = [_fold_trial(card, row) for card, (_, row)
+             in zip(res.cards, res.folds.reset_index().iterrows(), strict=True)]  # fmt: skip
+    return {"sharpe": perf.sharpe, "total_return": perf.total_return,
+            "max_drawdown": perf.max_drawdown, "trades": perf.trades, "folds": folds}  # fmt: skip
+
+
+def seed_table(results: Sequence[WalkForwardResult], first_seed: int = 0) -> pd.DataFrame:
+    """A row per seed (``seed`` the index): the stitched return, Sharpe, drawdown, trades and
+    deflated Sharpe."""
+    rows = []
+    for res in results:
+        p = performance(res.returns, trades=int(res.folds["trades"].sum()))
+        rows.append({"return": p.total_return, "sharpe": p.sharpe, "max_drawdown": p.max_drawdown,
+                     "trades": p.trades, "deflated_sharpe": res.dsr["dsr"]})  # fmt: skip
+    index = pd.RangeIndex(first_seed, first_seed + len(rows), name="seed")
+    return pd.DataFrame(rows, index=index)
+
+
+def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof 1), min and max across seeds of each of :data:`SEED_METRICS`."""
+    return table[list(SEED_METRICS)].agg(["mean", "std", "min", "max"])
 
 
 def _stitched_result(name: str, returns: pd.Series, cash: float, trades: int) -> BacktestResult:
@@ -339,11 +418,14 @@ def _stitched_result(name: str, returns: pd.Series, cash: float, trades: int) ->
     return BacktestResult(name, returns, cash * (1 + perf.total_return), perf)
 
 
-def _save_walk_forward(run: Run, cfg: WalkForwardConfig, res: WalkForwardResult) -> BacktestResult:
-    """The stitched returns (and buy-and-hold's), ``summary.json`` (with the last fold's card)
-    and ``folds.csv`` in the run's folder, and the run's metrics (buy-and-hold's prefixed
-    ``buyhold_``); returns the stitched result."""
-    cash = cfg.costs.cash
+def _save_walk_forward(
+    run: Run, cfg: WalkForwardConfig, results: Sequence[WalkForwardResult], sel: Selection
+) -> tuple[BacktestResult, pd.DataFrame | None]:
+    """The first seed's stitched returns (and buy-and-hold's), ``summary.json`` (with the last
+    fold's card) and ``folds.csv``, ``seeds.csv`` with several seeds, and the run's metrics
+    (buy-and-hold's prefixed ``buyhold_``, the selection statistics, the seeds' spread);
+    returns the stitched result and the seed table."""
+    res, cash = results[0], cfg.costs.cash
     stitched = _stitched_result(
         f"walk-forward {cfg.name}", res.returns, cash, int(res.folds["trades"].sum())
     )
@@ -352,7 +434,14 @@ def _save_walk_forward(run: Run, cfg: WalkForwardConfig, res: WalkForwardResult)
     for name in write_results(run.dir, [stitched, bench], res.cards[-1]):
         run.add_artifact(name)
     res.folds.to_csv(run.add_artifact("folds.csv"))
-    d = res.dsr
-    run.log_metrics({**summary_metrics([stitched, bench]), "folds": len(res.folds),
-                     "deflated_sharpe": d["dsr"], "sr0": d["sr0"]})  # fmt: skip
-    return stitched
+    metrics = {**summary_metrics([stitched, bench]), "folds": len(res.folds),
+               "seeds": len(results), **sel.metrics()}  # fmt: skip
+    table = None
+    if len(results) > 1:
+        table = seed_table(results, cfg.train.seed)
+        table.to_csv(run.add_artifact("seeds.csv"))
+        spread = seed_spread(table)
+        metrics |= {f"seeds_{m}_{stat}": float(spread.loc[stat, m])
+                    for m in SEED_METRICS for stat in spread.index}  # fmt: skip
+    run.log_metrics(metrics)
+    return stitched, table
