@@ -3,7 +3,6 @@ FastAPI's TestClient or a real uvicorn server on a free port, and a WebSocket re
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from mlmodels.dataset import DatasetConfig
 from mlmodels.pipeline import train_model
 from mlmodels.registry import ModelRegistry
 from mlmodels.trainer import TrainConfig
+from tests.serving_util import free_ports
 from webapp import DashboardSettings, create_app
 
 TOKEN = "test-token-0123456789abcdef"
@@ -55,9 +55,7 @@ def client(root: Path, **kw: Any) -> Iterator[TestClient]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @contextmanager

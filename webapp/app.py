@@ -20,7 +20,7 @@ from webapp.api import data, jobs, live, models, runs, system, ws
 from webapp.auth import COOKIE, load_token, matches, require_token
 from webapp.events import Hub
 from webapp.jobs import JobManager
-from webapp.settings import DashboardSettings
+from webapp.settings import DashboardSettings, is_loopback
 from webapp.watch import JournalWatch, health_loop, health_now, watch_loop
 from workflows.runs import RunRegistry
 
@@ -144,7 +144,7 @@ def serve(settings: DashboardSettings, log: Any = print) -> None:
     check_port(settings.host, settings.port)
     app = create_app(settings)
     log(f"dashboard: http://{settings.host}:{settings.port}/?token={app.state.token}")
-    if not _is_loopback(settings.host):
+    if not is_loopback(settings.host):
         log("warning: reachable from other machines; put TLS in a reverse proxy in front of it")
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
 
@@ -161,9 +161,3 @@ def check_port(host: str, port: int) -> None:
                 f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); "
                 "choose another with --port"
             ) from err
-
-
-def _is_loopback(host: str) -> bool:
-    from webapp.settings import is_loopback
-
-    return is_loopback(host)

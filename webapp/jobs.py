@@ -66,6 +66,8 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t is not None else None
 
 
+JOB_COMMAND = (sys.executable, "-m", "webapp.job_main")
+JOB_CWD = str(Path(__file__).resolve().parents[1])  # where ``webapp`` is importable from
 BROKER_ENV = ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY", "APCA_API_BASE_URL", "BTML_ALPACA_DATA_URL")
 NEEDS_BROKER = frozenset({"kill", "download-alpaca"})  # the only jobs that need its keys
 
@@ -102,9 +104,9 @@ def check_request(
     raises :class:`Refused`."""
     request = {"kind": kind, "params": params, "store": str(store.resolve()), "check_only": True}
     proc = subprocess.run(
-        [sys.executable, "-m", "webapp.job_main"], input=json.dumps(request), text=True,
+        JOB_COMMAND, input=json.dumps(request), text=True,
         capture_output=True, env=child_env(), timeout=timeout,
-        cwd=str(Path(__file__).resolve().parents[1]),
+        cwd=JOB_CWD,
     )  # fmt: skip
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     last = events[-1] if events else {}
@@ -214,9 +216,9 @@ class JobManager:
         with open(log_dir / f"{job.id}.log", "w") as err_log:
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "webapp.job_main"], stdin=subprocess.PIPE,
+                    JOB_COMMAND, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=err_log, text=True, env=child_env(broker=_needs_broker(job)),
-                    start_new_session=True, cwd=str(Path(__file__).resolve().parents[1]),
+                    start_new_session=True, cwd=JOB_CWD,
                 )  # fmt: skip
             except OSError as err:
                 self._finish(job, "failed", f"could not start the job's process: {err}")

@@ -140,8 +140,15 @@ def positions(book: Book, store: ParquetStore) -> list[dict[str, Any]]:
     return out
 
 
-def portfolio(book: Book, store: ParquetStore, starting_equity: float | None) -> dict[str, Any]:
-    pos = positions(book, store)
+def portfolio(
+    book: Book,
+    store: ParquetStore,
+    starting_equity: float | None,
+    pos: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Equity, P&L, exposure and counts; ``pos`` is :func:`positions` if already read (it
+    reads the store's closes)."""
+    pos = positions(book, store) if pos is None else pos
     realized = sum(lot.realized for lot in position_lots(book.fills).values())
     unrealized = sum(p["unrealized_pnl"] or 0.0 for p in pos)
     gross = sum(abs(p["market_value"] or 0.0) for p in pos)
@@ -193,7 +200,7 @@ def risk(book: Book, store: ParquetStore, starting_equity: float | None,
     """Exposure, daily loss and drawdown against their limits, and the one-day VaR."""
     limits = limits or RiskConfig()
     pos = positions(book, store)
-    port = portfolio(book, store, starting_equity)
+    port = portfolio(book, store, starting_equity, pos)
     equity = port["equity"]
     values = pd.Series({p["symbol"]: p["market_value"] or 0.0 for p in pos}, dtype=float)
     history = last_closes(store, list(values.index), VAR_WINDOW + 1)

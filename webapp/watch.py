@@ -51,15 +51,23 @@ async def watch_loop(watch: JournalWatch, every: float) -> None:
         await asyncio.sleep(every)
 
 
-def health_now(settings: DashboardSettings, running_jobs: int) -> dict[str, Any]:
-    """The ``health`` topic's message: the run database reachable, jobs running."""
+def database_status(settings: DashboardSettings) -> dict[str, Any]:
+    """The run database: reachable (its URL without password, how many runs) or why not."""
+    import sqlalchemy as sa
+
     from workflows.runs import RunRegistry
 
     try:
         with RunRegistry(settings.store, settings.db_url) as reg:
-            db: dict[str, Any] = {"ok": True, "runs": reg.count()}
-    except Exception as err:  # the message is the answer
-        db = {"ok": False, "error": str(err).splitlines()[0][:300]}
+            n, url = reg.count(), sa.make_url(reg.db_url)
+    except Exception as err:  # any failure is the health answer, not a 500
+        return {"ok": False, "error": str(err).splitlines()[0][:300]}
+    return {"ok": True, "url": url.render_as_string(hide_password=True), "runs": n}
+
+
+def health_now(settings: DashboardSettings, running_jobs: int) -> dict[str, Any]:
+    """The ``health`` topic's message: the run database reachable, jobs running."""
+    db = database_status(settings)
     return {"ok": db["ok"], "database": db, "jobs_running": running_jobs}
 
 

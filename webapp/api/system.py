@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from serving.server_config import ServerConfig
 from serving.state import read_state, stale_reason
 from webapp.api.deps import settings
-from workflows.runs import RunRegistry
+from webapp.watch import database_status
 
 router = APIRouter(tags=["system"])
 PACKAGES = ("backtrader-ml", "backtrader", "torch", "pandas", "fastapi", "alpaca-py")
@@ -25,26 +25,6 @@ def versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def database_status(request: Request) -> dict[str, Any]:
-    s = settings(request)
-    try:
-        with RunRegistry(s.store, s.db_url) as reg:
-            n = reg.count()
-            url = reg.db_url
-    except Exception as err:  # any failure is the health answer, not a 500
-        return {"ok": False, "error": str(err).splitlines()[0][:300]}
-    return {"ok": True, "url": _hide_password(url), "runs": n}
-
-
-def _hide_password(url: str) -> str:
-    import sqlalchemy as sa
-
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "(unparsable URL)"
 
 
 def serving_status(request: Request) -> dict[str, Any]:
@@ -66,7 +46,7 @@ def broker_status(request: Request) -> dict[str, Any]:
 def health(request: Request) -> dict[str, Any]:
     """Versions, store, run database, TorchServe and the broker's journals at a glance."""
     s = settings(request)
-    db = database_status(request)
+    db = database_status(s)
     return {
         "ok": db["ok"], "versions": versions(),
         "store": {"path": str(s.store.resolve()), "exists": s.store.is_dir()},
