@@ -104,16 +104,56 @@ def _print_card(card: Any) -> None:
     click.echo(
         f"registered {card.ref} ({card.parameters:,} parameters, best epoch {card.training['best_epoch']})"
     )
-    click.echo(
-        f"test: direction accuracy {t['direction_accuracy']:.3f} (majority {b['majority_direction_accuracy']:.3f}, "
-        f"logistic {b['logistic_direction_accuracy']:.3f}), IC 1-bar {t['price_1_ic']:.3f}"
-    )
+    report = card.report
+    if report:
+        for line in report_lines(report):
+            click.echo(line)
+    else:
+        click.echo(
+            f"test: direction accuracy {t['direction_accuracy']:.3f} (majority {b['majority_direction_accuracy']:.3f}, "
+            f"logistic {b['logistic_direction_accuracy']:.3f}), IC 1-bar {t['price_1_ic']:.3f}"
+        )
     lstm = card.metrics.get("lstm_test")
     if lstm:
         click.echo(
             f"nn.LSTM twin ({int(lstm['parameters']):,} parameters): direction accuracy "
             f"{lstm['direction_accuracy']:.3f}, IC 1-bar {lstm['price_1_ic']:.3f}"
         )
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """The out-of-sample report, compactly: the edge line first, then one line per head
+    (the network's metrics with their 95 % intervals | each baseline's same metrics), then
+    which baselines the network beat on each compared metric."""
+    from mlmodels.head_metrics import METRIC_LABELS, fmt, head_label
+
+    boot = report["bootstrap"]
+    blocks = sorted({rep["block"] for rep in report["heads"].values()})
+    lines = [
+        report["edge"]["summary"],
+        f"test split: {report['n']:,} samples on {report['dates']:,} dates; [95 % interval] by "
+        f"{boot['method']}, blocks of {' to '.join(map(str, blocks))} dates (the label "
+        f"horizon at least), {boot['reps']} resamples",
+    ]
+    for head, rep in report["heads"].items():
+        net = rep["models"]["network"]
+        shown = " ".join(
+            f"{METRIC_LABELS.get(m, m)} {fmt(m, v['value'])} [{fmt(m, v['lo'])}, {fmt(m, v['hi'])}]"
+            for m, v in net.items()
+        )
+        others = " | ".join(
+            f"{name} " + "/".join(fmt(m, vals[m]["value"]) for m in net)
+            for name, vals in rep["models"].items()
+            if name != "network"
+        )
+        lines.append(f"  {head_label(head):<13}{shown} | {others}")
+    beats = " | ".join(
+        f"{head_label(r['head'])} {METRIC_LABELS.get(r['metric'], r['metric'])}: "
+        + ("all" if r["beat_all"] else ", ".join(k for k, v in r["beat"].items() if v) or "none")
+        for r in report["comparison"]
+    )
+    lines.append(f"  network beat: {beats}")
+    return lines
 
 
 @click.group()
@@ -138,6 +178,35 @@ def list_(config: Config) -> None:
             click.echo(
                 f"{c.ref:<24} {c.arch:<17} {c.parameters:>11,} params  test dir acc {acc:.3f}  {c.created_at[:19]}"
             )
+
+
+def _show_evaluation(card: Any) -> None:
+    """``models show``'s out-of-sample report (cards written before it have none), the
+    naive baselines' direction figures and the direction head's refit."""
+    report = card.report
+    if report:  # cards written before the report have only the lines above and below
+        for line in report_lines(report):
+            click.echo(f"  {line}")
+    click.echo(
+        "  baselines (test): "
+        + json.dumps(
+            {
+                k: round(v, 4)
+                for k, v in card.metrics.get("baselines_test", {}).items()
+                if "direction" in k
+            }
+        )
+    )
+    refit = card.training.get("direction_refit")
+    if refit and refit["c"] is None:
+        click.echo(
+            f"  direction head as trained (no refit beat val log-loss {refit['val_logloss']:.4f})"
+        )
+    elif refit:
+        click.echo(
+            f"  direction head refit on {refit['source']} features (C {refit['c']}): "
+            f"val log-loss {refit['val_logloss']:.4f} (trained {refit['val_logloss_trained']:.4f})"
+        )
 
 
 @models.command()
@@ -176,16 +245,7 @@ def show(config: Config, ref: str, as_json: bool) -> None:
             "confidence_brier",
         )
         click.echo(f"  {split}: " + "  ".join(f"{k} {m[k]:.4f}" for k in keys if k in m))
-    click.echo(
-        "  baselines (test): "
-        + json.dumps(
-            {
-                k: round(v, 4)
-                for k, v in card.metrics.get("baselines_test", {}).items()
-                if "direction" in k
-            }
-        )
-    )
+    _show_evaluation(card)
     click.echo(f"code {card.code_version}; created {card.created_at}")
 
 

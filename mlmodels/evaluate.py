@@ -5,6 +5,11 @@ Metrics: MAE and RMSE (price per horizon, volatility), accuracy, macro F1 and lo
 call was right), and the information coefficient: Spearman's rank correlation of predicted
 against realised return per horizon. Baselines: zero return and the majority class (from the
 training split's class frequencies), and a linear / logistic model on the last bar's features.
+
+These flat point figures are the card's ``val`` / ``test`` / ``baselines_test`` sections;
+:func:`out_of_sample_report` adds the card's ``report``: every head against its naive
+baseline and the trained baselines of :mod:`mlmodels.baselines`, with block-bootstrap
+intervals, and the edge (:mod:`mlmodels.head_metrics`).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import spearmanr
-from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import accuracy_score, f1_score, log_loss
 from torch import nn
 
+from mlmodels.baselines import fit_linear, trailing_volatility
 from mlmodels.dataset import WindowDataset
+from mlmodels.head_metrics import Truth, head_report
 
 HORIZONS = (1, 4, 24)
 
@@ -100,8 +106,14 @@ def head_metrics(pred: dict[str, np.ndarray], ds: WindowDataset, idx: np.ndarray
     return out
 
 
-def baseline_metrics(ds: WindowDataset, train: np.ndarray, test: np.ndarray) -> dict[str, Any]:
-    """Zero-return, majority-class and linear/logistic baselines (fit on ``train``)."""
+def baseline_metrics(
+    ds: WindowDataset,
+    train: np.ndarray,
+    test: np.ndarray,
+    linear: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Zero-return, majority-class and linear/logistic baselines (fit on ``train``, unless
+    ``linear`` holds :func:`mlmodels.baselines.fit_linear`'s test predictions already)."""
     y_tr = ds.targets["direction"][train].astype(int)
     y_te = ds.targets["direction"][test].astype(int)
     prior = np.bincount(y_tr, minlength=3) / len(y_tr)
@@ -115,20 +127,44 @@ def baseline_metrics(ds: WindowDataset, train: np.ndarray, test: np.ndarray) -> 
     out["majority_direction_logloss"] = float(
         log_loss(y_te, np.tile(p_major, (len(y_te), 1)), labels=[0, 1, 2])
     )
-    x_tr = ds.rows[ds.sample_row[train]]
-    x_te = ds.rows[ds.sample_row[test]]
-    logit = LogisticRegression(max_iter=500, C=0.1).fit(x_tr, y_tr)
-    p = logit.predict_proba(x_te)
-    probs = np.zeros((len(x_te), 3))
-    probs[:, logit.classes_] = p
-    probs = np.clip(probs, 1e-7, 1)
+    linear = linear if linear is not None else fit_linear(ds, train, test, HORIZONS)
+    probs = np.clip(linear["direction"], 1e-7, 1)
     probs = probs / probs.sum(axis=1, keepdims=True)
     out["logistic_direction_accuracy"] = float(accuracy_score(y_te, probs.argmax(axis=1)))
     out["logistic_direction_logloss"] = float(log_loss(y_te, probs, labels=[0, 1, 2]))
-    for h in HORIZONS:
-        ridge = Ridge(alpha=10.0).fit(x_tr, ds.targets[f"ret_{h}"][train])
-        pr = ridge.predict(x_te)
-        r = ds.targets[f"ret_{h}"][test]
+    for k, h in enumerate(HORIZONS):
+        pr, r = linear["price"][:, k], ds.targets[f"ret_{h}"][test]
         out[f"linear_price_{h}_mae"] = float(np.abs(pr - r).mean())
         out[f"linear_price_{h}_ic"] = _ic(pr, r)
     return out
+
+
+def out_of_sample_report(
+    preds: dict[str, dict[str, np.ndarray]],
+    ds: WindowDataset,
+    train: np.ndarray,
+    test: np.ndarray,
+    *,
+    val_pred: dict[str, np.ndarray] | None = None,
+    val: np.ndarray | None = None,
+    vol_lag: int = 24,
+    reps: int = 500,
+) -> dict[str, Any]:
+    """:func:`mlmodels.head_metrics.head_report` of the test predictions ``preds`` (the
+    network's as ``"network"``, the baselines' by name): the class prior is the training
+    split's, the confidence's naive rate the network's hit rate on ``val``."""
+    y_tr = ds.targets["direction"][train].astype(int)
+    base_rate = None
+    if val_pred is not None and val is not None and len(val):
+        calls = val_pred["direction"].argmax(axis=1)
+        base_rate = float((calls == ds.targets["direction"][val].astype(int)).mean())
+    truth = Truth(
+        direction=ds.targets["direction"][test].astype(int),
+        returns={h: ds.targets[f"ret_{h}"][test].astype(np.float64) for h in HORIZONS},
+        mean_returns={h: float(ds.targets[f"ret_{h}"][train].mean()) for h in HORIZONS},
+        volatility=ds.targets["volatility"][test].astype(np.float64),
+        trailing_volatility=trailing_volatility(ds, test, vol_lag),
+        prior=np.bincount(y_tr, minlength=3) / max(len(y_tr), 1),
+        confidence_base_rate=base_rate,
+    )
+    return head_report(preds, truth, ds.times[test], reps=reps)

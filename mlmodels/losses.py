@@ -4,7 +4,10 @@ Per task, on a batch (targets from :mod:`mlmodels.labels`):
 
 * price: mean squared error of the three horizons, each divided by its training standard
   deviation (so 1-bar and 24-bar errors weigh alike);
-* direction: cross-entropy over down/flat/up;
+* direction: cross-entropy over down/flat/up, with ``direction_weighting="balanced"`` (the
+  default) each class weighted by ``n / (3 n_c)`` from the training split's class counts, so
+  predicting the class prior earns nothing (plain cross-entropy on a weak signal settles on
+  the prior: argmax is then always the majority class); ``"none"`` is the unweighted loss;
 * position: cross-entropy over sell/hold/buy plus the squared error of the size;
 * volatility and risk: squared error of the logarithms (both are positive, spanning decades);
 * confidence: binary cross-entropy against the confidence target in [0, 1].
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -26,6 +30,7 @@ from torch import nn
 from core.config import DataConfig
 from core.errors import ConfigError
 
+DIRECTION_WEIGHTINGS: tuple[str, ...] = ("balanced", "none")
 TASKS: tuple[str, ...] = ("price", "direction", "position", "volatility", "risk", "confidence")
 SEED_WEIGHTS: dict[str, float] = {
     "price": 0.30,
@@ -43,6 +48,7 @@ class LossConfig(DataConfig):
 
     weights: Mapping[str, float] = field(default_factory=lambda: dict(SEED_WEIGHTS))
     uncertainty: bool = False
+    direction_weighting: str = "balanced"
 
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(TASKS)
@@ -52,16 +58,31 @@ class LossConfig(DataConfig):
             )
         if any(w < 0 for w in self.weights.values()):
             raise ConfigError(f"loss weights must be >= 0, got {dict(self.weights)}")
+        if self.direction_weighting not in DIRECTION_WEIGHTINGS:
+            raise ConfigError(
+                f"direction_weighting must be one of {', '.join(DIRECTION_WEIGHTINGS)}, "
+                f"got {self.direction_weighting!r}"
+            )
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int = 3) -> np.ndarray:
+    """``n / (n_classes * n_c)`` per class (1 for a class absent from ``labels``)."""
+    counts = np.bincount(labels.astype(int), minlength=n_classes).astype(np.float64)
+    return np.where(counts > 0, len(labels) / (n_classes * np.maximum(counts, 1)), 1.0)
 
 
 def task_losses(
-    out: Mapping[str, torch.Tensor], y: Mapping[str, torch.Tensor], price_scale: torch.Tensor
+    out: Mapping[str, torch.Tensor],
+    y: Mapping[str, torch.Tensor],
+    price_scale: torch.Tensor,
+    class_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Each task's loss on a batch (see the module docstring)."""
+    """Each task's loss on a batch (see the module docstring); ``class_weights`` weigh the
+    direction classes (None: unweighted)."""
     price_t = torch.stack([y["ret_1"], y["ret_4"], y["ret_24"]], dim=1)
     return {
         "price": (((out["price"] - price_t) / price_scale) ** 2).mean(),
-        "direction": F.cross_entropy(out["direction"], y["direction"].long()),
+        "direction": F.cross_entropy(out["direction"], y["direction"].long(), weight=class_weights),
         "position": F.cross_entropy(out["action"], y["action"].long())
         + ((out["size"] - y["size"]) ** 2).mean(),
         "volatility": (
@@ -75,12 +96,26 @@ def task_losses(
 
 
 class MultiTaskLoss(nn.Module):
-    """Combines the task losses; holds the learned log-variances when ``uncertainty`` is on."""
+    """Combines the task losses; holds the learned log-variances when ``uncertainty`` is on.
 
-    def __init__(self, cfg: LossConfig, price_scale: torch.Tensor) -> None:
+    ``class_weights`` (3,) weigh the direction classes when ``cfg.direction_weighting`` is
+    ``"balanced"`` (the trainer passes :func:`balanced_class_weights` of the training split;
+    None leaves the loss unweighted)."""
+
+    def __init__(
+        self,
+        cfg: LossConfig,
+        price_scale: torch.Tensor,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.register_buffer("price_scale", price_scale.float().clamp(min=1e-6))
+        weights = class_weights if cfg.direction_weighting == "balanced" else None
+        # recomputed from the training split on every start: not part of a checkpoint
+        self.register_buffer(
+            "class_weights", None if weights is None else weights.float(), persistent=False
+        )
         self.log_vars = nn.Parameter(torch.zeros(len(TASKS))) if cfg.uncertainty else None
 
     def forward(
@@ -90,7 +125,7 @@ class MultiTaskLoss(nn.Module):
         weights: Mapping[str, float] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         scale: torch.Tensor = self.price_scale  # type: ignore[assignment]
-        parts = task_losses(out, y, scale)
+        parts = task_losses(out, y, scale, self.class_weights)  # type: ignore[arg-type]
         w = dict(weights if weights is not None else self.cfg.weights)
         total = torch.zeros((), device=scale.device)
         for k, name in enumerate(TASKS):

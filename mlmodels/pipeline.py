@@ -17,8 +17,15 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mlmodels.baselines import fit_baselines
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
-from mlmodels.evaluate import baseline_metrics, head_metrics, predict
+from mlmodels.evaluate import (
+    HORIZONS,
+    baseline_metrics,
+    head_metrics,
+    out_of_sample_report,
+    predict,
+)
 from mlmodels.nets.model import (
     ModelConfig,
     build_model,
@@ -28,7 +35,7 @@ from mlmodels.nets.model import (
 )
 from mlmodels.registry import ModelCard, ModelRegistry, code_version, data_hash
 from mlmodels.splits import Split, chronological_split
-from mlmodels.trainer import TrainConfig, Trainer, TrainState
+from mlmodels.trainer import DirectionRefit, TrainConfig, Trainer, TrainState, refit_direction
 
 
 def _range(ds: WindowDataset, idx: np.ndarray) -> list[str]:
@@ -65,7 +72,9 @@ def train_on_dataset(
     mcfg = base.with_data(len(ds.feature_names), ds.window)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"btml-train-{name}-"))
     fitted = _fit(mcfg, ds, split, train_cfg, work, resume, on_epoch)
-    metrics = evaluate_splits(fitted.model, ds, split)
+    metrics = evaluate_splits(
+        fitted.model, ds, split, seed=train_cfg.seed, vol_lag=data_cfg.labels.risk_horizon
+    )
     if compare_lstm and mcfg.xlstm_layers and not mcfg.ensemble:
         twin = _fit(lstm_baseline(mcfg), ds, split, train_cfg, work / "lstm", resume, None).model
         metrics["lstm_test"] = head_metrics(predict(twin, ds, split.test), ds, split.test)
@@ -80,23 +89,42 @@ def train_on_dataset(
     return fitted.model, card
 
 
-def evaluate_splits(model: torch.nn.Module, ds: WindowDataset, split: Split) -> dict[str, Any]:
-    """The card's metrics: every head on the validation and test splits, and the naive
-    baselines (fit on the training split) on the test split."""
+def evaluate_splits(
+    model: torch.nn.Module,
+    ds: WindowDataset,
+    split: Split,
+    *,
+    seed: int = 0,
+    vol_lag: int = 24,
+) -> dict[str, Any]:
+    """The card's metrics: every head on the validation and test splits, the naive and
+    linear baselines (fit on the training split) on the test split, and ``report``: the
+    test split per head against its naive baseline, logistic / ridge and LightGBM (same
+    features and split), with block-bootstrap intervals and the edge
+    (:func:`mlmodels.evaluate.out_of_sample_report`)."""
+    val_pred, test_pred = predict(model, ds, split.val), predict(model, ds, split.test)
+    baselines = fit_baselines(ds, split.train, split.val, split.test, HORIZONS, seed)
+    report = out_of_sample_report(
+        {"network": test_pred, **baselines}, ds, split.train, split.test,
+        val_pred=val_pred, val=split.val, vol_lag=vol_lag,
+    )  # fmt: skip
     return {
-        "val": head_metrics(predict(model, ds, split.val), ds, split.val),
-        "test": head_metrics(predict(model, ds, split.test), ds, split.test),
-        "baselines_test": baseline_metrics(ds, split.train, split.test),
+        "val": head_metrics(val_pred, ds, split.val),
+        "test": head_metrics(test_pred, ds, split.test),
+        "baselines_test": baseline_metrics(ds, split.train, split.test, baselines["linear"]),
+        "report": report,
     }
 
 
 @dataclass(frozen=True)
 class _Fitted:
-    """A trained network (best checkpoint, eval mode, CPU), its trainer and final state."""
+    """A trained network (best checkpoint, direction head refit, eval mode, CPU), its trainer,
+    final state and the refit's choice (None when off)."""
 
     model: torch.nn.Module
     trainer: Trainer
     state: TrainState
+    refit: DirectionRefit | None = None
 
 
 def _card(
@@ -120,19 +148,23 @@ def _card(
         symbols=list(ds.symbols),
         data_hash=data_hash(ds.rows, *(ds.targets[k] for k in sorted(ds.targets))),
         date_ranges={k: _range(ds, getattr(split, k)) for k in ("train", "val", "test")},
-        metrics=metrics, training=_training_summary(train_cfg, fitted.state),
+        metrics=metrics, training=_training_summary(fitted, train_cfg),
         parameters=count_parameters(fitted.model), code_version=code_version(),
         created_at=pd.Timestamp.now(tz="UTC").isoformat(), **extra,
     )  # fmt: skip
 
 
-def _training_summary(train_cfg: TrainConfig, state: TrainState) -> dict[str, Any]:
-    """The card's ``training`` section: the settings, epochs run, best epoch, the history."""
+def _training_summary(fitted: _Fitted, train_cfg: TrainConfig) -> dict[str, Any]:
+    """The card's ``training`` section: the settings, epochs run, best epoch, the direction
+    head's refit, the history."""
     settings = dataclasses.asdict(train_cfg)
+    state = fitted.state
     return {
         **{k: v for k, v in settings.items() if k not in ("loss", "curriculum")},
         "loss_weights": dict(train_cfg.loss.weights),
         "uncertainty": train_cfg.loss.uncertainty,
+        "direction_weighting": train_cfg.loss.direction_weighting,
+        "direction_refit": fitted.refit.to_dict() if fitted.refit else None,
         "curriculum": train_cfg.curriculum is not None,
         "epochs_run": state.epoch,
         "best_epoch": state.best_epoch,
@@ -157,7 +189,11 @@ def _fit(
     best = work / "best.pt"
     if best.exists():
         model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
-    return _Fitted(model.to("cpu").eval(), trainer, state)
+    model = model.to("cpu").eval()
+    refit = None
+    if train_cfg.refit_direction:
+        refit = refit_direction(model, ds, split.train, split.val, train_cfg.seed)
+    return _Fitted(model, trainer, state, refit)
 
 
 def train_model(

@@ -8,6 +8,14 @@ the training data hash and date ranges, metrics per split, the code version, and
 the run that trained it (``training_run``; absent from cards written before runs were
 recorded, which load with ``None``). Versions increase from 1; ``name`` alone means the
 latest. Serving reads the card; nothing is guessed.
+
+``metrics`` holds ``val`` and ``test`` (every head's point figures), ``baselines_test``
+(zero return, majority class, logistic / linear) and, from cards written since, ``report``:
+the test split per head beside its naive baseline and the trained baselines (logistic /
+ridge, LightGBM) with block-bootstrap intervals, a ``comparison`` row per head and metric
+(the network's value, each baseline's, ``beat``) and the ``edge`` summary
+(:func:`mlmodels.head_metrics.head_report`). Older cards have no ``report`` and load as
+they are (:attr:`ModelCard.report` is then None).
 """
 
 from __future__ import annotations
@@ -100,6 +108,17 @@ class ModelCard:
     @property
     def ref(self) -> str:
         return f"{self.name}:{self.version}"
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        """The out-of-sample report (None on cards written before it existed)."""
+        report = self.metrics.get("report")
+        return report if isinstance(report, dict) else None
+
+    @property
+    def edge(self) -> str | None:
+        """The report's summary line: the leading edge and its interval, or "no edge"."""
+        return self.report["edge"]["summary"] if self.report else None
 
     def model_cfg(self) -> ModelConfig:
         from mlmodels.nets.model import ModelConfig

@@ -192,7 +192,8 @@ def _session(
     )
     replay.start()
     ml = MLRunConfig(min_edge=0.0, horizon_agreement=0, allow_short=True,
-                     risk=RiskConfig(max_position=0.2, max_gross=0.6), serving_failure="hold")  # fmt: skip
+                     risk=RiskConfig(max_position=0.2, max_gross=0.6), serving_failure="hold",
+                     sizer="fixed")  # fmt: skip  # the failure handling, not the sizing, is tested
     try:
         out = run_live(
             store, card.ref, SYMBOLS, cfg, timeframe="1m", serving=serving, ml=ml,

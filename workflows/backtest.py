@@ -39,6 +39,7 @@ from serving.client import InProcessClient, RestClient, SignalClient
 from strategies.baselines import BuyAndHold, SmaCross, SmaCrossConfig
 from strategies.ml_signal import SERVING_POLICIES, MLSignalConfig, MLSignalStrategy
 from strategies.risk import RiskConfig
+from strategies.sizing import sizer_spec
 from strategies.windows import FeatureWindows
 from workflows.reports import copy_out, render_plot, save_results, tearsheet_for_run
 from workflows.runs import Run, RunRegistry
@@ -61,8 +62,13 @@ class MLRunConfig(DataConfig):
     allow_short: bool = False
     risk: RiskConfig = field(default_factory=RiskConfig)
     serving_failure: str = "abort"
+    sizer: str = "model"
+    rebalance_band: float = 0.02
 
     def __post_init__(self) -> None:
+        sizer_spec(self.sizer)  # an unknown sizer is refused by name, before any run
+        if not 0 <= self.rebalance_band < 1:
+            raise ConfigError(f"rebalance_band must be in [0, 1), got {self.rebalance_band}")
         for name in ("entry_prob", "min_edge", "min_confidence"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -95,6 +101,7 @@ class MLRunConfig(DataConfig):
             entry_prob=self.entry_prob, min_edge=self.min_edge,
             min_confidence=self.min_confidence, horizon_agreement=self.horizon_agreement,
             allow_short=self.allow_short, risk=self.risk, serving_failure=self.serving_failure,
+            sizer=self.sizer, rebalance_band=self.rebalance_band,
         )  # fmt: skip
 
 

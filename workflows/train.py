@@ -6,8 +6,10 @@ request records nothing and trains nothing), then records a run of kind ``train`
 resolved request as its parameters and the sha256 of every stored file it read as its
 inputs. The run's folder holds ``history.csv`` (one row per epoch, rewritten after each, so
 an interrupted run keeps what it did) and a copy of the registered ``model_card.json``; its
-metrics are the card's (``test_direction_accuracy``, ...), the best epoch and the parameter
-count. The model is linked to the run (``btml runs rm`` of the run is then refused) and its
+metrics (``metrics.json``) are the card's (``test_direction_accuracy``, ...), the
+out-of-sample report's per head against the naive and trained baselines (``oos_edge``,
+``oos_direction_network_accuracy`` and its ``_lo`` / ``_hi``, ``oos_beat_...``: see
+:func:`card_metrics`), the best epoch and the parameter count. The model is linked to the run (``btml runs rm`` of the run is then refused) and its
 card names the run (``training_run``).
 
 Checkpoints live in ``{store}/training/{name}/`` (:func:`checkpoint_dir`), outside the run's
@@ -251,14 +253,19 @@ def _record(run: Run, store_path: Path, card: ModelCard, seconds: float) -> None
 
 def card_metrics(card: ModelCard) -> dict[str, Any]:
     """A trained card's metrics as one flat mapping: ``{split}_{metric}`` for every split
-    (``val``, ``test``, ``baselines_test``, ``lstm_test``), the best epoch, epochs run, the
-    parameter count."""
+    (``val``, ``test``, ``baselines_test``, ``lstm_test``), the out-of-sample report's
+    figures (``oos_edge``, the summary line; ``oos_{head}_{model}_{metric}`` with the
+    network's ``_lo`` / ``_hi``; ``oos_beat_{head}_{metric}_{baseline}``; see
+    :func:`flat_report`), the best epoch, epochs run, the parameter
+    count."""
     out: dict[str, Any] = {
         f"{split}_{name}": value
         for split, values in card.metrics.items()
-        if isinstance(values, Mapping)
+        if isinstance(values, Mapping) and split != "report"
         for name, value in values.items()
     }
+    if isinstance(card.metrics.get("report"), Mapping):
+        out |= flat_report(card.metrics["report"])
     t = card.training
     return out | {"best_epoch": t.get("best_epoch"), "epochs_run": t.get("epochs_run"),
                   "parameters": card.parameters}  # fmt: skip
@@ -273,3 +280,21 @@ def link_training_run(run: Run, card: ModelCard, log: Log) -> None:
         run.depends_on(card.training_run)
     except RunNotFound:
         log(f"note: {card.ref}'s training run {card.training_run} is not in the run registry")
+
+
+def flat_report(report: Mapping[str, Any], prefix: str = "oos") -> dict[str, Any]:
+    """The report as flat scalars for a run's metrics: ``oos_edge`` (the summary), every
+    model's metric values (``oos_{head}_{model}_{metric}``), the network's interval bounds
+    (``..._lo``, ``..._hi``), and ``oos_beat_{head}_{metric}_{baseline}``."""
+    out: dict[str, Any] = {f"{prefix}_edge": report["edge"]["summary"]}
+    for head, rep in report["heads"].items():
+        for model, metrics in rep["models"].items():
+            for metric, m in metrics.items():
+                key = f"{prefix}_{head}_{model}_{metric}"
+                out[key] = m["value"]
+                if model == "network":
+                    out[f"{key}_lo"], out[f"{key}_hi"] = m["lo"], m["hi"]
+    for row in report["comparison"]:
+        for base, won in row["beat"].items():
+            out[f"{prefix}_beat_{row['head']}_{row['metric']}_{base}"] = won
+    return out
