@@ -19,7 +19,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU build; a bare range would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,ray]'
 	# Prism (Stoplight's OpenAPI mock, from npm) for the Alpaca contract test, into .venv/node
 	npm install --no-audit --no-fund --silent --prefix $(VENV)/node @stoplight/prism-cli@5
 	touch $(STAMP)

@@ -92,6 +92,7 @@ from btml.models_cli import models, train  # noqa: E402
 from btml.research_cli import stress, walkforward  # noqa: E402
 from btml.runs_cli import runs  # noqa: E402
 from btml.serve_cli import serve  # noqa: E402
+from btml.sweep_cli import sweep  # noqa: E402
 from btml.trade_cli import trade  # noqa: E402
 
 main.add_command(data)
@@ -104,6 +105,7 @@ main.add_command(backtest)
 main.add_command(tearsheet)
 main.add_command(walkforward)
 main.add_command(stress)
+main.add_command(sweep)
 main.add_command(trade)
 main.add_command(runs)
 main.add_command(dashboard)

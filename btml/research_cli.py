@@ -9,6 +9,7 @@ import click
 from btml.common import fail, pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
+from btml.sweep_cli import executor_config, executor_options
 from core.errors import BtmlError
 
 if TYPE_CHECKING:
@@ -54,15 +55,18 @@ def _symbols(text: str) -> tuple[str, ...]:
 @click.option(
     "--tearsheet", "tearsheet_path", default=None, help="HTML tearsheet of the stitched OOS run."
 )
+@executor_options
 @pass_config
 def walkforward(
     config: Config, symbols: str, folds: int, test_bars: int, rolling: int | None, epochs: int,
-    tearsheet_path: str | None, **opts: Any,
+    tearsheet_path: str | None, executor: str, workers: int | None, ray_address: str | None,
+    **opts: Any,
 ) -> None:  # fmt: skip
     """Train, serve and backtest per fold; report only the stitched out-of-sample result.
 
     Its deflated Sharpe counts every configuration tried on the same data (earlier backtests
     and walk-forwards in the run registry, and each seed); the folds are one configuration.
+    The folds run on --executor (the same results on each).
     """
     from workflows.walkforward import WalkForwardConfig, run_walk_forward
 
@@ -73,8 +77,14 @@ def walkforward(
                       "train": "expanding" if rolling is None else "rolling"},
             "train": {"epochs": epochs, "patience": 5},
         })  # fmt: skip
+        ex = executor_config(executor, workers, ray_address)
         out = run_walk_forward(
-            config.store, cfg, tearsheet_to=tearsheet_path, log=click.echo, db_url=config.db_url
+            config.store,
+            cfg,
+            tearsheet_to=tearsheet_path,
+            log=click.echo,
+            db_url=config.db_url,
+            executor=ex,
         )
     except BtmlError as err:
         fail(err)

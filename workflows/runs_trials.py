@@ -38,7 +38,7 @@ from workflows.runs_db import RunRow, TrialRow
 from workflows.runs_info import to_jsonable
 
 #: Run kinds whose trials are configurations competing to be selected.
-TRIAL_KINDS = ("backtest", "walkforward")
+TRIAL_KINDS = ("backtest", "walkforward", "sweep")
 #: The periods a year registry Sharpe ratios are annualised with.
 PERIODS_PER_YEAR = 252
 RESULT = "result"

@@ -23,6 +23,10 @@ Sharpe, return, drawdown, trades and each fold's ranges, model and results), eac
 linked to the run, and in the run's folder the stitched returns (``returns.parquet``: the
 walk-forward's column, then ``buy-and-hold``), ``summary.json``, ``folds.csv`` and, with
 several seeds, ``seeds.csv``.
+
+The folds are independent tasks (:class:`FoldTask`, :func:`run_fold`): ``executor`` (see
+:mod:`workflows.executors`) runs them one after another here (the default), in worker
+processes or on Ray, with the same results; each fold seeds its own training.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from core.config import DataConfig
 from core.errors import ConfigError, DataError
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
 from mlmodels.features import WARMUP
-from mlmodels.nets.model import get_architecture
+from mlmodels.nets.model import ModelConfig, get_architecture
 from mlmodels.pipeline import train_on_dataset
 from mlmodels.registry import ModelCard, ModelRegistry
 from mlmodels.splits import Split, WalkForward
@@ -58,6 +62,7 @@ from workflows.backtest import (
     run_model,
     summary_metrics,
 )
+from workflows.executors import Executor, ExecutorConfig, using
 from workflows.reports import BUY_AND_HOLD, copy_out, tearsheet_for_run, write_results
 from workflows.runs import Run, RunRegistry
 from workflows.runs_trials import Selection, assess, trial_row
@@ -89,10 +94,11 @@ class WalkForwardResult:
 
 @dataclass(frozen=True)
 class WalkForwardPlan:
-    """A checked walk-forward: the unscaled dataset, its folds, and how to train each."""
+    """A checked walk-forward: the unscaled dataset, its folds, and how to train each
+    (``arch``: a preset's name, or a preset's config with changed sizes or dropout)."""
 
     name: str
-    arch: str
+    arch: str | ModelConfig
     probe: WindowDataset
     splits: list[Split]
     train_cfg: TrainConfig
@@ -105,7 +111,7 @@ class WalkForwardPlan:
 
 
 @dataclass(frozen=True)
-class _Fold:
+class FoldOutcome:
     """What one fold made: its model's card, its backtest, buy-and-hold beside it, its row."""
 
     card: ModelCard
@@ -150,14 +156,17 @@ def walk_forward(
     costs: CostConfig | None = None,
     ml: MLRunConfig | None = None,
     log: Log = print,
+    executor: Executor | ExecutorConfig | None = None,
 ) -> WalkForwardResult:
-    """Train, (serve,) and backtest each fold; see the module docstring (records no run)."""
+    """Train, (serve,) and backtest each fold on ``executor`` (default: here, one after
+    another); see the module docstring (records no run)."""
     plan = plan_walk_forward(
         frames, name=name, arch=arch, folds=folds, train_cfg=train_cfg, data_cfg=data_cfg,
         index=index, index_name=index_name, timeframe=timeframe, serving=serving, costs=costs,
         ml=ml,
     )  # fmt: skip
-    return run_folds(store_path, frames, plan, log)
+    with using(executor) as ex:
+        return run_folds(store_path, frames, plan, log, executor=ex)
 
 
 def run_folds(
@@ -166,12 +175,24 @@ def run_folds(
     plan: WalkForwardPlan,
     log: Log = print,
     recorder: _Recorder | None = None,
+    executor: Executor | None = None,
 ) -> WalkForwardResult:
-    """Every fold of a checked plan, then the stitched returns (the walk-forward's and
-    buy-and-hold's) and the deflated Sharpe of the walk-forward's as one trial (its folds are
-    one configuration)."""
-    done = [_fold(store_path, frames, plan, k, sp, log, recorder)
-            for k, sp in enumerate(plan.splits, 1)]  # fmt: skip
+    """Every fold of a checked plan (on ``executor``, default here one after another), then
+    the stitched returns (the walk-forward's and buy-and-hold's) and the deflated Sharpe of
+    the walk-forward's as one trial (its folds are one configuration)."""
+    run_id = recorder.run.id if recorder else None
+    tasks = [FoldTask(store_path, frames, plan, k, sp, run_id)
+             for k, sp in enumerate(plan.splits, 1)]  # fmt: skip
+    with using(executor) as ex:
+        if ex.local:
+            tasks = [replace(t, log=log, in_process=True) for t in tasks]
+        else:
+            for t in tasks:
+                log(fold_line(t))
+        done = ex.map(run_fold, tasks)
+    if recorder is not None:
+        for f in done:
+            recorder.registry.link_model(f.card.ref, recorder.run.id)
     stitched = _stitch([f.result.returns for f in done])
     dsr = deflated_sharpe(stitched)
     return WalkForwardResult(
@@ -189,38 +210,55 @@ def _stitch(parts: Sequence[pd.Series]) -> pd.Series:
     return stitched
 
 
-def _fold(
-    store_path: Path,
-    frames: Mapping[str, pd.DataFrame],
-    plan: WalkForwardPlan,
-    k: int,
-    sp: Split,
-    log: Log,
-    recorder: _Recorder | None,
-) -> _Fold:
-    """Train fold ``k`` (a fresh scaler), register and link its model, backtest its test
-    segment, and buy-and-hold over the same bars."""
+@dataclass(frozen=True)
+class FoldTask:
+    """One fold to run (:func:`run_fold`), as plain picklable values: fold ``k`` of ``plan``,
+    its model made for run ``run_id`` (if recorded). Where it runs in this process, ``log``
+    gets its lines (None: quiet) and ``in_process`` keeps the finished backtrader strategies
+    in the results (they do not travel between processes)."""
+
+    store_path: Path
+    frames: Mapping[str, pd.DataFrame]
+    plan: WalkForwardPlan
+    k: int
+    split: Split
+    run_id: str | None = None
+    log: Log | None = None
+    in_process: bool = False
+
+
+def fold_line(task: FoldTask) -> str:
+    """The log line of a fold starting: its training end and its test segment."""
+    sp, times = task.split, task.plan.probe.times
+    return (f"fold {task.k}/{len(task.plan.splits)}: train to {times[sp.train].max().date()}, "
+            f"test {sp.test_start.date()} .. {sp.test_end.date()}")  # fmt: skip
+
+
+def run_fold(task: FoldTask) -> FoldOutcome:
+    """Train fold ``task.k`` (a fresh scaler), register its model, backtest its test segment,
+    and buy-and-hold over the same bars (its model is linked to the run by the caller)."""
     t0 = time.perf_counter()
+    plan, sp, k, store_path = task.plan, task.split, task.k, task.store_path
+    log = task.log or (lambda _: None)
+    log(fold_line(task))
     ds = replace(plan.probe, scaler=None)  # unscaled rows: a fresh scaler per fold
-    log(f"fold {k}/{len(plan.splits)}: train to {ds.times[sp.train].max().date()}, "
-        f"test {sp.test_start.date()} .. {sp.test_end.date()}")  # fmt: skip
     name = f"{plan.name}-f{k}"
     _, card = train_on_dataset(
         ds, sp, plan.arch, name=name, registry=ModelRegistry(store_path / "models"),
         train_cfg=plan.train_cfg, data_cfg=plan.data_cfg, index_name=plan.index_name,
         timeframe=plan.timeframe, work_dir=checkpoint_dir(store_path, name),
-        training_run=recorder.run.id if recorder else None,
+        training_run=task.run_id,
     )  # fmt: skip
-    if recorder is not None:
-        recorder.registry.link_model(card.ref, recorder.run.id)
     res, _ = run_model(
-        store_path, card.ref, frames, serving=plan.serving, start=None, end=sp.test_end,
+        store_path, card.ref, task.frames, serving=plan.serving, start=None, end=sp.test_end,
         costs=plan.costs, ml=plan.ml, log=log,
     )  # fmt: skip
-    span = clip_range(frames, res.returns.index[0], res.returns.index[-1])
+    span = clip_range(task.frames, res.returns.index[0], res.returns.index[-1])
     bench = run_baseline("buyhold", span, plan.costs)
+    if not task.in_process:
+        res, bench = replace(res, strategy=None), replace(bench, strategy=None)
     row = _fold_row(k, card, sp, res, time.perf_counter() - t0)
-    return _Fold(card, res, bench, row)
+    return FoldOutcome(card, res, bench, row)
 
 
 def _fold_row(
@@ -319,13 +357,14 @@ def run_walk_forward(
     tearsheet_to: str | os.PathLike[str] | None = None,
     log: Log = print,
     db_url: str | None = None,
+    executor: Executor | ExecutorConfig | None = None,
 ) -> WalkForwardRunResult:
     """Run and record a walk-forward (see the module docstring) in the registry at ``db_url``
-    (default: the store's SQLite); ``tearsheet_to`` also copies the tearsheet out of the run's
-    folder. A refused request raises before anything is written or trained."""
+    (default: the store's SQLite), its folds on ``executor`` (default: here, one after
+    another); ``tearsheet_to`` also copies the tearsheet out of the run's folder. A refused
+    request raises before anything is written or trained."""
     store_path = Path(store)
-    threads = config.train.threads or torch.get_num_threads()
-    cfg = replace(config, train=replace(config.train, threads=threads))
+    cfg = replace(config, train=replace(config.train, threads=train_threads(config, executor)))
     frames, index, inputs = read_stored(store_path, cfg.symbols, cfg.timeframe, cfg.index)
     plan = plan_walk_forward(
         frames, name=cfg.name, arch=cfg.arch, folds=cfg.folds, train_cfg=cfg.train,
@@ -334,11 +373,13 @@ def run_walk_forward(
         ml=cfg.ml,
     )  # fmt: skip
     with (
+        using(executor) as ex,
         RunRegistry(store_path, db_url) as registry,
         registry.start("walkforward", cfg.to_dict(), inputs=inputs) as run,
     ):
         log(f"run {run.id}")
-        results, rows = _run_seeds(store_path, frames, plan, cfg, log, _Recorder(registry, run))
+        recorder = _Recorder(registry, run)
+        results, rows = _run_seeds(store_path, frames, plan, cfg, log, recorder, ex)
         prior = registry.data_trials(inputs, exclude=[run.id])
         sel = assess(prior, run.id, "walkforward", rows, [r.returns for r in results])
         results = [replace(r, dsr=d) for r, d in zip(results, sel.dsr, strict=True)]
@@ -360,6 +401,7 @@ def _run_seeds(
     cfg: WalkForwardConfig,
     log: Log,
     recorder: _Recorder,
+    executor: Executor,
 ) -> tuple[list[WalkForwardResult], list[dict[str, Any]]]:
     """The whole walk-forward once per seed, each recorded as a trial when it ends."""
     results: list[WalkForwardResult] = []
@@ -369,10 +411,28 @@ def _run_seeds(
         if cfg.seeds > 1:
             log(f"seed {seed} ({i}/{cfg.seeds})")
         seeded = replace(plan, train_cfg=replace(plan.train_cfg, seed=seed))
-        results.append(run_folds(store_path, frames, seeded, log, recorder))
+        results.append(run_folds(store_path, frames, seeded, log, recorder, executor))
         rows.append(trial_row(_seed_config(cfg, seed), _seed_result(results[-1])))
         recorder.run.record_trials(rows[-1:])
     return results, rows
+
+
+def train_threads(
+    config: WalkForwardConfig, executor: Executor | ExecutorConfig | None = None
+) -> int:
+    """The torch threads each fold trains on: ``config.train.threads``, else this process's
+    on the serial executor and the executor's per worker on the others. Refuses TorchServe
+    serving off the serial executor (one server at a time)."""
+    if executor is None or executor.kind == "serial":
+        per_worker = None  # this process's
+    else:
+        per_worker = executor.threads
+        if config.serving != "inprocess":
+            raise ConfigError(
+                f"--serving {config.serving} runs one server at a time: use --serving "
+                "inprocess or --executor serial"
+            )
+    return config.train.threads or per_worker or torch.get_num_threads()
 
 
 def _seed_config(cfg: WalkForwardConfig, seed: int) -> dict[str, Any]:
