@@ -12,7 +12,7 @@ from btml.common import fail, pass_config
 from btml.config import Config
 from btml.config_file import config_file_option
 from btml.output import echo_json, json_option, series_dict, stamp
-from core.errors import BtmlError, SymbolNotFound
+from core.errors import BtmlError, ConfigError, SymbolNotFound
 
 
 @click.group()
@@ -221,6 +221,8 @@ def synth(
     from feeds.sources.synthetic import SyntheticConfig, generate_market
     from feeds.store import ParquetStore
 
+    if random_walk and planted:
+        fail(ConfigError("--random-walk has no planted signal: drop --planted or --random-walk"))
     try:
         if random_walk:
             cfg = SyntheticConfig.pure_random_walk(n_symbols=n_symbols, n_bars=n_bars, seed=seed)

@@ -241,6 +241,15 @@ def test_synth_then_list_and_validate(store_dir: Path) -> None:
     assert btml(store_dir, "data", "validate").exit_code == 0
 
 
+def test_synth_random_walk_with_planted_is_refused(store_dir: Path) -> None:
+    """A random walk has no plant: asking for both is one line, exit 2, nothing stored."""
+    res = btml(store_dir, "data", "synth", "--random-walk", "--planted", "0.3", "--bars", "60")
+    assert res.exit_code == 2
+    line = _one_error_line(res)
+    assert "--random-walk" in line and "--planted" in line
+    assert not store_dir.exists() or not parquet_files(store_dir)
+
+
 # ------------------------------------------------------------------------------- help
 
 
