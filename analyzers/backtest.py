@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,7 @@ def run_backtest(
     cerebro.addstrategy(strategy, **dict(strategy_kwargs or {}))
     cerebro.addanalyzer(bt.analyzers.TimeReturn, _name="timereturn")
     cerebro.addanalyzer(bt.analyzers.TradeAnalyzer, _name="trades")
+    cerebro.addanalyzer(Exposure, _name="held")
     for aname, (cls, kwargs) in (analyzers or {}).items():
         cerebro.addanalyzer(cls, _name=aname, **dict(kwargs))
     strat = cerebro.run()[0]
@@ -84,6 +86,35 @@ def run_backtest(
     rets.index = pd.DatetimeIndex(rets.index).tz_localize("UTC")  # backtrader's clock is UTC
     trades = strat.analyzers.trades.get_analysis()
     closed = int(trades.get("total", {}).get("closed", 0)) if trades else 0
-    return BacktestResult(
-        name, rets, float(cerebro.broker.getvalue()), performance(rets, trades=closed), strat
-    )
+    held = strat.analyzers.held.get_analysis()
+    stats = dataclasses.replace(
+        performance(rets, trades=closed + held["open_positions"]), round_trips=closed,
+        open_positions=held["open_positions"], exposure=held["exposure"],
+    )  # fmt: skip
+    return BacktestResult(name, rets, float(cerebro.broker.getvalue()), stats, strat)
+
+
+class Exposure(bt.Analyzer):  # type: ignore[misc]
+    """The share of bars on which any position is held (``exposure``) and the number of
+    positions still open at the end (``open_positions``): a strategy that buys once and
+    holds closes no trade, and must not look like one that never traded."""
+
+    def start(self) -> None:
+        self.bars = 0
+        self.held = 0
+
+    def next(self) -> None:
+        self.bars += 1
+        if any(self.strategy.getposition(d).size for d in self.strategy.datas):
+            self.held += 1
+
+    def get_analysis(self) -> dict[str, Any]:
+        open_now = sum(1 for d in self.strategy.datas if self.strategy.getposition(d).size)
+        return {"exposure": self.held / self.bars if self.bars else 0.0,
+                "open_positions": open_now}  # fmt: skip
+
+
+def activity_lines(results: Sequence[BacktestResult]) -> list[str]:
+    """A line under a results table for each run whose trade count would mislead
+    (:attr:`analyzers.metrics.Performance.activity`); trades count open positions too."""
+    return [f"{r.name}: {r.stats.activity}" for r in results if r.stats.activity]

@@ -26,9 +26,14 @@ class Performance:
     sortino: float
     max_drawdown: float
     trades: int
+    #: Closed trades, positions open at the end, the share of bars holding any position
+    #: (None where the run did not measure them: a stitched walk-forward, old runs).
+    round_trips: int | None = None
+    open_positions: int | None = None
+    exposure: float | None = None
 
     def as_row(self) -> dict[str, float | int]:
-        return {
+        row: dict[str, float | int] = {
             "total_return": self.total_return,
             "cagr": self.cagr,
             "sharpe": self.sharpe,
@@ -36,6 +41,23 @@ class Performance:
             "max_drawdown": self.max_drawdown,
             "trades": self.trades,
         }
+        for key in ("round_trips", "open_positions", "exposure"):
+            if getattr(self, key) is not None:
+                row[key] = getattr(self, key)
+        return row
+
+    @property
+    def activity(self) -> str | None:
+        """What the strategy did, when its trades would mislead: "never traded" (no position
+        on any bar) or "exposure 99.5 %, 0 round trips: buy and hold" (no trade closed and a
+        position on at least 95 % of the bars); None otherwise or when not measured."""
+        if self.exposure is None or self.round_trips is None:
+            return None
+        if self.exposure == 0:
+            return "never traded"
+        if self.round_trips == 0 and self.exposure >= 0.95:
+            return f"exposure {self.exposure:.1%}, 0 round trips: buy and hold"
+        return None
 
 
 def max_drawdown(returns: pd.Series) -> float:

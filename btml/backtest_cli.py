@@ -110,6 +110,9 @@ def _request(o: dict[str, Any], *, tearsheet: bool, plot: bool) -> BacktestConfi
 
 
 def summary(results: Sequence[BacktestResult]) -> str:
+    """The results table, and a line for each run that never traded or bought and held."""
+    from analyzers.backtest import activity_lines
+
     head = f"{'strategy':<22}{'final value':>14}{'CAGR':>9}{'Sharpe':>8}{'max DD':>9}{'trades':>8}"
     rows = [head, "-" * len(head)]
     for r in results:
@@ -118,6 +121,7 @@ def summary(results: Sequence[BacktestResult]) -> str:
             f"{r.name:<22}{r.final_value:>14,.0f}{s.cagr:>9.2%}{s.sharpe:>8.2f}"
             f"{s.max_drawdown:>9.2%}{s.trades:>8d}"
         )
+    rows += activity_lines(results)
     return "\n".join(rows)
 
 

@@ -373,7 +373,9 @@ def test_buy_and_hold_golden_without_costs() -> None:
     np.testing.assert_allclose(res.returns.to_numpy(), expected, rtol=1e-12)
     assert res.stats.total_return == pytest.approx(0.095)
     assert res.stats.max_drawdown == pytest.approx(95_250 / 100_950 - 1)
-    assert res.stats.trades == 0
+    # bought on the first bar, held: one trade (open), no round trip, in the market 3 of 4 bars
+    assert (res.stats.trades, res.stats.round_trips, res.stats.open_positions) == (1, 0, 1)
+    assert res.stats.exposure == pytest.approx(0.75)
 
 
 def test_buy_and_hold_golden_with_costs() -> None:

@@ -104,7 +104,8 @@ def test_exposure_and_trade_analyzers_in_a_real_run() -> None:
     tr = res.strategy.analyzers.closed.get_analysis()
     assert 0 < ex["time_in_market"] < 1 and 0 < ex["avg_gross"] <= 0.95
     assert ex["exposure"].max() <= 0.95 and ex["turnover"] > 0
-    assert tr["trades"] == res.stats.trades and len(tr["pnls"]) == tr["trades"]
+    assert tr["trades"] == res.stats.round_trips and len(tr["pnls"]) == tr["trades"]
+    assert res.stats.exposure == pytest.approx(ex["time_in_market"])
     assert tr["win_rate"] == pytest.approx(np.mean(np.array(tr["pnls"]) > 0))
 
 

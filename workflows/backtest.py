@@ -487,8 +487,10 @@ def summary_metrics(results: Sequence[BacktestResult]) -> dict[str, Any]:
     its name (``buyhold_sharpe``) when it ran beside a model."""
     out: dict[str, Any] = {}
     for prefix, r in zip(("", *(f"{b}_" for b in BASELINES)), results, strict=False):
-        row = {"final_value": r.final_value, **r.stats.as_row(),
+        row: dict[str, Any] = {"final_value": r.final_value, **r.stats.as_row(),
                "max_drawdown_days": drawdown_days(r.returns), "bars": len(r.returns)}  # fmt: skip
+        if r.stats.activity:
+            row["activity"] = r.stats.activity
         out.update({f"{prefix}{k}": v for k, v in row.items()})
     return out
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from analyzers.backtest import BacktestResult, CostConfig
+from analyzers.backtest import BacktestResult, CostConfig, activity_lines
 from feeds.index import IndexConfig, build_from_store
 from feeds.sample import SAMPLE_FILE, load_sample
 from feeds.sources.synthetic import SyntheticConfig, generate_market
@@ -227,4 +227,5 @@ def summary_table(result: DemoResult) -> str:
         rows.append(
             f"{r.name:<18}{r.final_value:>14,.0f}{s.cagr:>9.2%}{s.sharpe:>8.2f}{s.max_drawdown:>9.2%}{s.trades:>8d}"
         )
+    rows += activity_lines(result.results)
     return "\n".join(rows)
