@@ -198,6 +198,21 @@ def test_a_refused_backtest_records_nothing_and_changes_nothing(
     assert snapshot(store) == before  # no run row, no run folder, no registry created
 
 
+def test_a_start_inside_the_validation_range_is_refused(store: Path) -> None:
+    """The validation bars chose the model (early stopping, the direction refit): a backtest
+    starting there is in-sample. It was accepted silently; now it is refused, naming both
+    ranges, and nothing is recorded."""
+    card = ModelRegistry(store / "models").card("m:1")
+    val, test = card.date_ranges["val"], card.date_ranges["test"]
+    before = snapshot(store)
+    cli = ["--store", str(store), "backtest", "--symbols", "AAPL", "--model", "m:1"]
+    res = CliRunner().invoke(main, [*cli, "--start", val[0][:10]])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"inside m:1's validation range ({val[0][:10]} to {val[1][:10]})" in res.output
+    assert f"start after {val[1][:10]} (the test range starts {test[0][:10]})" in res.output
+    assert snapshot(store) == before
+
+
 def test_the_workflow_refuses_before_it_opens_the_registry(tmp_path: Path) -> None:
     """On a store that has never recorded a run, a refusal does not even create the
     registry's database."""

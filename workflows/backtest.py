@@ -213,8 +213,9 @@ def _utc(t: Any) -> pd.Timestamp | None:
 
 
 def oos_start(card: ModelCard, start: Any, allow_in_sample: bool = False) -> pd.Timestamp:
-    """The backtest start: the card's test range by default; refuse a start inside training
-    (unless ``allow_in_sample``, for stress runs that flag it)."""
+    """The backtest start: the card's test range by default; refuse a start inside the
+    training or the validation range, both naming the ranges (unless ``allow_in_sample``,
+    for stress runs that flag it)."""
     test = card.date_ranges.get("test")
     train = card.date_ranges.get("train")
     if start is None:
@@ -223,10 +224,22 @@ def oos_start(card: ModelCard, start: Any, allow_in_sample: bool = False) -> pd.
         return pd.Timestamp(test[0])
     ts = _utc(start)
     assert ts is not None
-    if train and ts <= pd.Timestamp(train[1]) and not allow_in_sample:
+    if allow_in_sample:
+        return ts
+    val = card.date_ranges.get("val")
+    after = (
+        f"start after {val[1][:10]} (the test range starts {test[0][:10]})" if val and test else ""
+    )
+    if train and ts <= pd.Timestamp(train[1]):
         raise DataError(
             f"--start {ts.date()} is inside {card.ref}'s training range (to {train[1][:10]}); "
-            "an in-sample backtest is not honest. Start after the training range."
+            f"an in-sample backtest is not honest: {after or 'start after the training range'}"
+        )
+    if val and ts <= pd.Timestamp(val[1]):
+        # early stopping and the direction head's refit chose on these bars: in-sample too
+        raise DataError(
+            f"--start {ts.date()} is inside {card.ref}'s validation range ({val[0][:10]} to "
+            f"{val[1][:10]}), which chose the model; an in-sample backtest is not honest: {after}"
         )
     return ts
 
