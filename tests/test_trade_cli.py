@@ -96,6 +96,27 @@ def test_status_agrees_then_reports_a_mismatch(fake: AlpacaFake, tmp_path: Path)
     assert "AAPL: Alpaca 3, journal 2" in bad.output  # type: ignore[attr-defined]
 
 
+def test_status_counts_a_fill_journaled_from_a_lookup_before_its_event(
+    fake: AlpacaFake, tmp_path: Path
+) -> None:
+    """A running session that looked its order up (filled) before the fill event arrived has a
+    final order and no fill in its journal: status used to say "Alpaca 2, journal 0"."""
+    coid = _journaled_order(fake, tmp_path, 2, limit=None)
+    cfg = AlpacaConfig(key_id=KEY_ID, secret_key=SECRET, trading_url=fake.url,
+                       journal=tmp_path / "journal.sqlite")  # fmt: skip
+    found = TradingAPI(cfg).order_by_client_id(coid)
+    assert found is not None and found["status"] == "filled"
+    with Journal(cfg.journal) as journal:
+        journal.mark_sent(coid, found)
+        assert journal.get(coid).status == "filled"  # type: ignore[union-attr]
+        assert not journal.fills() and not journal.open_orders()
+    before = cfg.journal.read_bytes()
+    result = _run(fake, tmp_path, "status")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert "agree" in result.output  # type: ignore[attr-defined]
+    assert cfg.journal.read_bytes() == before  # read-only: the gap is not written
+
+
 def test_live_needs_the_confirmation_and_keys(fake: AlpacaFake, tmp_path: Path) -> None:
     """Bad input (a ConfigError) exits 2, as every command's does."""
     live = _run(fake, tmp_path, "--live", "status")

@@ -153,8 +153,17 @@ def _with_unjournaled_fills(
     api: _Api, journal: Journal, open_now: list[dict[str, Any]], base: dict[str, float]
 ) -> dict[str, float]:
     """``base`` plus what Alpaca has filled of the journal's live orders beyond the journal's
-    fills (a running session journals them a moment later): reads only."""
+    fills (a running session journals them a moment later), and, for orders the journal already
+    holds as final (a lookup saw the fill before its event arrived), their ``filled_qty``
+    beyond the journaled fills: reads only."""
     live = journal.open_orders() + journal.unknown_orders()
+    live_ids = {r.client_order_id for r in live}
+    for coid, gap in journal.missing_fills().items():
+        rec = journal.get(coid)
+        if coid in live_ids or rec is None:
+            continue
+        key = symbol_key(rec.symbol)
+        base[key] = base.get(key, 0.0) + (gap if rec.side == "buy" else -gap)
     if not live:
         return base
     theirs = {str(o["client_order_id"]): o for o in open_now}
