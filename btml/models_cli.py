@@ -36,6 +36,32 @@ from core.errors import BtmlError, DataError
     default=None,
     help="Selection file from `btml features select`.",
 )
+@click.option(
+    "--features-module",
+    default=None,
+    help="Your own feature functions (a .py file, a module name or a btml.features entry "
+    "point) beside the built-in features; truncation-tested first, stored with the model.",
+)
+@click.option(
+    "--own-features-only",
+    is_flag=True,
+    help="With --features-module: train on your features alone, without the built-in ones.",
+)
+@click.option(
+    "--labels-from",
+    type=click.Choice(["next-open", "close"]),
+    default="next-open",
+    show_default=True,
+    help="Trading heads' (direction, action, size, confidence) returns: from the next bar's "
+    "open, where orders fill, or from the close.",
+)
+@click.option(
+    "--price-labels-from",
+    type=click.Choice(["close", "next-open"]),
+    default="close",
+    show_default=True,
+    help="Price heads' (1/4/24-bar returns) returns: close to close, or from the next open.",
+)
 @click.option("--name", default=None, help="Registry name (default: the preset).")
 @click.option("--epochs", default=100, show_default=True)
 @click.option("--batch-size", default=256, show_default=True)
@@ -51,6 +77,14 @@ from core.errors import BtmlError, DataError
     "--threads", default=None, type=int, help="CPU threads (default: those of btml --threads)."
 )
 @click.option("--seed", default=0, show_default=True)
+@click.option(
+    "--seeds",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Train with N seeds (--seed, --seed+1, ...); report their spread and register the "
+    "one of lowest validation loss.",
+)
 @click.option("--timeframe", default="1Day", show_default=True)
 @click.option(
     "--compare-lstm",
@@ -67,10 +101,12 @@ def train(config: Config, symbols: str | None, **opts: Any) -> None:
     from workflows.train import train as run_training
 
     syms = tuple(s.strip() for s in symbols.split(",")) if symbols else ()
+    for key in ("labels_from", "price_labels_from"):  # next-open on the command line
+        opts[key] = opts[key].replace("-", "_")
     try:
         cfg = TrainRunConfig.from_dict({**opts, "symbols": syms})
         label = f"training {cfg.name or cfg.arch} ({cfg.arch})"
-        with click.progressbar(length=cfg.epochs, label=label) as bar:
+        with click.progressbar(length=cfg.epochs * cfg.seeds, label=label) as bar:
             result = run_training(
                 config.store, cfg, on_epoch=_epoch_line(bar), log=click.echo, db_url=config.db_url
             )
@@ -84,6 +120,11 @@ def train(config: Config, symbols: str | None, **opts: Any) -> None:
         )
         sys.exit(130)
     _print_card(result.card)
+    if result.seeds is not None:
+        from workflows.train_seeds import spread_lines
+
+        for line in spread_lines(result.seeds):
+            click.echo(line)
     click.echo(f"recorded as run {result.run_id}")
 
 
@@ -231,6 +272,17 @@ def show(config: Config, ref: str, as_json: bool) -> None:
     click.echo(
         f"symbols {', '.join(card.symbols)}; index {card.index or '-'}; data {card.data_hash[:12]}"
     )
+    labels = card.label_cfg()
+    click.echo(
+        f"labels: trading heads from {labels.trading_from}, price heads from {labels.price_from}"
+    )
+    fm = card.feature_module
+    if fm:
+        click.echo(
+            f"features module {fm['source']} ({', '.join(fm['names'])}; warm-up {fm['warmup']}; "
+            f"{'beside the built-in features' if fm.get('builtin', True) else 'alone'}; "
+            f"sha256 {str(fm['sha256'])[:12]})"
+        )
     for split, (a, b) in card.date_ranges.items():
         click.echo(f"  {split:<5} {a[:10]} .. {b[:10]}")
     for split in ("val", "test", "lstm_test"):
@@ -309,11 +361,13 @@ def explain_(config: Config, ref: str, symbol: str, date: str, out: Path) -> Non
     from mlmodels.selection import Selection
 
     try:
-        model, card = ModelRegistry(config.store / "models").load(ref)
+        registry = ModelRegistry(config.store / "models")
+        model, card = registry.load(ref)
+        user = registry.user_features(card.ref)  # the model's own features module, if any
         store = ParquetStore(config.store)
         frame = store.read(symbol, card.timeframe)
         index = store.read(card.index, card.timeframe) if card.index else None
-        feats = compute_features(frame, index)
+        feats = user.table(frame, index) if user else compute_features(frame, index)
         if card.selection:
             feats = Selection(
                 **{

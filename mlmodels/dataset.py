@@ -11,12 +11,17 @@ passes its own.
 100 symbols x 5000 bars x 60 features costs 120 MB here, where materialised 60-bar windows would
 take 7 GB. Scaling statistics (mean and standard deviation per feature) are fit on the rows the
 training samples cover, never on validation or test rows, and are saved for serving.
+
+The feature rows come from ``compute`` (default :func:`mlmodels.features.compute_features`),
+whose first complete row is ``warmup`` (default ``WARMUP``): the user's own features enter with
+``compute=user.table, warmup=user.total_warmup`` (:mod:`mlmodels.user_features`), the same
+functions the strategy's windows and the model card use.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,6 +33,7 @@ from mlmodels.labels import LABEL_COLUMNS, LabelConfig, make_labels
 from mlmodels.selection import Selection
 
 POSITION_STATE: tuple[str, ...] = ("position", "unrealised_pnl", "bars_held")
+Compute = Callable[[pd.DataFrame, pd.DataFrame | None], pd.DataFrame]
 _REF_LOOKBACK = 20
 
 
@@ -143,21 +149,24 @@ class WindowDataset:
 
 
 def _symbol_block(
-    sym: str, frame: pd.DataFrame, index: pd.DataFrame | None, cfg: DatasetConfig
+    sym: str,
+    frame: pd.DataFrame,
+    index: pd.DataFrame | None,
+    cfg: DatasetConfig,
+    compute: Compute,
+    warmup: int,
 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray, tuple[str, ...]]:
-    from mlmodels.features import WARMUP, compute_features
-
-    need = WARMUP + cfg.window + cfg.labels.lookahead
+    need = warmup + cfg.window + cfg.labels.lookahead
     if len(frame) < need:
         raise DataError(
-            f"{sym}: {len(frame)} bars, needs at least {need} (feature warm-up {WARMUP} + window "
+            f"{sym}: {len(frame)} bars, needs at least {need} (feature warm-up {warmup} + window "
             f"{cfg.window} + label lookahead {cfg.labels.lookahead})"
         )
-    feats = compute_features(frame, index)
+    feats = compute(frame, index)
     if cfg.selection is not None:
         feats = cfg.selection.transform(feats)
     labels = make_labels(frame, cfg.labels)
-    first = WARMUP + cfg.window - 1
+    first = warmup + cfg.window - 1
     last = len(frame) - 1 - cfg.labels.lookahead
     t = np.arange(first, last + 1)
     pos_state = reference_position_state(frame["close"].to_numpy(dtype=np.float64))
@@ -168,14 +177,29 @@ def build_dataset(
     frames: Mapping[str, pd.DataFrame],
     cfg: DatasetConfig | None = None,
     index: pd.DataFrame | None = None,
+    *,
+    compute: Compute | None = None,
+    warmup: int | None = None,
 ) -> WindowDataset:
-    """Build a dataset from canonical OHLCV ``frames`` (and an optional market index frame)."""
+    """Build a dataset from canonical OHLCV ``frames`` (and an optional market index frame).
+
+    ``compute(frame, index)`` gives a symbol's feature table (default ``compute_features``)
+    and ``warmup`` its first complete row (default ``WARMUP``); give both or neither.
+    """
+    from mlmodels.features import WARMUP, compute_features
+
+    if (compute is None) != (warmup is None):
+        raise ConfigError("build_dataset: give compute= and warmup= together (or neither)")
+    compute = compute or compute_features
+    warmup = WARMUP if warmup is None else warmup
+    if warmup < 0:
+        raise ConfigError(f"build_dataset: warmup must be >= 0, got {warmup}")
     cfg = cfg or DatasetConfig()
     blocks, rows_off, skipped = [], 0, {}
     names: tuple[str, ...] | None = None
     for sym, frame in frames.items():
         try:
-            feats, t, lab, pos, fnames = _symbol_block(sym, frame, index, cfg)
+            feats, t, lab, pos, fnames = _symbol_block(sym, frame, index, cfg, compute, warmup)
         except DataError as err:
             if not cfg.skip_short or "needs at least" not in str(err):
                 raise

@@ -1,7 +1,9 @@
 """Train one model end to end: dataset -> split -> scaler -> trainer -> evaluation -> registry.
 
 The test split is used once, after training and model selection (early stopping uses the
-validation split only), and the scaler is fit on the training split only.
+validation split only), and the scaler is fit on the training split only. A model trained on
+the user's own features (``user``, :class:`mlmodels.user_features.UserFeatures`) is registered
+with the module's card entry and a copy of its source.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from mlmodels.nets.model import (
 from mlmodels.registry import ModelCard, ModelRegistry, code_version, data_hash
 from mlmodels.splits import Split, chronological_split
 from mlmodels.trainer import DirectionRefit, TrainConfig, Trainer, TrainState, refit_direction
+from mlmodels.user_features import MODULE_FILE, UserFeatures
 
 
 def _range(ds: WindowDataset, idx: np.ndarray) -> list[str]:
@@ -59,6 +62,7 @@ def train_on_dataset(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     compare_lstm: bool = False,
     training_run: str | None = None,
+    user: UserFeatures | None = None,
 ) -> tuple[torch.nn.Module, ModelCard]:
     """Fit scaling on ``split.train``, train, evaluate, and register (when ``registry`` is given).
 
@@ -66,7 +70,10 @@ def train_on_dataset(
     xLSTM stack (same data, split, seed and settings) and records its test metrics in the card
     as ``metrics["lstm_test"]`` (with its parameter count), beside the naive baselines.
     ``training_run`` is the run registry's id of the run doing this, written into the card.
+    ``user`` is the features module ``ds`` was built with (``compute=user.table``): the card
+    records it and the registry stores its source beside the weights.
     """
+    source = user.source_bytes() if user is not None and registry is not None else None
     scaler = ds.fit_scaler(split.train) if ds.scaler is None else ds.scaler
     base = get_architecture(arch) if isinstance(arch, str) else arch
     mcfg = base.with_data(len(ds.feature_names), ds.window)
@@ -82,10 +89,11 @@ def train_on_dataset(
     card = _card(
         name, mcfg, ds, split, data_cfg, train_cfg, fitted, metrics,
         scaler=scaler.to_dict(), index=index_name, timeframe=timeframe,
-        training_run=training_run,
+        training_run=training_run, feature_module=user.card() if user else None,
     )  # fmt: skip
     if registry is not None:
-        card = registry.register(fitted.model, card)
+        files = {MODULE_FILE: source} if source is not None else None
+        card = registry.register(fitted.model, card, files)
     return fitted.model, card
 
 
@@ -205,11 +213,17 @@ def train_model(
     train_cfg: TrainConfig | None = None,
     data_cfg: DatasetConfig | None = None,
     index: pd.DataFrame | None = None,
+    user: UserFeatures | None = None,
     **kwargs: Any,
 ) -> tuple[torch.nn.Module, ModelCard]:
-    """Build the dataset from ``frames``, split 70/15/15 chronologically (purged), train, register."""
+    """Build the dataset from ``frames`` (with ``user``'s features when given: check them
+    first with :func:`mlmodels.user_features.load_checked`), split 70/15/15 chronologically
+    (purged), train, register."""
     data_cfg = data_cfg or DatasetConfig()
-    ds = build_dataset(frames, data_cfg, index)
+    if user is not None:
+        ds = build_dataset(frames, data_cfg, index, compute=user.table, warmup=user.total_warmup)
+    else:
+        ds = build_dataset(frames, data_cfg, index)
     split = chronological_split(ds.times, lookahead=data_cfg.labels.lookahead)
     return train_on_dataset(
         ds,
@@ -219,6 +233,7 @@ def train_model(
         registry=registry,
         train_cfg=train_cfg or TrainConfig(),
         data_cfg=data_cfg,
+        user=user,
         **kwargs,
     )  # type: ignore[arg-type]
 

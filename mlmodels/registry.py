@@ -9,6 +9,15 @@ the run that trained it (``training_run``; absent from cards written before runs
 recorded, which load with ``None``). Versions increase from 1; ``name`` alone means the
 latest. Serving reads the card; nothing is guessed.
 
+``labels`` holds the label config, ``price_from`` and ``trading_from`` included (where the
+price and trading heads' returns start: :mod:`mlmodels.labels`); cards written before those
+existed load them as ``close`` (:meth:`ModelCard.label_cfg`). A model trained with the user's
+own features has ``feature_module`` (:meth:`mlmodels.user_features.UserFeatures.card`: the
+spec, the copy's file, its sha256, names, warm-up, whether the built-in features come first)
+and the module's source beside the weights (``features_module.py``);
+:meth:`ModelRegistry.user_features` loads that copy back and refuses a missing or altered one.
+Other cards have ``feature_module`` None.
+
 ``metrics`` holds ``val`` and ``test`` (every head's point figures), ``baselines_test``
 (zero return, majority class, logistic / linear) and, from cards written since, ``report``:
 the test split per head beside its naive baseline and the trained baselines (logistic /
@@ -26,6 +35,7 @@ import json
 import os
 import pickle
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +50,7 @@ if TYPE_CHECKING:  # torch is imported where weights are read or written: readin
 
     from mlmodels.dataset import Scaler
     from mlmodels.nets.model import ModelConfig
+    from mlmodels.user_features import UserFeatures
 
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "weights.pt"
@@ -103,6 +114,7 @@ class ModelCard:
     created_at: str = ""
     archives: dict[str, str] = field(default_factory=dict)  # served .mar path -> its sha256
     training_run: str | None = None  # the run registry's id of the run that trained it
+    feature_module: dict[str, Any] | None = None  # the user's features module, if any
     schema: int = CARD_SCHEMA
 
     @property
@@ -126,9 +138,8 @@ class ModelCard:
         return ModelConfig.from_dict(self.model_config)
 
     def label_cfg(self) -> LabelConfig:
-        d = dict(self.labels)
-        d["horizons"] = tuple(d.get("horizons", (1, 4, 24)))
-        return LabelConfig(**d)
+        """The labels it was trained on (``close`` for both head groups on older cards)."""
+        return LabelConfig.from_card(self.labels)
 
     def scaler_obj(self) -> Scaler:
         from mlmodels.dataset import Scaler
@@ -205,10 +216,16 @@ class ModelRegistry:
             )
         return self.root / name / f"v{ver}"
 
-    def register(self, model: nn.Module, card: ModelCard) -> ModelCard:
-        """Store weights and card as the next version of ``card.name``; returns the final card."""
+    def register(
+        self, model: nn.Module, card: ModelCard, files: Mapping[str, bytes] | None = None
+    ) -> ModelCard:
+        """Store weights, ``files`` (name -> bytes, e.g. the features module's source) and the
+        card as the next version of ``card.name``; returns the final card."""
         if "/" in card.name or ":" in card.name or not card.name:
             raise ConfigError(f"model name must be non-empty without '/' or ':', got {card.name!r}")
+        for fname in files or {}:
+            if Path(fname).name != fname or fname in (CARD_FILE, WEIGHTS_FILE, ""):
+                raise ConfigError(f"cannot store {fname!r} beside a model: give a plain file name")
         (self.root / card.name).mkdir(parents=True, exist_ok=True)
         for _ in range(100):  # another process may take the same number: mkdir is the arbiter
             ver = (self.versions(card.name) or [0])[-1] + 1
@@ -222,6 +239,8 @@ class ModelRegistry:
         import torch
 
         torch.save(model.state_dict(), d / WEIGHTS_FILE)
+        for fname, data in (files or {}).items():
+            (d / fname).write_bytes(data)
         tmp = d / (CARD_FILE + ".tmp")
         tmp.write_text(card.to_json())
         os.replace(tmp, d / CARD_FILE)  # the card appears last: a version without one is invisible
@@ -240,6 +259,15 @@ class ModelRegistry:
         tmp.write_text(card.to_json())
         os.replace(tmp, d / CARD_FILE)
         return card
+
+    def user_features(self, ref: str) -> UserFeatures | None:
+        """The features module model ``ref`` was trained with, loaded from its verified copy
+        (None for a model on the built-in features only)."""
+        from mlmodels.user_features import from_card
+
+        d = self.path(ref)
+        card = ModelCard.from_file(d / CARD_FILE)
+        return from_card(card.feature_module, d, card.ref) if card.feature_module else None
 
     def load(self, ref: str, device: str = "cpu") -> tuple[nn.Module, ModelCard]:
         """Rebuild the network from the card and load its weights (no pickled code)."""

@@ -23,11 +23,20 @@ module name, or the name of an entry point in the ``btml.features`` group (a pac
 ``[options.entry_points] btml.features = mine = my_pkg.features``). :meth:`UserFeatures.check`
 runs the truncation test (:func:`mlmodels.leakage.truncation_check`) on every function and
 raises :class:`~mlmodels.leakage.FeatureLeakError` naming the feature and the first differing
-row: training and backtests call it before they start.
+row: training calls it (:func:`load_checked`) before it starts.
+
+A model trained with a module keeps it: :meth:`UserFeatures.card` is the card's
+``feature_module`` (the spec given, the copy's file name ``features_module.py``, its sha256,
+the feature names, ``WARMUP``, and ``builtin``: whether the built-in features come first or
+the module's are the only ones), the registry stores the module's source beside the weights,
+and :func:`from_card` loads that copy back (refusing a missing or altered one) so backtests,
+live sessions and the served archive use the very functions the model was trained on. The
+copy is the module's own file: what it imports must be installed where the model runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -52,17 +61,22 @@ from mlmodels.leakage import (
 )
 
 ENTRY_POINT_GROUP = "btml.features"
+MODULE_FILE = "features_module.py"  # the module's copy beside a model's weights
 FIX = "compute it from bars up to t only (no shift(-k), no rolling(center=True), no statistic over the whole sample)"  # fmt: skip
 
 
 @dataclass(frozen=True)
 class UserFeatures:
-    """A loaded feature module: where it came from, its functions in order, its warm-up."""
+    """A loaded feature module: where it came from, its functions in order, its warm-up, the
+    sha256 and path of its file, and whether the built-in features come before its own
+    (``builtin``; False: the module's features are the only ones)."""
 
     source: str
     functions: tuple[tuple[str, Callable[..., Any]], ...]
     warmup: int = 0
     digest: str = ""
+    path: str = ""
+    builtin: bool = True
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -70,10 +84,23 @@ class UserFeatures:
 
     @property
     def total_warmup(self) -> int:
-        """Bars before the first complete row of :meth:`compute_with` (built-in and module)."""
+        """Bars before the first complete row of :meth:`table` (built-in and module, or the
+        module's alone when not ``builtin``)."""
         from mlmodels.features import WARMUP
 
-        return max(WARMUP, self.warmup)
+        return max(WARMUP, self.warmup) if self.builtin else self.warmup
+
+    def table(
+        self, ohlcv: pd.DataFrame, index: pd.DataFrame | None = None, *, strict: bool = True
+    ) -> pd.DataFrame:
+        """What training and serving feed the model: :meth:`compute_with` when ``builtin``,
+        else the module's features alone (checked like :meth:`compute_with` when ``strict``)."""
+        if self.builtin:
+            return self.compute_with(ohlcv, index, strict=strict)
+        own = self.compute(ohlcv, index)
+        if strict:
+            self._check_complete(own, ohlcv)
+        return own
 
     def compute(self, ohlcv: pd.DataFrame, index: pd.DataFrame | None = None) -> pd.DataFrame:
         """The module's features for one symbol, one float64 column each, on ``ohlcv``'s rows."""
@@ -126,8 +153,28 @@ class UserFeatures:
         return out
 
     def card(self) -> dict[str, Any]:
-        """What a model card keeps to reload and verify the same module at serving time."""
-        return {"source": self.source, "names": list(self.names), "digest": self.digest}
+        """What a model card keeps to reload and verify the same module at serving time (its
+        ``feature_module``; the module's source is stored beside it as ``file``)."""
+        return {
+            "source": self.source, "file": MODULE_FILE, "sha256": self.digest,
+            "names": list(self.names), "warmup": self.warmup, "builtin": self.builtin,
+        }  # fmt: skip
+
+    def source_bytes(self) -> bytes:
+        """The module file's bytes (what the registry stores beside the model); refused when
+        they differ from the ones loaded (the file changed since) or there is no file."""
+        if not self.path or not Path(self.path).is_file():
+            raise ConfigError(
+                f"features module {self.source}: no source file to store with the model; "
+                "give --features-module a .py file or a module that has one"
+            )
+        data = Path(self.path).read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.digest:
+            raise ConfigError(
+                f"features module {self.source}: {self.path} changed after it was loaded "
+                "and checked; run again"
+            )
+        return data
 
     def _one(
         self, name: str, fn: Callable[..., Any], ohlcv: pd.DataFrame, index: pd.DataFrame | None
@@ -189,11 +236,12 @@ def load_feature_module(spec: str) -> UserFeatures:
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"features module {spec}: no such file")
-        return _from_object(spec, _import_file(path), _digest(path))
+        return _from_object(spec, _import_file(path), path)
     eps = {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
     if spec in eps:
         obj = _guarded(spec, eps[spec].load)
-        return _from_object(spec, obj, _digest(getattr(obj, "__file__", None)))
+        home = sys.modules.get(eps[spec].module)  # a FEATURES dict has no file of its own
+        return _from_object(spec, obj, getattr(home, "__file__", None))
     try:
         module = importlib.import_module(spec)
     except ModuleNotFoundError as err:
@@ -205,7 +253,7 @@ def load_feature_module(spec: str) -> UserFeatures:
         ) from err
     except Exception as err:  # user code at import time
         raise ConfigError(f"features module {spec}: {type(err).__name__}: {err}") from err
-    return _from_object(spec, module, _digest(getattr(module, "__file__", None)))
+    return _from_object(spec, module, getattr(module, "__file__", None))
 
 
 def _guarded(spec: str, load: Callable[[], Any]) -> Any:
@@ -236,8 +284,9 @@ def _digest(path: str | Path | None) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _from_object(spec: str, obj: Any, digest: str) -> UserFeatures:
-    """Validate ``FEATURES`` (and ``WARMUP``) of a module, or a FEATURES dict itself."""
+def _from_object(spec: str, obj: Any, path: str | Path | None) -> UserFeatures:
+    """Validate ``FEATURES`` (and ``WARMUP``) of a module, or a FEATURES dict itself, loaded
+    from the file at ``path``."""
     from mlmodels.features import FEATURE_NAMES
 
     table = obj if isinstance(obj, Mapping) else getattr(obj, "FEATURES", None)
@@ -254,7 +303,8 @@ def _from_object(spec: str, obj: Any, digest: str) -> UserFeatures:
     warmup = getattr(obj, "WARMUP", 0)
     if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
         raise ConfigError(f"features module {spec}: WARMUP must be an int >= 0, got {warmup!r}")
-    return UserFeatures(spec, tuple(table.items()), warmup, digest)
+    where = str(Path(path).resolve()) if path is not None and Path(path).is_file() else ""
+    return UserFeatures(spec, tuple(table.items()), warmup, _digest(path), where)
 
 
 def load_checked(
@@ -265,3 +315,37 @@ def load_checked(
     user = load_feature_module(spec)
     user.check(frames, index)
     return user
+
+
+def verify_copy(info: Mapping[str, Any], model_dir: str | Path, ref: str) -> Path:
+    """Check the module copy in ``model_dir`` against the sha256 the card pins (``info`` is
+    its ``feature_module``) without running it; returns its path. Raises :class:`DataError`
+    in one line when the copy is missing or altered."""
+    path = Path(model_dir) / str(info.get("file") or MODULE_FILE)
+    if not path.is_file():
+        raise DataError(
+            f"model {ref} was trained with features module {info.get('source')}, but its copy "
+            f"{path} is missing; restore it, or retrain the model (an archive: rebuild it)"
+        )
+    found = _digest(path)
+    if found != info.get("sha256"):
+        raise DataError(
+            f"model {ref}: its features module copy {path} was altered (sha256 {found}, the "
+            f"card pins {info.get('sha256')}); refusing it: restore the file or retrain"
+        )
+    return path
+
+
+def from_card(info: Mapping[str, Any], model_dir: str | Path, ref: str) -> UserFeatures:
+    """The feature module a model card records (``info``, its ``feature_module``), loaded from
+    the verified copy in ``model_dir`` (:func:`verify_copy`); also refused when the copy no
+    longer gives the recorded names and warm-up."""
+    path = verify_copy(info, model_dir, ref)
+    user = _from_object(str(info.get("source") or path), _import_file(path), path)
+    if list(user.names) != list(info.get("names", [])) or user.warmup != info.get("warmup", 0):
+        raise DataError(
+            f"model {ref}: its features module copy {path} gives features {list(user.names)} "
+            f"and WARMUP {user.warmup}, the card records {info.get('names')} and "
+            f"{info.get('warmup')}; restore the file or retrain"
+        )
+    return dataclasses.replace(user, builtin=bool(info.get("builtin", True)))

@@ -2,7 +2,9 @@
 
 An archive holds the weights (``weights.pt``, loaded with ``weights_only=True``), the model
 card, the per-model config (dynamic batching, workers, handler threads) and a one-class handler
-entry file (``serving/ts_entry.py``) that imports the installed ``SignalHandler``.
+entry file (``serving/ts_entry.py``) that imports the installed ``SignalHandler``; a model
+trained on the user's own features also carries the copy of their module
+(``features_module.py``), which the handler checks against the card's sha256 on load.
 Archives are named ``NAME.vVERSION.mar``; TorchServe reads the name and version from the
 archive's manifest, so several versions of one model can sit in one model store.
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from core.config import DataConfig
 from core.errors import ConfigError, CorruptFileError, DataError, ModelNotFound, StoreError
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelRegistry
+from mlmodels.user_features import verify_copy
 
 ENTRY = Path(__file__).with_name("ts_entry.py")
 
@@ -109,6 +112,9 @@ def build_archive(
     cfg = cfg or ModelServeConfig()
     src = registry.path(ref)
     card = registry.card(ref)
+    extra = [src / CARD_FILE]
+    if card.feature_module:  # refuse to archive a missing or altered copy
+        extra.append(verify_copy(card.feature_module, src, card.ref))
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / archive_name(card.name, card.version)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
@@ -119,7 +125,7 @@ def build_archive(
             "--version", str(card.version),
             "--serialized-file", str(src / WEIGHTS_FILE),
             "--handler", str(ENTRY),
-            "--extra-files", str(src / CARD_FILE),
+            "--extra-files", ",".join(str(p) for p in extra),
             "--config-file", str(cfg_file),
             "--export-path", tmp,
             "--force",

@@ -1,9 +1,12 @@
 """The TorchServe handler: one class serving any registered model, reused in-process.
 
 ``initialize`` reads the model card and weights from the model directory (the unpacked ``.mar``
-or a registry version folder), ``preprocess`` decodes and checks each request
-(``serving.payload``) and applies the card's scaler, ``inference`` runs the network under
-``torch.inference_mode``, ``postprocess`` turns each window's heads into a ``Signal`` dict.
+or a registry version folder) and, for a model trained on the user's own features, checks the
+copy of their module there against the card's sha256 (a missing or altered copy refuses the
+load; requests carry feature windows, so the module itself does not run here);
+``preprocess`` decodes and checks each request (``serving.payload``) and applies the card's
+scaler, ``inference`` runs the network under ``torch.inference_mode``, ``postprocess`` turns
+each window's heads into a ``Signal`` dict.
 
 ``handle`` works on TorchServe's batch (a list of requests, which dynamic batching may fill
 with several clients' requests): valid requests are concatenated into one forward pass; an
@@ -27,6 +30,7 @@ import torch
 
 from mlmodels.dataset import Scaler
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, load_weights
+from mlmodels.user_features import verify_copy
 from serving.payload import BadRequest, Batch, decode
 from serving.signal import Signal
 
@@ -73,6 +77,8 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
             torch.set_num_threads(threads)
         self.max_windows = int(cfg.get("max_windows", DEFAULT_MAX_WINDOWS))
         self.card = ModelCard.from_file(model_dir / CARD_FILE)
+        if self.card.feature_module:
+            verify_copy(self.card.feature_module, model_dir, self.card.ref)
         manifest = getattr(context, "manifest", None) or {}
         weights = manifest.get("model", {}).get("serializedFile") or WEIGHTS_FILE
         self.net = load_weights(model_dir / weights, self.card)

@@ -5,6 +5,12 @@ the row at ``t`` uses bars ``<= t`` only, which a truncation test proves), reduc
 card's feature list, and looked up by bar time during the run. The window for bar ``t`` is the
 ``window`` rows ending at ``t``; it exists once the features' warm-up and ``window`` bars have
 passed and no value in it is NaN.
+
+A model trained on the user's own features (its card has a ``feature_module``) needs that
+module's functions: :meth:`FeatureWindows.from_card` and :meth:`LiveFeatureWindows.from_card`
+load the copy stored beside the model (refusing a missing or altered one) and compute the
+table exactly as training did (``UserFeatures.table``, with its warm-up); ``build`` and the
+constructor take the loaded module as ``user=``.
 """
 
 from __future__ import annotations
@@ -12,14 +18,59 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from core.errors import DataError
 
+if TYPE_CHECKING:
+    from mlmodels.registry import ModelCard
+    from mlmodels.user_features import UserFeatures
+
 log = logging.getLogger(__name__)
+
+
+def _features_of(user: UserFeatures | None) -> tuple[Any, int]:
+    """The feature table function and its warm-up: the user's module's, or the built-in."""
+    from mlmodels.features import WARMUP, compute_features
+
+    if user is None:
+        return compute_features, WARMUP
+    return user.table, user.total_warmup
+
+
+def card_module(card: ModelCard, models_root: str | Path) -> UserFeatures | None:
+    """The features module ``card``'s model was trained with, from its verified copy in the
+    registry at ``models_root`` (None when the model uses the built-in features only)."""
+    if not card.feature_module:
+        return None
+    from mlmodels.registry import ModelRegistry
+    from mlmodels.user_features import from_card
+
+    folder = ModelRegistry(models_root).path(card.ref)
+    return from_card(card.feature_module, folder, card.ref)
+
+
+def _missing_message(sym: str, missing: Sequence[str], index: pd.DataFrame | None) -> str:
+    """Which features are missing, and the likely fix: an index (for the index-relative
+    features), or the model's features module (for names that are not built in)."""
+    from mlmodels.features import FEATURE_NAMES, INDEX_FEATURE_NAMES
+
+    msg = (
+        f"{sym}: the model needs {len(missing)} features the data does not give: "
+        f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
+    )
+    if index is None and any(n in INDEX_FEATURE_NAMES for n in missing):
+        msg += "; it was trained with an index: pass index="
+    if any(n not in FEATURE_NAMES for n in missing):
+        msg += (
+            "; those not built in come from the model's features module: build the windows "
+            "with FeatureWindows.from_card(frames, card, models_root)"
+        )
+    return msg
 
 
 @dataclass(frozen=True)
@@ -57,32 +108,29 @@ class FeatureWindows:
         window: int,
         *,
         index: pd.DataFrame | None = None,
+        user: UserFeatures | None = None,
     ) -> FeatureWindows:
-        """Compute features for ``frames`` and keep ``names`` in that order.
+        """Compute features for ``frames`` and keep ``names`` in that order (with the user's
+        features module ``user`` when the model was trained with one: see :meth:`from_card`).
 
         Raises ``DataError`` before any run when the data cannot give the model's features
         (a model trained with index features, run without an index, say). A symbol with too
         little history is skipped with a warning that says how many bars it needs.
         """
-        from mlmodels.features import WARMUP, compute_features
-
+        compute, warmup = _features_of(user)
         out: dict[str, SymbolFeatures] = {}
-        need = WARMUP + window
+        need = warmup + window
         for sym, frame in frames.items():
             if len(frame) < need:
                 log.warning(
                     "%s: %d bars, the model needs at least %d (feature warm-up %d + window %d); "
-                    "skipped", sym, len(frame), need, WARMUP, window,
+                    "skipped", sym, len(frame), need, warmup, window,
                 )  # fmt: skip
                 continue
-            table = compute_features(frame, index)
+            table = compute(frame, index)
             missing = [n for n in names if n not in table.columns]
             if missing:
-                raise DataError(
-                    f"{sym}: the model needs {len(missing)} features the data does not give: "
-                    f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}"
-                    + ("; it was trained with an index: pass index=" if index is None else "")
-                )
+                raise DataError(_missing_message(sym, missing, index))
             values = table[list(names)].to_numpy(dtype=np.float32)
             bad = np.concatenate([[0], np.cumsum(~np.isfinite(values).all(axis=1))])
             times = pd.DatetimeIndex(table.index).as_unit("ns").asi8
@@ -90,6 +138,20 @@ class FeatureWindows:
         if not out:
             raise DataError(f"no symbol has the {need} bars the model needs")
         return cls(out, names, window)
+
+    @classmethod
+    def from_card(
+        cls,
+        frames: Mapping[str, pd.DataFrame],
+        card: ModelCard,
+        models_root: str | Path,
+        *,
+        index: pd.DataFrame | None = None,
+    ) -> FeatureWindows:
+        """:meth:`build` for the model of ``card`` (registered under ``models_root``): its
+        feature names and window, and its features module when it has one."""
+        user = card_module(card, models_root)
+        return cls.build(frames, card.features, card.window, index=index, user=user)
 
     def window_for(self, data: object, ts_ns: int) -> np.ndarray | None:
         """The window for ``data``'s bar at ``ts_ns`` (the strategy's one lookup)."""
@@ -126,28 +188,40 @@ class LiveFeatureWindows(FeatureWindows):
         *,
         history: int | None = None,
         index: pd.DataFrame | None = None,
+        user: UserFeatures | None = None,
     ) -> None:
-        from mlmodels.features import WARMUP
-
         super().__init__({}, names, window)
-        self.need = WARMUP + window
+        self.compute, warmup = _features_of(user)
+        self.need = warmup + window
         self.history = history or max(1000, self.need)
         if self.history < self.need:
             raise DataError(
                 f"history={self.history} bars is less than the {self.need} the model needs "
-                f"(feature warm-up {WARMUP} + window {window})"
+                f"(feature warm-up {warmup} + window {window})"
             )
         self.index = index
 
+    @classmethod
+    def from_card(  # type: ignore[override]
+        cls,
+        card: ModelCard,
+        models_root: str | Path,
+        *,
+        history: int | None = None,
+        index: pd.DataFrame | None = None,
+    ) -> LiveFeatureWindows:
+        """Live windows for the model of ``card`` (registered under ``models_root``), with
+        its features module when it has one."""
+        user = card_module(card, models_root)
+        return cls(card.features, card.window, history=history, index=index, user=user)
+
     def window_for(self, data: object, ts_ns: int) -> np.ndarray | None:
         """The window ending at ``data``'s current bar, from its last ``history`` bars."""
-        from mlmodels.features import compute_features
-
         n = min(len(data), self.history)  # type: ignore[arg-type]
         if n < self.need:
             return None
         frame = _data_frame(data, n)
-        table = compute_features(frame, self.index)
+        table = self.compute(frame, self.index)
         missing = [c for c in self.names if c not in table.columns]
         if missing:
             raise DataError(f"live features lack {', '.join(missing[:8])}")

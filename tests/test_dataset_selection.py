@@ -46,8 +46,8 @@ def test_windows_are_views_and_match_the_features(frames, index) -> None:
         ds.x([0])[0], feats.iloc[t - 59 : t + 1].to_numpy(np.float32), rtol=1e-6
     )
     assert ds.times[0] == frames["AAPL"].index[WARMUP + 59]
-    # the last sample leaves room for the 24-bar label lookahead
-    assert ds.times[len(frames["AAPL"]) - WARMUP - 59 - 24 - 1] == frames["AAPL"].index[-25]
+    # the last sample leaves room for the label lookahead: 24 bars, + 1 for the next open
+    assert ds.times[len(frames["AAPL"]) - WARMUP - 59 - 25 - 1] == frames["AAPL"].index[-26]
 
 
 def test_scaler_is_fit_on_training_rows_only(frames, index) -> None:
@@ -69,7 +69,7 @@ def test_scaler_is_fit_on_training_rows_only(frames, index) -> None:
 
 def test_short_history_names_symbol_and_bars(frames) -> None:
     short = {"AAPL": frames["AAPL"].iloc[:250]}
-    with pytest.raises(DataError, match=r"AAPL: 250 bars, needs at least 283"):
+    with pytest.raises(DataError, match=r"AAPL: 250 bars, needs at least 284"):
         build_dataset(short)
     with pytest.warns(UserWarning, match="AAPL: 250 bars"):
         ds = build_dataset({**short, "IBM": frames["IBM"]}, DatasetConfig(skip_short=True))

@@ -33,14 +33,18 @@ def test_forward_returns_volatility_and_risk_are_exact() -> None:
     assert lab["risk"].iloc[t] == pytest.approx(
         max(0.0, 1 - (close[t + 1 : t + 25] * 0.98).min() / close[t])
     )
-    assert lab.iloc[-24:].isna().all().all() and lab.iloc[:-24].notna().all().all()
+    # the trading heads enter at the next open by default: one bar more than the 24 of close
+    assert lab.iloc[-25:].isna().all().all() and lab.iloc[:-25].notna().all().all()
+    closes = make_labels(_ohlcv(close), LabelConfig(trading_from="close"))
+    assert closes.iloc[-24:].isna().all().all() and closes.iloc[:-24].notna().all().all()
 
 
 def test_direction_dead_zone_and_action_net_of_costs() -> None:
     g = np.tile([0.01, -0.01], 60)  # per-bar sigma ~ 0.0103 (20-bar std)
     g[40], g[50], g[60] = 0.003, 0.008, -0.008  # next-bar moves: inside, above, below 0.5 sigma
     close = 100 * np.exp(np.concatenate([[0.0], np.cumsum(g)]))
-    lab = make_labels(_ohlcv(close), LabelConfig(cost=0.004, dead_zone=0.5))
+    cfg = LabelConfig(cost=0.004, dead_zone=0.5, trading_from="close")  # close to close here
+    lab = make_labels(_ohlcv(close), cfg)
     assert lab["direction"].iloc[40] == 1  # |0.3 %| < 0.5 sigma: flat
     assert lab["direction"].iloc[50] == 2 and lab["direction"].iloc[60] == 0
     # action uses the 4-bar return net of the 0.4 % round trip

@@ -102,9 +102,9 @@ def test_an_honest_module_passes_and_extends_the_features(tmp_path, frames) -> N
     both = user.compute_with(frames["IBM"])
     assert tuple(both.columns) == (*compute_features(frames["IBM"]).columns, *user.names)
     assert both["log_volume"].iloc[-1] == pytest.approx(np.log1p(frames["IBM"]["volume"].iloc[-1]))
-    assert (
-        user.card()["names"] == ["range_pos_10", "log_volume"] and len(user.card()["digest"]) == 64
-    )
+    card = user.card()
+    assert card["names"] == ["range_pos_10", "log_volume"] and card["sha256"] == user.digest
+    assert len(user.digest) == 64 and (card["warmup"], card["builtin"]) == (9, True)
 
 
 @pytest.mark.parametrize(

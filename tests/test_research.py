@@ -23,6 +23,7 @@ from core.errors import ConfigError, DataError, ModelNotFound
 from feeds.sources.synthetic import SyntheticConfig, generate_market
 from feeds.store import ParquetStore
 from mlmodels.dataset import DatasetConfig, build_dataset
+from mlmodels.labels import LabelConfig
 from mlmodels.pipeline import register_untrained
 from mlmodels.registry import ModelRegistry
 from mlmodels.splits import WalkForward
@@ -40,7 +41,8 @@ from workflows.walkforward import walk_forward
 SYMBOLS = ("SYN000", "SYN001")
 WINDOW = 16
 TEST_BARS = 150
-LOOKAHEAD = 24  # the default labels' lookahead (max of the horizons 1, 4, 24 and risk 24)
+# the default labels' lookahead: the 24-bar horizon from the next open (trading heads) reads 25
+LOOKAHEAD = LabelConfig().lookahead
 # The untrained-ish tiny model's heads are timid; these entry rules let it trade.
 TRADING = MLRunConfig(min_edge=0.0, horizon_agreement=0)
 PRICES = ["open", "high", "low", "close"]
@@ -155,7 +157,7 @@ def market(tmp_path_factory) -> tuple[Path, dict[str, pd.DataFrame]]:
 @pytest.fixture(scope="module")
 def wf(market):
     root, frames = market
-    # lookahead=1 on purpose: walk_forward must purge with the labels' 24 bars regardless
+    # lookahead=1 on purpose: walk_forward must purge with the labels' 25 bars regardless
     folds = WalkForward(n_splits=2, test_size=TEST_BARS, lookahead=1)
     return walk_forward(
         root, frames, name="wf", folds=folds,
@@ -499,7 +501,7 @@ def test_cli_bad_inputs_fail_with_one_line_and_leave_the_store_alone(market, wf)
     cases = [
         ([*wfo, "--symbols", "SYN000,NOPE"], "NOPE (1Day) is not in the store"),
         ([*wfo, "--symbols", "SYN000", "--folds", "5", "--test-bars", "500"],
-         "too few bars for 5 folds of 500: 962 bars, need at least 2624 (the folds count the "
+         "too few bars for 5 folds of 500: 961 bars, need at least 2625 (the folds count the "
          "bars that have features and labels: 1200 stored bars"),
         ([*wfo, "--symbols", "SYN000", "--folds", "0"], "n_splits must be >= 1, got 0"),
         ([*wfo, "--symbols", "SYN000", "--name", "x/y"], "--name must be non-empty"),

@@ -181,3 +181,34 @@ def test_cards_written_before_runs_were_recorded_still_load(tmp_path: Path) -> N
     path.write_text(json.dumps(raw))
     _, loaded = reg.load("old:1")
     assert loaded.training_run is None and loaded == card
+
+
+def test_seeds_train_each_report_the_spread_and_register_the_best_by_validation(
+    tmp_path: Path,
+) -> None:
+    store = _market(tmp_path)
+    res = _btml(store, "train", *TRAIN, "--name", "s", "--seeds", "3", "--seed", "4")
+    assert res.exit_code == 0, res.output
+    assert "3 seeds; registered seed" in res.output and "direction_accuracy:" in res.output
+    assert ModelRegistry(store / "models").versions("s") == [1]  # one model, not three
+    card = ModelRegistry(store / "models").card("s:1")
+    run_id = res.output.split("recorded as run ")[1].split()[0]
+    with RunRegistry(store) as runs:
+        rec = runs.get(run_id)
+    table = pd.read_csv(rec.dir / "seeds.csv", index_col="seed")
+    assert list(table.index) == [4, 5, 6]
+    chosen = int(table["val_loss"].idxmin())  # by validation, never by test
+    assert card.training["seed"] == chosen == rec.metrics["seed_chosen"]
+    assert card.training["seeds"]["chosen"] == chosen
+    acc = table["direction_accuracy"]
+    assert table.loc[chosen, "direction_accuracy"] == pytest.approx(
+        card.report["heads"]["direction"]["models"]["network"]["accuracy"]["value"]  # type: ignore[index]
+    )
+    assert rec.metrics["seeds"] == 3
+    assert rec.metrics["seeds_direction_accuracy_mean"] == pytest.approx(acc.mean())
+    assert rec.metrics["seeds_direction_accuracy_std"] == pytest.approx(acc.std(ddof=1))
+    assert acc.nunique() > 1 or table["val_loss"].nunique() > 1  # the seeds differ
+    history = pd.read_csv(rec.dir / "history.csv")
+    assert set(history["seed"]) == {4, 5, 6}
+    bad = _btml(store, "train", *TRAIN, "--name", "s", "--seeds", "0")
+    assert bad.exit_code == 2 and "--seeds" in bad.output

@@ -28,7 +28,7 @@ from brokers.alpaca.store import AlpacaStore, check_mode
 from core.errors import ConfigError
 from mlmodels.registry import ModelCard, ModelRegistry
 from strategies.ml_signal import MLSignalStrategy
-from strategies.windows import LiveFeatureWindows
+from strategies.windows import LiveFeatureWindows, card_module
 from workflows.backtest import SERVING, MLRunConfig, signal_client
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import to_jsonable
@@ -130,6 +130,7 @@ def plan_session(
             f"{card.ref} was trained with index features ({card.index}); live trading needs "
             "a model trained without an index"
         )
+    card_module(card, store_path / "models")  # a missing or altered features module: refused here
     ml = ml or MLRunConfig(serving_failure="hold")
     return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options)
 
@@ -165,7 +166,7 @@ def run_live(
 def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], None]) -> Any:
     """Run the live Cerebro; the session's metrics go to ``run`` however it ends."""
     card, ml, bars = plan.card, plan.ml, plan.bars
-    windows = LiveFeatureWindows(card.features, card.window)
+    windows = LiveFeatureWindows.from_card(card, store_path / "models")
     store = AlpacaStore(plan.config, adopt_positions=plan.adopt_positions)
     try:
         cerebro = build_live_cerebro(

@@ -14,6 +14,16 @@ card names the run (``training_run``).
 
 Checkpoints live in ``{store}/training/{name}/`` (:func:`checkpoint_dir`), outside the run's
 folder, so ``resume`` continues an interrupted training of the same name.
+
+``labels_from`` (``next_open``, the default, or ``close``) is where the trading heads'
+returns start and ``price_labels_from`` (``close`` by default) the price heads'
+(:mod:`mlmodels.labels`). ``features_module`` adds the user's own features
+(:mod:`mlmodels.user_features`) after the built-in ones (or, with ``own_features_only``,
+instead of them): every function is truncation-tested on the training data first, and a leak
+refuses the request (naming the function and the first differing row) before anything is
+recorded. The module's file and sha256 are among the run's inputs; the card records it and
+the registry keeps its source beside the model. ``seeds`` > 1 repeats the training with
+as many seeds and registers the one of lowest validation loss (:mod:`workflows.train_seeds`).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from core.errors import ConfigError
 from feeds.store import ParquetStore
 from feeds.universes import get_universe
 from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
+from mlmodels.labels import LabelConfig
 from mlmodels.losses import Curriculum, LossConfig
 from mlmodels.nets.model import get_architecture
 from mlmodels.pipeline import train_on_dataset
@@ -41,9 +52,11 @@ from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, ModelRegistry
 from mlmodels.selection import Selection
 from mlmodels.splits import Split, chronological_split
 from mlmodels.trainer import TrainConfig
+from mlmodels.user_features import MODULE_FILE, UserFeatures, load_checked
 from workflows.errors import RunNotFound
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import file_sha256
+from workflows.train_seeds import fit_seeds, seed_metrics
 
 Log = Callable[[str], None]
 OnEpoch = Callable[[int, dict[str, float]], None]
@@ -94,6 +107,11 @@ class TrainRunConfig(DataConfig):
     seed: int = 0
     timeframe: str = "1Day"
     compare_lstm: bool = False
+    labels_from: str = "next_open"
+    price_labels_from: str = "close"
+    features_module: str | None = None
+    own_features_only: bool = False
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         if self.universe and self.symbols and self.symbols != get_universe(self.universe):
@@ -105,17 +123,41 @@ class TrainRunConfig(DataConfig):
             check_model_name(self.name)
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if not 1 <= self.seeds <= 100:
+            raise ConfigError(f"--seeds must be in [1, 100], got {self.seeds}")
         self.train_config()  # the trainer's own checks (epochs, lr, ...), now
         DatasetConfig(window=self.window)
+        for flag, value in (("--labels-from", self.labels_from),
+                            ("--price-labels-from", self.price_labels_from)):  # fmt: skip
+            if value not in ("close", "next_open"):
+                raise ConfigError(f"{flag} must be close or next-open, got {value!r}")
+        if self.own_features_only and not self.features_module:
+            raise ConfigError("--own-features-only needs --features-module (your features)")
+        if self.features_module and self.selection_file:
+            raise ConfigError(
+                "give --features (a selection of the built-in features) or --features-module, "
+                "not both"
+            )
+
+    def label_config(self) -> LabelConfig:
+        """The labels this request trains on."""
+        return LabelConfig(
+            trading_from=self.labels_from,  # type: ignore[arg-type]  # checked above
+            price_from=self.price_labels_from,  # type: ignore[arg-type]
+        )
 
     def resolved(self) -> TrainRunConfig:
-        """The request with its defaults filled: symbols, name, threads, and the selection
-        file's absolute path."""
+        """The request with its defaults filled: symbols, name, threads, and the absolute
+        paths of the selection file and of a features module given as a file."""
         symbols = self.symbols or get_universe(self.universe or "")
         selection = str(Path(self.selection_file).resolve()) if self.selection_file else None
+        module = self.features_module
+        if module and (module.endswith(".py") or Path(module).is_file()):
+            module = str(Path(module).resolve())
         return dataclasses.replace(
             self, symbols=tuple(symbols), name=self.name or self.arch,
             threads=self.threads or torch.get_num_threads(), selection_file=selection,
+            features_module=module,
         )  # fmt: skip
 
     def train_config(self) -> TrainConfig:
@@ -128,13 +170,15 @@ class TrainRunConfig(DataConfig):
 
 @dataclass(frozen=True)
 class TrainPlan:
-    """A checked request: the resolved config, the dataset and split, the data hashes read."""
+    """A checked request: the resolved config, the dataset and split, the data hashes read,
+    the user's features module (checked) if any."""
 
     config: TrainRunConfig
     dataset: WindowDataset
     split: Split
     data_cfg: DatasetConfig
     inputs: dict[str, str]
+    user: UserFeatures | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +190,7 @@ class TrainResult:
     config: TrainRunConfig
     card: ModelCard
     model: torch.nn.Module
+    seeds: pd.DataFrame | None = None
 
 
 def read_stored(
@@ -165,10 +210,13 @@ def read_stored(
 
 
 def model_inputs(store_path: Path, card: ModelCard) -> dict[str, str]:
-    """``{file: sha256}`` of a registered model's card and weights (paths relative to the
-    store): the inputs of a run that uses the model."""
+    """``{file: sha256}`` of a registered model's card and weights, and of its features
+    module's copy when it has one (paths relative to the store): the inputs of a run that
+    uses the model."""
     folder = ModelRegistry(store_path / "models").path(card.ref)
     files = [folder / CARD_FILE, folder / WEIGHTS_FILE]
+    if card.feature_module:
+        files.append(folder / str(card.feature_module.get("file") or MODULE_FILE))
     return {p.relative_to(store_path).as_posix(): file_sha256(p) for p in files}
 
 
@@ -177,13 +225,22 @@ def plan_training(store_path: Path, config: TrainRunConfig) -> TrainPlan:
     cfg = config.resolved()
     get_architecture(cfg.arch)  # an unknown preset names the closest one
     selection = Selection.load(cfg.selection_file) if cfg.selection_file else None
-    data_cfg = DatasetConfig(window=cfg.window, skip_short=True, selection=selection)
+    data_cfg = DatasetConfig(
+        window=cfg.window, skip_short=True, selection=selection, labels=cfg.label_config()
+    )
     frames, index, inputs = read_stored(store_path, cfg.symbols, cfg.timeframe, cfg.index)
     if cfg.selection_file:
         inputs[Path(cfg.selection_file).name] = file_sha256(cfg.selection_file)
-    ds = build_dataset(frames, data_cfg, index)
+    user = None
+    if cfg.features_module:  # a leak refuses the request here, before anything is recorded
+        user = load_checked(cfg.features_module, frames, index)
+        user = dataclasses.replace(user, builtin=not cfg.own_features_only)
+        inputs[Path(user.path).name if user.path else cfg.features_module] = user.digest
+        ds = build_dataset(frames, data_cfg, index, compute=user.table, warmup=user.total_warmup)
+    else:
+        ds = build_dataset(frames, data_cfg, index)
     split = chronological_split(ds.times, lookahead=data_cfg.labels.lookahead)
-    return TrainPlan(cfg, ds, split, data_cfg, inputs)
+    return TrainPlan(cfg, ds, split, data_cfg, inputs, user)
 
 
 def train(
@@ -205,16 +262,20 @@ def train(
         registry.start("train", plan.config.to_dict(), inputs=plan.inputs) as run,
     ):
         log(f"run {run.id}")
-        model, card = _fit(store_path, plan, run, on_epoch)
+        model, card, seeds = _fit(store_path, plan, run, on_epoch, log)
         registry.link_model(card.ref, run.id)
-        _record(run, store_path, card, time.perf_counter() - t0)
-    return TrainResult(run.id, run.dir, plan.config, card, model)
+        _record(run, store_path, card, time.perf_counter() - t0, seeds is None)
+        if seeds is not None:
+            seeds.to_csv(run.add_artifact("seeds.csv"))
+            run.log_metrics(seed_metrics(seeds))
+    return TrainResult(run.id, run.dir, plan.config, card, model, seeds)
 
 
 def _fit(
-    store_path: Path, plan: TrainPlan, run: Run, on_epoch: OnEpoch | None
-) -> tuple[torch.nn.Module, ModelCard]:
-    """Train and register the model; ``history.csv`` in the run's folder grows each epoch."""
+    store_path: Path, plan: TrainPlan, run: Run, on_epoch: OnEpoch | None, log: Log
+) -> tuple[torch.nn.Module, ModelCard, pd.DataFrame | None]:
+    """Train and register the model (with several seeds, the one of lowest validation loss,
+    and the per-seed table); ``history.csv`` in the run's folder grows each epoch."""
     cfg, history = plan.config, run.add_artifact("history.csv")
     rows: list[dict[str, float]] = []
 
@@ -225,13 +286,17 @@ def _fit(
             on_epoch(epoch, row)
 
     assert cfg.name is not None  # resolved
-    return train_on_dataset(
+    work = checkpoint_dir(store_path, cfg.name)
+    if cfg.seeds > 1:
+        return fit_seeds(store_path, plan, work, run.id, epoch_done, log)
+    model, card = train_on_dataset(
         plan.dataset, plan.split, cfg.arch, name=cfg.name,
         registry=ModelRegistry(store_path / "models"), train_cfg=cfg.train_config(),
-        data_cfg=plan.data_cfg, work_dir=checkpoint_dir(store_path, cfg.name), resume=cfg.resume,
+        data_cfg=plan.data_cfg, work_dir=work, resume=cfg.resume,
         index_name=cfg.index, timeframe=cfg.timeframe, on_epoch=epoch_done,
-        compare_lstm=cfg.compare_lstm, training_run=run.id,
+        compare_lstm=cfg.compare_lstm, training_run=run.id, user=plan.user,
     )  # fmt: skip
+    return model, card, None
 
 
 def write_history(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
@@ -244,9 +309,13 @@ def write_history(path: Path, rows: Sequence[Mapping[str, float]]) -> None:
     os.replace(tmp, path)
 
 
-def _record(run: Run, store_path: Path, card: ModelCard, seconds: float) -> None:
-    """The full history (with resumed epochs), the card's copy and the final metrics."""
-    write_history(run.add_artifact("history.csv"), card.training.get("history", []))
+def _record(
+    run: Run, store_path: Path, card: ModelCard, seconds: float, history: bool = True
+) -> None:
+    """The full history (with resumed epochs; with several seeds the file already holds every
+    seed's), the card's copy and the final metrics."""
+    if history:
+        write_history(run.add_artifact("history.csv"), card.training.get("history", []))
     run.add_artifact((ModelRegistry(store_path / "models").path(card.ref) / CARD_FILE).resolve())
     run.log_metrics({"model": card.ref, **card_metrics(card), "seconds": seconds})
 
