@@ -42,16 +42,92 @@ def mlstm_parallel(
     ``q, k, v``: ``(B, NH, T, DH)`` (``k`` not yet scaled by ``1/sqrt(DH)``); ``i_pre, f_pre``:
     ``(B, NH, T)``, the gate pre-activations. Returns ``(B, NH, T, DH)``.
     """
-    steps, head_dim = q.shape[-2], q.shape[-1]
+    return mlstm_chunk(q, k, v, i_pre, f_pre, None, eps)[0]
+
+
+class MLSTMState(NamedTuple):
+    """The mLSTM memory after a step, stabilised (divided by ``exp(m)``), per head.
+
+    ``c``: ``(B, NH, DV, DK)``, ``sum_s exp(log D_s - m) v_s k_s^T / sqrt(DK)``; ``n``:
+    ``(B, NH, DK)``, the same sum over ``k_s``; ``m``: ``(B, NH)``, the stabiliser (``-inf``
+    before the first step). ``k`` and ``v`` are what :func:`mlstm_chunk` was given.
+    """
+
+    c: Tensor
+    n: Tensor
+    m: Tensor
+
+
+def mlstm_chunk(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    i_pre: Tensor,
+    f_pre: Tensor,
+    state: MLSTMState | None,
+    eps: float = 1e-6,
+    *,
+    want_state: bool = False,
+) -> tuple[Tensor, MLSTMState | None]:
+    """The chunkwise mLSTM: the parallel form over the chunk's ``T`` steps plus the memory
+    carried in ``state`` (``None``: the start of the sequence). Shapes as ``mlstm_parallel``.
+
+    With ``b_t`` the cumulative ``log f`` inside the chunk, the carried memory enters step ``t``
+    with weight ``exp(b_t + m_0)``, so the stabiliser becomes ``m_t = max(b_t + m_0, max_s
+    log D_ts)``, the same one the recurrence keeps; running chunks one after another equals one
+    chunk over the whole sequence. Returns ``h~`` and, if ``want_state``, the state after the
+    chunk's last step.
+    """
+    steps = q.shape[-2]
+    scale = 0.5 * math.log(q.shape[-1])
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, i_pre, f_pre))
     cum_log_f = torch.cumsum(F.logsigmoid(f_pre), dim=-1)
     log_d = cum_log_f.unsqueeze(-1) - (cum_log_f - i_pre).unsqueeze(-2)
     future = torch.ones(steps, steps, dtype=torch.bool, device=q.device).triu(diagonal=1)
-    log_d = log_d.masked_fill(future, float("-inf"))
+    log_d = (
+        log_d.masked_fill(future, float("-inf")) if grad else log_d.masked_fill_(future, -math.inf)
+    )
     m = log_d.amax(dim=-1, keepdim=True)
-    decay = torch.exp(log_d - (m + 0.5 * math.log(head_dim)))  # exp(log D - m) / sqrt(d)
-    scores = (q @ k.transpose(-2, -1)) * decay
-    normaliser = torch.maximum(scores.sum(dim=-1, keepdim=True).abs(), torch.exp(-m)) + eps
-    return (scores / normaliser) @ v
+    carry = None
+    if state is not None:
+        m_carry = (cum_log_f + state.m.unsqueeze(-1)).unsqueeze(-1)
+        m = torch.maximum(m, m_carry)
+        carry = torch.exp(m_carry - m)  # (B, NH, T, 1)
+    scores = q @ k.transpose(-2, -1)
+    if grad:  # exp(log D - m) / sqrt(d), the decay
+        scores = scores * torch.exp(log_d - (m + scale))
+    else:
+        scores.mul_(log_d.sub_(m + scale).exp_())
+    total = scores.sum(dim=-1, keepdim=True)
+    if state is not None and carry is not None:
+        total = total + carry * (q @ state.n.unsqueeze(-1))
+    normaliser = torch.maximum(total.abs(), torch.exp(-m)) + eps
+    h = ((scores / normaliser) if grad else scores.div_(normaliser)) @ v
+    if state is not None and carry is not None:
+        h = h + (carry / normaliser) * (q @ state.c.transpose(-2, -1))
+    if not want_state:
+        return h, None
+    return h, _chunk_state(k, v, i_pre, cum_log_f, m[..., -1, 0], scale, state)
+
+
+def _chunk_state(
+    k: Tensor,
+    v: Tensor,
+    i_pre: Tensor,
+    cum_log_f: Tensor,
+    m_last: Tensor,
+    scale: float,
+    state: MLSTMState | None,
+) -> MLSTMState:
+    """The memory after the chunk's last step, stabilised by its ``m_last`` (``(B, NH)``)."""
+    w = torch.exp(cum_log_f[..., -1:] - cum_log_f + i_pre - (m_last.unsqueeze(-1) + scale))
+    c = (v * w.unsqueeze(-1)).transpose(-2, -1) @ k
+    n = (w.unsqueeze(-2) @ k).squeeze(-2)
+    if state is not None:
+        g = torch.exp(cum_log_f[..., -1] + state.m - m_last)
+        c = c + g[..., None, None] * state.c
+        n = n + g[..., None] * state.n
+    return MLSTMState(c, n, m_last)
 
 
 def merge_blocks(weight: Tensor, group: int = 16) -> Tensor:
@@ -73,6 +149,22 @@ def block_diagonal(x: Tensor, weight: Tensor) -> Tensor:
     ``(blocks, n, n)``: ``(..., blocks * n) -> (..., blocks * n)``."""
     xb = x.unflatten(-1, (weight.shape[0], -1))
     return torch.einsum("...bi,boi->...bo", xb, weight).flatten(-2)
+
+
+def block_diagonal_heads(x: Tensor, weight: Tensor, num_heads: int) -> Tensor:
+    """``block_diagonal(x, weight)`` for ``x`` ``(B, T, features)``, returned per head as
+    ``(B, num_heads, T, features / num_heads)`` (contiguous). One batched matmul reads ``x``
+    in place (each block's rows are evenly strided) and one copy lays the result out per head,
+    instead of the three copies of ``einsum`` followed by a transpose."""
+    bsz, steps, _ = x.shape
+    blocks, n, _ = weight.shape
+    if blocks % num_heads:  # a (merged) block spans two heads
+        y = block_diagonal(x, weight).unflatten(-1, (num_heads, -1))
+        return y.transpose(1, 2).contiguous()
+    xb = x.reshape(bsz * steps, blocks, n).transpose(0, 1)  # (blocks, B*T, n), a view
+    yb = torch.bmm(xb, weight.transpose(1, 2))  # (blocks, B*T, n)
+    per_head = yb.view(num_heads, blocks // num_heads, bsz, steps, n).permute(2, 0, 3, 1, 4)
+    return per_head.reshape(bsz, num_heads, steps, -1)
 
 
 class BlockDiagonalLinear(nn.Module):
@@ -110,8 +202,8 @@ def _same(a: Tensor, b: Tensor) -> bool:
 class _Folded(NamedTuple):
     """The weights ``MLSTMLayer.forward`` applies, derived from its parameters."""
 
-    qk: Tensor  # merged blocks of W_k^T W_q
-    v: Tensor  # merged blocks of W_v
+    qk: Tensor  # merged blocks of W_k^T W_q, [block][out][in]
+    v: Tensor  # merged blocks of W_v, [block][out][in]
     gate_u: Tensor  # gate weights folded with W_q, W_k: (2 * NH, size), applied to x_conv
     gate_x: Tensor  # gate weights folded with W_v: (2 * NH, size), applied to x
 
@@ -126,9 +218,9 @@ class MLSTMLayer(nn.Module):
     gates with its own ``swish(z)`` branch instead (the paper's Figure 10).
 
     The projections are applied where they are cheapest, with the same result: per head,
-    ``q . k' = (W_k^T W_q u) . u'`` (one block-diagonal map instead of two), ``C~ V = (C~ X) W_v^T``
-    (``W_v`` after the attention), and the gates use ``W_g`` folded with ``W_q, W_k, W_v``. Without
-    autograd (inference), those derived weights are cached until a parameter changes.
+    ``q . k' = (W_k^T W_q u) . u'`` (one block-diagonal map instead of two, and the keys are
+    ``u`` itself), and the gates use ``W_g`` folded with ``W_q, W_k, W_v``. Without autograd
+    (inference), those derived weights are cached until a parameter changes.
 
     Args:
         size: features in and out; divisible by ``num_heads * qkv_block_size``.
@@ -175,14 +267,47 @@ class MLSTMLayer(nn.Module):
 
     def forward(self, x: Tensor, x_conv: Tensor | None = None) -> Tensor:
         """``x`` (and ``x_conv``): ``(B, T, size)`` -> ``h``: ``(B, T, size)``."""
+        return self._run(x, x_conv, None, want_state=False)[0]
+
+    def forward_state(
+        self, x: Tensor, x_conv: Tensor | None, state: MLSTMState | None
+    ) -> tuple[Tensor, MLSTMState]:
+        """Continue a sequence from ``state`` (``None``: its start); returns ``h`` and the state
+        after the last step. Calls one after another equal one call over the whole sequence.
+
+        The memory's keys are kept in the layer's input space (``u``, with the queries
+        ``W_k^T W_q u``: class docstring), its values are ``W_v x``.
+        """
+        h, new = self._run(x, x_conv, state, want_state=True)
+        assert new is not None
+        return h, new
+
+    def initial_state(self, batch: int, like: Tensor) -> MLSTMState:
+        """The empty memory (``m = -inf``) for ``batch`` sequences."""
+        nh, dh = self.num_heads, self.size // self.num_heads
+        m = like.new_full((batch, nh), float("-inf"))
+        return MLSTMState(like.new_zeros(batch, nh, dh, dh), like.new_zeros(batch, nh, dh), m)
+
+    def _run(
+        self, x: Tensor, x_conv: Tensor | None, state: MLSTMState | None, *, want_state: bool
+    ) -> tuple[Tensor, MLSTMState | None]:
         u = x if x_conv is None else x_conv
         w = self.folded()
         gates = F.linear(u, w.gate_u, self.gates.bias) + F.linear(x, w.gate_x)
         i_pre, f_pre = gates.transpose(1, 2).chunk(2, dim=1)
-        q_folded = self._heads(block_diagonal(u, w.qk))
-        cx = mlstm_parallel(q_folded, self._heads(u), self._heads(x), i_pre, f_pre, self.eps)
-        h = block_diagonal(cx.transpose(1, 2).flatten(-2), w.v)
-        return h if self.o_proj is None else torch.sigmoid(self.o_proj(x)) * h
+        nh = self.num_heads
+        cx, new = mlstm_chunk(
+            block_diagonal_heads(u, w.qk, nh),
+            self._heads(u),
+            block_diagonal_heads(x, w.v, nh),
+            i_pre,
+            f_pre,
+            state,
+            self.eps,
+            want_state=want_state,
+        )
+        h = cx.transpose(1, 2).flatten(-2)
+        return (h if self.o_proj is None else torch.sigmoid(self.o_proj(x)) * h), new
 
     def folded(self) -> _Folded:
         """The derived weights (class docstring). While autograd is off they are cached, with a

@@ -3,6 +3,11 @@
 Architectures are presets (``ARCHITECTURES``); every preset takes ``(x, pos)`` with ``x`` of
 shape (B, T, F) (scaled features, T = window) and ``pos`` (B, 3) position state, and returns the
 dict described in :mod:`mlmodels.nets.heads`.
+
+Streaming presets (``ModelConfig.streaming``) also run bar by bar, carrying their state instead
+of restarting on every window (:class:`MultiTaskModel`: ``init_state``, ``step``,
+``forward_sequence``, ``forward_chunk``). The state is a flat dict of batch-first tensors
+(:mod:`mlmodels.nets.streaming`), so a server can keep one per session and batch sessions.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ import dataclasses
 import torch
 from torch import nn
 
+from core.errors import ConfigError
 from mlmodels.nets.heads import AttentionFusion, MultiTaskHeads, PositionEncoder
+from mlmodels.nets.streaming import STREAM_CHUNK, State, per_step_positions, prefixed, unprefixed
 from mlmodels.nets.transformer import TransformerPath
 from mlmodels.nets.xlstm import XLSTMStack
 from mlmodels.presets import ARCHITECTURES, ModelConfig, get_architecture
@@ -50,7 +57,9 @@ def lstm_baseline(cfg: ModelConfig) -> ModelConfig:
         range(8, 2049, 2),
         key=lambda h: abs(count_parameters(nn.LSTM(cfg.n_features, h, layers)) - target),
     )
-    return dataclasses.replace(cfg, arch=f"{cfg.arch}/lstm", rnn="lstm", xlstm_hidden=best)
+    return dataclasses.replace(
+        cfg, arch=f"{cfg.arch}/lstm", rnn="lstm", xlstm_hidden=best, streaming=False
+    )
 
 
 class MultiTaskModel(nn.Module):
@@ -83,6 +92,8 @@ class MultiTaskModel(nn.Module):
                 cfg.tf_heads,
                 dropout=cfg.dropout,
                 max_len=max(cfg.window, 64),
+                positions="alibi" if cfg.streaming else "sinusoidal",
+                attention_window=cfg.window if cfg.streaming else None,
             )
             sizes.append(cfg.tf_d_model)
         self.pos = PositionEncoder(cfg.fusion_d)
@@ -100,6 +111,70 @@ class MultiTaskModel(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
         z = self.fusion(self.summaries(x), self.pos(pos))
         return self.heads(z)
+
+    # ------------------------------------------------------------------------ streaming
+
+    def init_state(self, batch: int) -> State:
+        """The state before the first bar for ``batch`` streams: ``"xlstm.*"`` (every block's
+        memory and convolution inputs) and ``"transformer.*"`` (the bounded key/value caches and
+        the bars seen), each a batch-first tensor."""
+        xlstm = self._stream_paths()
+        like = next(self.parameters())
+        state = prefixed("xlstm", xlstm.initial_state(batch, like))
+        if self.transformer is not None:
+            state.update(prefixed("transformer", self.transformer.initial_state(batch, like)))
+        return state
+
+    def step(
+        self, x: torch.Tensor, pos: torch.Tensor, state: State
+    ) -> tuple[dict[str, torch.Tensor], State]:
+        """One bar: ``x`` ``(B, F)``, ``pos`` ``(B, 3)`` -> the heads for that bar and the
+        state after it."""
+        out, new = self.forward_chunk(x[:, None], pos[:, None], state)
+        return {k: v[:, 0] for k, v in out.items()}, new
+
+    def forward_sequence(self, x: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads at every bar of ``x`` ``(B, T, F)`` from the start of the stream; ``pos``
+        ``(B, T, 3)`` (or ``(B, 3)`` for every bar). Each output has ``T`` after the batch."""
+        return self.forward_chunk(x, pos, self.init_state(x.shape[0]))[0]
+
+    def forward_chunk(
+        self, x: torch.Tensor, pos: torch.Tensor, state: State
+    ) -> tuple[dict[str, torch.Tensor], State]:
+        """Continue the streams in ``state`` with ``x`` ``(B, T, F)``: the heads at every bar
+        and the state after the last (for truncated BPTT, detach it between chunks). Any split
+        of a sequence into chunks gives the same outputs as one call."""
+        xlstm = self._stream_paths()
+        pos = per_step_positions(pos, x.shape[:2])
+        outs: list[dict[str, torch.Tensor]] = []
+        for start in range(0, x.shape[1], STREAM_CHUNK):
+            xc, pc = x[:, start : start + STREAM_CHUNK], pos[:, start : start + STREAM_CHUNK]
+            seqs = []
+            seq, xs = xlstm.forward_state(xc, unprefixed("xlstm", state))
+            seqs.append(seq)
+            new = prefixed("xlstm", xs)
+            if self.transformer is not None:
+                seq, ts = self.transformer.forward_state(xc, unprefixed("transformer", state))
+                seqs.append(seq)
+                new.update(prefixed("transformer", ts))
+            outs.append(self._heads_at_every_step(seqs, pc))
+            state = new
+        return {k: torch.cat([o[k] for o in outs], dim=1) for k in outs[0]}, state
+
+    def _heads_at_every_step(
+        self, seqs: list[torch.Tensor], pos: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        bsz, steps = pos.shape[:2]
+        z = self.fusion([s.flatten(0, 1) for s in seqs], self.pos(pos.flatten(0, 1)))
+        return {k: v.unflatten(0, (bsz, steps)) for k, v in self.heads(z).items()}
+
+    def _stream_paths(self) -> XLSTMStack:
+        if not self.cfg.streaming or not isinstance(self.xlstm, XLSTMStack):
+            raise ConfigError(
+                f"{self.cfg.arch} restarts on every window and does not stream; use a streaming "
+                "preset (tiny-stream, hybrid-stream) to run bar by bar"
+            )
+        return self.xlstm
 
 
 class TaskEnsemble(nn.Module):

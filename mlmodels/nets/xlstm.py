@@ -17,6 +17,10 @@ mLSTM block (pre up-projection, factor 2)::
 
 Stack: ``x -> Linear(input_size, hidden) -> blocks -> LN``; block ``j`` is an sLSTM block if
 ``j in slstm_at``, else an mLSTM block.
+
+``forward`` starts every sequence from the zero state; ``forward_state`` continues one from a
+state (each block's cell memory and the last ``K - 1`` inputs of its convolution), so a stream
+can be fed in pieces of any length with the same outputs as one call over the whole of it.
 """
 
 from __future__ import annotations
@@ -29,8 +33,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.errors import ConfigError
-from mlmodels.nets.mlstm import MLSTMLayer
-from mlmodels.nets.slstm import SLSTMLayer
+from mlmodels.nets.mlstm import MLSTMLayer, MLSTMState
+from mlmodels.nets.slstm import SLSTMLayer, SLSTMState
 
 
 def _linear_halves(linear: nn.Linear, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,7 +64,11 @@ class CausalConv1d(nn.Module):
         self.kernel_size = kernel_size
         self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, history: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, T, C)``; ``history`` ``(B, K - 1, C)``: the inputs before ``x`` (zeros if
+        ``None``)."""
+        if history is not None:
+            return self.forward(torch.cat([history, x], dim=1))[:, history.shape[1] :]
         w = self.conv.weight.squeeze(1)  # (C, K); w[:, K - 1] multiplies x_t
         bias = self.conv.bias
         assert bias is not None
@@ -69,6 +77,15 @@ class CausalConv1d(nn.Module):
         for j in range(1, min(self.kernel_size, x.shape[1])):
             out[:, j:].addcmul_(x[:, :-j], w[:, last - j])
         return out
+
+    def initial_history(self, batch: int, like: Tensor) -> Tensor:
+        """The zeros before the first step: ``(B, K - 1, C)``."""
+        return like.new_zeros(batch, self.kernel_size - 1, self.conv.weight.shape[0])
+
+    def next_history(self, history: Tensor, x: Tensor) -> Tensor:
+        """The last ``K - 1`` inputs once ``x`` follows ``history``."""
+        both = torch.cat([history, x], dim=1)
+        return both[:, both.shape[1] - history.shape[1] :]
 
 
 class HeadNorm(nn.Module):
@@ -137,13 +154,33 @@ class SLSTMBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, hidden) -> (B, T, hidden)``."""
+        return self.forward_state(x, None)[0]
+
+    def initial_state(self, batch: int, like: Tensor) -> dict[str, Tensor]:
+        """``h, c, n, m`` of the cell and ``conv``, the last inputs of the convolution."""
+        state = dict(self.cell.initial_state(batch, like)._asdict())
+        if self.conv is not None:
+            state["conv"] = self.conv.initial_history(batch, like)
+        return state
+
+    def forward_state(
+        self, x: Tensor, state: dict[str, Tensor] | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Continue from ``state`` (``None``: the start; then no state is returned)."""
         y = self.norm(x)
-        u = None if self.conv is None else F.silu(self.conv(y))
-        h, _ = self.cell(y, gate_input=u)
+        cell_state = None if state is None else SLSTMState(*(state[k] for k in SLSTMState._fields))
+        history = None if state is None or self.conv is None else state["conv"]
+        u = None if self.conv is None else F.silu(self.conv(y, history))
+        h, final = self.cell(y, cell_state, gate_input=u)
         x = x + self.dropout(self.head_norm(h))
         if self.ffn is not None and self.ffn_norm is not None:
             x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        return x
+        if state is None:
+            return x, {}
+        new = dict(final._asdict())
+        if self.conv is not None:
+            new["conv"] = self.conv.next_history(state["conv"], y)
+        return x, new
 
 
 class MLSTMBlock(nn.Module):
@@ -184,10 +221,30 @@ class MLSTMBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, T, hidden) -> (B, T, hidden)``."""
+        return self.forward_state(x, None)[0]
+
+    def initial_state(self, batch: int, like: Tensor) -> dict[str, Tensor]:
+        """``c, n, m`` of the cell and ``conv``, the last inputs of the convolution."""
+        state = dict(self.cell.initial_state(batch, like)._asdict())
+        state["conv"] = self.conv.initial_history(batch, like)
+        return state
+
+    def forward_state(
+        self, x: Tensor, state: dict[str, Tensor] | None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Continue from ``state`` (``None``: the start; then no state is returned)."""
         a, z = _linear_halves(self.up, self.norm(x))
-        u = F.silu(self.conv(a))
-        h = torch.addcmul(self.head_norm(self.cell(a, x_conv=u)), self.skip, u)
-        return x + self.dropout(self.down(h * F.silu(z)))
+        if state is None:
+            u = F.silu(self.conv(a))
+            cell_out = self.cell(a, x_conv=u)
+            new: dict[str, Tensor] = {}
+        else:
+            u = F.silu(self.conv(a, state["conv"]))
+            cell_state = MLSTMState(state["c"], state["n"], state["m"])
+            cell_out, final = self.cell.forward_state(a, u, cell_state)
+            new = {**final._asdict(), "conv": self.conv.next_history(state["conv"], a)}
+        h = torch.addcmul(self.head_norm(cell_out), self.skip, u)
+        return x + self.dropout(self.down(h * F.silu(z))), new
 
 
 class XLSTMStack(nn.Module):
@@ -232,15 +289,41 @@ class XLSTMStack(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(B, T, input_size) -> ((B, T, hidden_size), (B, hidden_size))``."""
-        if x.dim() != 3:
-            raise ValueError(
-                f"XLSTMStack expects (batch, time, features), got shape {tuple(x.shape)}"
-            )
+        _check_rank(x)
         h = self.embed(x)
         for block in self.blocks:
             h = block(h)
         h = self.post_norm(h)
         return h, h[:, -1]
+
+    def initial_state(self, batch: int, like: Tensor) -> dict[str, Tensor]:
+        """The state before the first step: ``"{block}.{name}"`` -> tensor, each batch-first
+        (sLSTM blocks: ``h, c, n, m, conv``; mLSTM blocks: ``c, n, m, conv``)."""
+        return {
+            f"{j}.{key}": value
+            for j, block in enumerate(self.blocks)
+            for key, value in block.initial_state(batch, like).items()  # type: ignore[operator]
+        }
+
+    def forward_state(
+        self, x: Tensor, state: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Continue the sequence from ``state`` with ``x`` ``(B, T, input_size)``: returns the
+        sequence ``(B, T, hidden_size)`` and the state after its last step. Calls one after
+        another (any split of the steps) equal one call over the whole sequence."""
+        _check_rank(x)
+        h = self.embed(x)
+        new: dict[str, Tensor] = {}
+        for j, block in enumerate(self.blocks):
+            mine = {k.split(".", 1)[1]: v for k, v in state.items() if k.split(".", 1)[0] == str(j)}
+            h, out = block.forward_state(h, mine)  # type: ignore[operator]
+            new.update({f"{j}.{k}": v for k, v in out.items()})
+        return self.post_norm(h), new
+
+
+def _check_rank(x: Tensor) -> None:
+    if x.dim() != 3:
+        raise ValueError(f"XLSTMStack expects (batch, time, features), got shape {tuple(x.shape)}")
 
 
 def _check_stack_args(
