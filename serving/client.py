@@ -27,7 +27,9 @@ import requests
 from core.config import DataConfig
 from core.errors import ConfigError, ModelNotFound, TransientError
 from mlmodels.registry import ModelCard, ModelRegistry
-from serving.payload import BadRequest, encode_binary, encode_json
+from serving.paths import CONTENT_TYPE as PATHS_CONTENT_TYPE
+from serving.paths import decode_summaries
+from serving.payload import BadRequest, TooManyWindows, encode_binary, encode_json
 from serving.signal import PositionState, Signal
 
 
@@ -125,6 +127,40 @@ class InProcessClient(SignalClient):
         if code not in (None, 200):
             raise BadRequest(json.loads(out[0])["message"])
         return [Signal.from_dict(d) for d in json.loads(out[0])]
+
+    def paths(self, windows: np.ndarray) -> np.ndarray:
+        """The path summaries ``(N, D)`` of windows ``(N, W, F)``, through the handler's
+        request path as TorchServe would answer them."""
+        body = encode_binary(windows, None, paths_only=True)
+        with self._lock:
+            self.context.request_processor = [self._request_processor({})]
+            out = self.handler.handle([{"body": body}], self.context)
+            code, _ = self.context.get_response_status(0)
+        if code not in (None, 200):
+            answer = json.loads(out[0])
+            if "max_windows" in answer:
+                raise TooManyWindows(answer["message"], int(answer["max_windows"]))
+            raise BadRequest(answer["message"])
+        return decode_summaries(out[0], len(windows))
+
+    def from_paths(
+        self,
+        summaries: np.ndarray,
+        positions: np.ndarray | Sequence[PositionState] | None = None,
+        *,
+        symbols: Sequence[str | None] | None = None,
+        timestamps: Sequence[str | None] | None = None,
+    ) -> list[Signal]:
+        """Signals from path summaries (this model's, from :meth:`paths` here or a server's)
+        and the position states: the fusion and the heads, in-process."""
+        n = len(summaries)
+        given = as_positions(positions, n)
+        pos = np.zeros((n, 3), np.float32) if given is None else given
+        with self._lock:
+            dicts = self.handler.signals_from_paths(
+                summaries, pos, list(symbols or [None] * n), list(timestamps or [None] * n)
+            )
+        return [Signal.from_dict(d) for d in dicts]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,15 +294,37 @@ class RestClient(SignalClient):
             ctype = "application/json"
         self.breaker.check()
         try:
-            signals = _signals(self._post(body, ctype), self.endpoint, len(windows))
+            r = self._post(body, ctype)
+            signals = _signals(_json(r, self.endpoint), self.endpoint, len(windows))
         except ServingUnavailable:
             self.breaker.failure()
             raise
         self.breaker.success()
         return signals
 
-    def _post(self, body: bytes, ctype: str) -> Any:
-        """POST within one deadline: retry server faults, re-read a refused token once."""
+    def paths(self, windows: np.ndarray) -> np.ndarray:
+        """The model's path summaries ``(N, D)`` for windows ``(N, W, F)`` (one request; a
+        server that takes fewer windows raises ``TooManyWindows`` with its limit)."""
+        body = encode_binary(windows, None, paths_only=True)
+        self.breaker.check()
+        try:
+            r = self._post(body, "application/octet-stream")
+            if not r.headers.get("Content-Type", "").startswith(PATHS_CONTENT_TYPE):
+                raise ServingUnavailable(
+                    f"{self.endpoint}: answered {r.headers.get('Content-Type')!r} to a "
+                    "path-summaries request (a model archive from before batched inference? "
+                    "rebuild it with btml serve start)"
+                )
+            summaries = decode_summaries(r.content, len(windows))
+        except ServingUnavailable:
+            self.breaker.failure()
+            raise
+        self.breaker.success()
+        return summaries
+
+    def _post(self, body: bytes, ctype: str) -> requests.Response:
+        """POST within one deadline: retry server faults, re-read a refused token once; the
+        first 200 answer."""
         cfg = self.cfg
         start = time.monotonic()
         deadline, last, attempts, refreshed = start + cfg.deadline_s, "", 0, False
@@ -278,7 +336,7 @@ class RestClient(SignalClient):
                 last = f"{type(err).__name__}: {err}"
             else:
                 if r.status_code == 200:
-                    return _json(r, self.endpoint)
+                    return r
                 if _auth_failed(r) and not refreshed and cfg.key_file is not None:
                     self._token, refreshed = None, True  # the key may have been rotated
                     continue
@@ -363,7 +421,20 @@ def _client_error(r: requests.Response, endpoint: str) -> Exception:
     if r.status_code == 404:
         return ModelNotFound(f"{endpoint}: {msg}")
     if r.status_code == 413:
+        limit = _max_windows(r)
+        if limit is not None:
+            return TooManyWindows(f"the server refused the request: {msg}", limit)
         return BadRequest(f"the request is larger than the server accepts (HTTP 413): {msg}")
     if 400 <= r.status_code < 500:
         return BadRequest(f"the server refused the request (HTTP {r.status_code}): {msg}")
     return ServingUnavailable(f"{endpoint}: unexpected HTTP {r.status_code}: {msg}")
+
+
+def _max_windows(r: requests.Response) -> int | None:
+    """The handler's window limit in a 413 answer (None for the frontend's own 413)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return None
+    limit = body.get("max_windows") if isinstance(body, dict) else None
+    return limit if isinstance(limit, int) and limit > 0 else None

@@ -31,7 +31,9 @@ import torch
 from mlmodels.dataset import Scaler
 from mlmodels.registry import CARD_FILE, WEIGHTS_FILE, ModelCard, load_weights
 from mlmodels.user_features import verify_copy
-from serving.payload import BadRequest, Batch, decode
+from serving.paths import CONTENT_TYPE as PATHS_CONTENT_TYPE
+from serving.paths import encode_summaries
+from serving.payload import BadRequest, Batch, TooManyWindows, decode
 from serving.signal import Signal
 
 
@@ -89,28 +91,58 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
         log.info("btml handler ready: %s, %d threads", self.card.ref, torch.get_num_threads())
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
-        """Answer every request of TorchServe's batch; bad ones get 400 and their message."""
+        """Answer every request of TorchServe's batch; bad ones get 400 (413: too many
+        windows) and their message. Requests flagged for the paths' summaries are answered in
+        the binary format of :mod:`serving.paths`, the others with signals (JSON)."""
         batches: list[Batch | None] = []
         out: list[Any] = []
         for idx, request in enumerate(data):
+            context.set_response_content_type(idx, "application/json")
+            context.set_response_header(idx, "X-Btml-Batch-Requests", str(len(data)))
             try:
                 batches.append(self.preprocess_one(request))
                 out.append(None)
             except BadRequest as err:
                 batches.append(None)
-                out.append(json.dumps({"code": 400, "type": "BadRequest", "message": str(err)}))
-                context.set_response_status(code=400, phrase="Bad Request", idx=idx)
-            context.set_response_content_type(idx, "application/json")
-            context.set_response_header(idx, "X-Btml-Batch-Requests", str(len(data)))
-        good = [b for b in batches if b is not None]
-        if good:
-            signals = self.postprocess(self.inference(self.preprocess(good)), good)
-            start = 0
-            for idx, b in enumerate(batches):
-                if b is not None:
-                    out[idx] = json.dumps(signals[start : start + len(b)])
-                    start += len(b)
+                out.append(_refusal(err, context, idx))
+        signal_idx = [i for i, b in enumerate(batches) if b is not None and not b.paths_only]
+        path_idx = [i for i, b in enumerate(batches) if b is not None and b.paths_only]
+        if signal_idx:
+            good = [batches[i] for i in signal_idx]
+            signals = self.postprocess(self.inference(self.preprocess(good)), good)  # type: ignore[arg-type]
+            for idx, part in zip(signal_idx, _parts(signals, good), strict=True):
+                out[idx] = json.dumps(part)
+        if path_idx:
+            asked = [batches[i] for i in path_idx]
+            summaries = self.paths(np.concatenate([b.windows for b in asked]))  # type: ignore[union-attr]
+            for idx, part in zip(path_idx, _parts(summaries, asked), strict=True):
+                out[idx] = encode_summaries(part)
+                context.set_response_content_type(idx, PATHS_CONTENT_TYPE)
         return out
+
+    def paths(self, windows: np.ndarray) -> np.ndarray:
+        """The network's path summaries ``(N, D)`` of raw windows ``(N, W, F)`` (scaled here)."""
+        assert self.net is not None and self.scaler is not None
+        x = torch.from_numpy(self.scaler.transform(windows))
+        with torch.inference_mode():
+            return self.net.paths(x).numpy()  # type: ignore[operator,no-any-return]
+
+    def signals_from_paths(
+        self,
+        summaries: np.ndarray,
+        positions: np.ndarray,
+        symbols: list[str | None],
+        timestamps: list[str | None],
+    ) -> list[dict[str, Any]]:
+        """Signal dicts from :meth:`paths`' summaries and the position states: the fusion and
+        the heads only (what a batched backtest runs per bar, in-process)."""
+        assert self.net is not None
+        s = torch.from_numpy(np.ascontiguousarray(summaries, dtype=np.float32))
+        pos = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.float32))
+        with torch.inference_mode():
+            out = self.net.from_paths(s, pos)  # type: ignore[operator]
+        empty = np.empty((len(summaries), 0, 0), dtype=np.float32)
+        return self.postprocess(out, [Batch(empty, positions, symbols, timestamps)])
 
     def preprocess_one(self, request: dict[str, Any]) -> Batch:
         """Decode and check one request's body (binary or JSON) against the model card."""
@@ -173,3 +205,24 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
         if self.card is None:
             raise RuntimeError("the handler is not initialised; call initialize(context) first")
         return self.card
+
+
+def _refusal(err: BadRequest, context: Any, idx: int) -> str:
+    """The JSON body of a refused request; its status is 413 for too many windows (with the
+    limit, so a client splits), else 400."""
+    body: dict[str, Any] = {"code": 400, "type": "BadRequest", "message": str(err)}
+    if isinstance(err, TooManyWindows):
+        body |= {"code": 413, "type": "TooManyWindows", "max_windows": err.limit}
+        context.set_response_status(code=413, phrase="Payload Too Large", idx=idx)
+    else:
+        context.set_response_status(code=400, phrase="Bad Request", idx=idx)
+    return json.dumps(body)
+
+
+def _parts(values: Any, batches: list[Any]) -> list[Any]:
+    """``values`` (one per window, in order) cut into each request's share."""
+    out, start = [], 0
+    for b in batches:
+        out.append(values[start : start + len(b)])
+        start += len(b)
+    return out

@@ -5,7 +5,7 @@ Binary (``Content-Type: application/octet-stream``), little-endian::
     offset  size        field
     0       4           magic b"BTML"
     4       2           format version (1)
-    6       2           reserved (0)
+    6       2           flags: bit 0 asks for the paths' summaries (serving.paths), else 0
     8       4           N, windows in the request
     12      4           W, bars per window
     16      4           F, features per bar
@@ -26,6 +26,7 @@ JSON (``Content-Type: application/json``)::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 from collections.abc import Sequence
@@ -38,12 +39,21 @@ from core.errors import DataError
 
 MAGIC = b"BTML"
 FORMAT_VERSION = 1
+PATHS_FLAG = 1  # bit 0 of the reserved field: answer the paths' summaries (serving.paths)
 HEADER = struct.Struct("<4sHHIIII")
 POSITION_FIELDS = 3
 
 
 class BadRequest(DataError):
     """A request the server refuses with HTTP 400: the message says what was expected."""
+
+
+class TooManyWindows(BadRequest):
+    """More windows in one request than the server takes (HTTP 413): split at ``limit``."""
+
+    def __init__(self, message: str, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class Batch:
     positions: np.ndarray
     symbols: list[str | None]
     timestamps: list[str | None]
+    paths_only: bool = False
 
     def __len__(self) -> int:
         return int(self.windows.shape[0])
@@ -64,8 +75,11 @@ def encode_binary(
     positions: np.ndarray | None = None,
     symbols: Sequence[str | None] | None = None,
     timestamps: Sequence[str | None] | None = None,
+    *,
+    paths_only: bool = False,
 ) -> bytes:
-    """Pack windows ``(N, W, F)`` (and optional positions ``(N, 3)``) into the binary format."""
+    """Pack windows ``(N, W, F)`` (and optional positions ``(N, 3)``) into the binary format;
+    ``paths_only`` asks for the paths' summaries instead of signals (:mod:`serving.paths`)."""
     w = np.ascontiguousarray(windows, dtype="<f4")
     if w.ndim != 3:
         raise BadRequest(f"windows must be (N, W, F), got shape {tuple(w.shape)}")
@@ -80,8 +94,9 @@ def encode_binary(
         meta = json.dumps(
             {"symbols": list(symbols or []), "timestamps": list(timestamps or [])}
         ).encode()
+    flags = PATHS_FLAG if paths_only else 0
     head = HEADER.pack(
-        MAGIC, FORMAT_VERSION, 0, n, w.shape[1], w.shape[2], POSITION_FIELDS if p.size else 0
+        MAGIC, FORMAT_VERSION, flags, n, w.shape[1], w.shape[2], POSITION_FIELDS if p.size else 0
     )
     return b"".join([head, w.tobytes(), p.tobytes(), struct.pack("<I", len(meta)), meta])
 
@@ -137,7 +152,7 @@ def decode(body: Any, *, window: int, features: list[str], max_windows: int) -> 
 def _decode_binary(raw: bytes, *, window: int, features: list[str], max_windows: int) -> Batch:
     if len(raw) < HEADER.size:
         raise BadRequest(f"binary body of {len(raw)} bytes is shorter than the 24-byte header")
-    _, version, _, n, w, f, p = HEADER.unpack_from(raw)
+    _, version, flags, n, w, f, p = HEADER.unpack_from(raw)
     if version != FORMAT_VERSION:
         raise BadRequest(f"binary format version {version} is not {FORMAT_VERSION}")
     if p not in (0, POSITION_FIELDS):
@@ -164,7 +179,8 @@ def _decode_binary(raw: bytes, *, window: int, features: list[str], max_windows:
             raise BadRequest("binary body metadata is not valid UTF-8 JSON") from err
     if not isinstance(meta, dict):
         raise BadRequest(f"binary body metadata must be a JSON object, got {type(meta).__name__}")
-    return _batch(windows, positions, meta.get("symbols"), meta.get("timestamps"))
+    batch = _batch(windows, positions, meta.get("symbols"), meta.get("timestamps"))
+    return dataclasses.replace(batch, paths_only=bool(flags & PATHS_FLAG))
 
 
 def _decode_json(body: Any) -> Batch:
@@ -221,7 +237,9 @@ def _check_counts(
     if n == 0:
         raise BadRequest("the request holds no windows")
     if n > max_windows:
-        raise BadRequest(f"{n} windows in one request; at most {max_windows} are allowed")
+        raise TooManyWindows(
+            f"{n} windows in one request; at most {max_windows} are allowed", max_windows
+        )
     if (w, f) != (window, len(features)):
         raise BadRequest(
             f"expected windows of {window} bars x {len(features)} features, "

@@ -16,11 +16,17 @@ F)`` to summaries ``(N, D)`` (the signal client's ``summaries``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from serving.payload import TooManyWindows
+from serving.signal import Signal
 from strategies.windows import FeatureWindows, SymbolFeatures
+
+log = logging.getLogger(__name__)
 
 Score = Callable[[np.ndarray], np.ndarray]
 DEFAULT_CHUNK = 256
@@ -85,13 +91,26 @@ class PathCache:
         batch = np.concatenate(parts)
         if not len(batch):
             return
-        summaries = np.concatenate([self._score(batch[i : i + self.max_request])
-                                    for i in range(0, len(batch), self.max_request)])  # fmt: skip
+        summaries = self._score_all(batch)
         at = 0
         for sym, ends in todo:
             for i in ends:
                 self._rows[sym][int(i)] = summaries[at]
                 at += 1
+
+    def _score_all(self, batch: np.ndarray) -> np.ndarray:
+        """Every window of ``batch`` in requests of at most ``max_request``; a server that
+        takes fewer (``TooManyWindows``) lowers the limit to its own and the batch is split
+        again, never failed."""
+        while True:
+            try:
+                return np.concatenate([self._score(batch[i : i + self.max_request])
+                                       for i in range(0, len(batch), self.max_request)])  # fmt: skip
+            except TooManyWindows as err:
+                if err.limit >= self.max_request:
+                    raise
+                log.info("the server takes %d windows per request; splitting", err.limit)
+                self.max_request = err.limit
 
     def _score(self, windows: np.ndarray) -> np.ndarray:
         got = np.asarray(self.score(windows))
@@ -113,3 +132,44 @@ def _windows(
     ends = ends[feats.bad[ends + 1] == feats.bad[ends + 1 - window]]
     view = np.lib.stride_tricks.sliding_window_view(feats.values, window, axis=0)
     return ends, np.ascontiguousarray(view[ends - window + 1].transpose(0, 2, 1))
+
+
+class BatchedSignals:
+    """Signals per bar from path summaries scored ahead (the module docstring).
+
+    ``paths``: a client with ``paths(windows) -> (N, D)`` (a ``RestClient`` to a served
+    model, or an ``InProcessClient``); ``tail``: an ``InProcessClient`` of the same model
+    version, which runs the fusion and the heads with the live position state.
+    """
+
+    def __init__(
+        self,
+        windows: FeatureWindows,
+        paths: Any,
+        tail: Any,
+        *,
+        chunk: int = DEFAULT_CHUNK,
+        max_request: int = 4096,
+    ) -> None:
+        self.tail = tail
+        self.cache = PathCache(windows, paths.paths, chunk=chunk, max_request=max_request)
+
+    def predict(
+        self,
+        symbols: Sequence[str],
+        ts_ns: int,
+        positions: np.ndarray,
+        timestamps: Sequence[str | None],
+    ) -> list[Signal]:
+        """The signals of ``symbols``' bars at ``ts_ns`` (each must have a full window)."""
+        rows = []
+        for sym in symbols:
+            row = self.cache.get(sym, ts_ns)
+            if row is None:
+                raise ValueError(f"{sym}: no feature window at {ts_ns}")
+            rows.append(row)
+        return list(
+            self.tail.from_paths(
+                np.stack(rows), positions, symbols=list(symbols), timestamps=timestamps
+            )
+        )

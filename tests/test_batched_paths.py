@@ -4,6 +4,8 @@ looks at bars after the one asked for."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -92,3 +94,59 @@ def test_a_scorer_answering_the_wrong_shape_is_an_error(windows) -> None:
         cache.get(sym, ts)
     with pytest.raises(ValueError, match="chunk"):
         PathCache(windows, score, chunk=0)
+
+
+# -- the served model's paths and heads, in-process ----------------------------------------------
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from mlmodels.pipeline import register_untrained
+    from mlmodels.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path_factory.mktemp("batched") / "models")
+    cards = {arch: register_untrained(reg, arch, arch, features=NAMES, window=WINDOW)
+             for arch in ("tiny", "task-ensemble", "tiny-stream")}  # fmt: skip
+    return reg, cards
+
+
+@pytest.mark.parametrize("arch", ["tiny", "task-ensemble", "tiny-stream"])
+def test_paths_then_heads_equal_one_forward(registered, windows, arch: str) -> None:
+    """To float32 rounding: the same window scored in batches of other sizes differs in the
+    last bits (the matrix kernels block by batch size; measured up to 1e-6 for every preset,
+    as TorchServe's dynamic batching already does), never more."""
+    from serving.client import InProcessClient
+
+    reg, cards = registered
+    client = InProcessClient.from_registry(reg.root, cards[arch].ref, threads=1)
+    sym = "AAPL"
+    feats = windows.symbols[sym]
+    ts = [int(t) for t in feats.times[-40:]]
+    wins = np.stack([feats.window_at(t, WINDOW) for t in ts])
+    pos = rng.normal(size=(len(ts), 3)).astype(np.float32)
+    stamps = [str(t) for t in ts]
+    direct = client.predict(wins, pos, symbols=[sym] * len(ts), timestamps=stamps)
+    cache = PathCache(windows, client.paths, chunk=300, max_request=7)  # scored in other batches
+    summaries = np.stack([cache.get(sym, t) for t in ts])
+    via = client.from_paths(summaries, pos, symbols=[sym] * len(ts), timestamps=stamps)
+    for a, b in zip(via, direct, strict=True):
+        da, db = a.to_dict(), b.to_dict()
+        for key, value in db.items():
+            if isinstance(value, float | list) and key != "horizons":
+                np.testing.assert_allclose(da[key], value, rtol=1e-5, atol=2e-6, err_msg=key)
+            else:
+                assert da[key] == value, key
+
+
+def test_a_server_limit_below_the_request_is_split_not_failed(registered, windows) -> None:
+    from serving.client import InProcessClient
+    from serving.payload import TooManyWindows
+
+    reg, cards = registered
+    client = InProcessClient.from_registry(reg.root, cards["tiny"].ref, threads=1)
+    client.handler.max_windows = 5
+    with pytest.raises(TooManyWindows) as err:
+        client.paths(np.zeros((6, WINDOW, len(NAMES)), np.float32))
+    assert err.value.limit == 5
+    cache = PathCache(windows, client.paths, chunk=20, max_request=64)
+    ts = int(windows.symbols["MSFT"].times[-10])
+    assert cache.get("MSFT", ts) is not None
+    assert cache.max_request == 5 and cache.requests >= 6  # 3 x up to 20 windows, 5 at a time

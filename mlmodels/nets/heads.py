@@ -58,6 +58,7 @@ class AttentionFusion(nn.Module):
         self, path_sizes: list[int], d: int, num_heads: int = 4, dropout: float = 0.1
     ) -> None:
         super().__init__()
+        self.sizes = list(path_sizes)
         self.proj = nn.ModuleList([nn.Linear(s, d) for s in path_sizes])
         self.query = nn.Parameter(torch.zeros(1, 1, d))
         self.attn = nn.MultiheadAttention(d, num_heads, dropout=dropout, batch_first=True)

@@ -112,6 +112,17 @@ class MultiTaskModel(nn.Module):
         z = self.fusion(self.summaries(x), self.pos(pos))
         return self.heads(z)
 
+    def paths(self, x: torch.Tensor) -> torch.Tensor:
+        """The paths' summaries of windows ``x`` side by side, ``(B, D)``: everything of the
+        forward pass that reads the window (batched inference scores them ahead)."""
+        return torch.cat(self.summaries(x), dim=-1)
+
+    def from_paths(self, s: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads from :meth:`paths`' output and the position state: ``forward(x, pos)``
+        equals ``from_paths(paths(x), pos)``."""
+        parts = [p.contiguous() for p in s.split(self.fusion.sizes, dim=-1)]
+        return self.heads(self.fusion(parts, self.pos(pos)))
+
     # ------------------------------------------------------------------------ streaming
 
     def init_state(self, batch: int) -> State:
@@ -210,10 +221,26 @@ class TaskEnsemble(nn.Module):
         self.risk_heads = MultiTaskHeads(d, cfg.head_hidden, cfg.dropout)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self._heads(self.xlstm(x)[1], self.transformer(x)[1], x[:, -1], pos)
+
+    def paths(self, x: torch.Tensor) -> torch.Tensor:
+        """The window-reading parts side by side, ``(B, D)``: the xLSTM and Transformer
+        summaries and the last bar's features (see ``MultiTaskModel.paths``)."""
+        return torch.cat([self.xlstm(x)[1], self.transformer(x)[1], x[:, -1]], dim=-1)
+
+    def from_paths(self, s: torch.Tensor, pos: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The heads from :meth:`paths`' output and the position state."""
+        sizes = [self.cfg.xlstm_hidden, self.cfg.tf_d_model, self.cfg.n_features]
+        a, b, c = (p.contiguous() for p in s.split(sizes, dim=-1))
+        return self._heads(a, b, c, pos)
+
+    def _heads(
+        self, rec: torch.Tensor, att: torch.Tensor, last: torch.Tensor, pos: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         p = self.pos(pos)
-        a = self.dir_heads(self.dir_in(self.xlstm(x)[1]) + p)
-        b = self.price_heads(self.price_in(self.transformer(x)[1]))
-        c = self.risk_heads(self.risk_in(x[:, -1]))
+        a = self.dir_heads(self.dir_in(rec) + p)
+        b = self.price_heads(self.price_in(att))
+        c = self.risk_heads(self.risk_in(last))
         return {
             "price": b["price"],
             "direction": a["direction"],
