@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import backtrader as bt
@@ -14,6 +14,7 @@ from analyzers.metrics import Performance, performance
 from core.config import DataConfig
 from core.errors import ConfigError
 from feeds.btfeeds import StoreData
+from feeds.membership import Membership
 
 #: The baselines a model's backtest runs beside, at the same costs (``--baseline`` names).
 BASELINES = ("buyhold", "sma")
@@ -41,13 +42,16 @@ class CostConfig(DataConfig):
 
 @dataclass(frozen=True)
 class BacktestResult:
-    """The run's returns, final value and headline statistics."""
+    """The run's returns, final value and headline statistics; ``metrics`` and ``notes`` are
+    what the run adds to its record and its printed summary (the entry rule ``auto`` chose)."""
 
     name: str
     returns: pd.Series
     final_value: float
     stats: Performance
     strategy: Any = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def run_backtest(
@@ -58,18 +62,24 @@ def run_backtest(
     costs: CostConfig | None = None,
     strategy_kwargs: Mapping[str, Any] | None = None,
     analyzers: Mapping[str, tuple[type, Mapping[str, Any]]] | None = None,
+    membership: Membership | None = None,
     **cerebro_kwargs: Any,
 ) -> BacktestResult:
     """Backtest ``strategy`` over ``frames`` (one feed each) and return its statistics.
 
     ``analyzers`` adds ``{name: (AnalyzerClass, kwargs)}``; the finished strategy (with its
-    analyzers) is in the result's ``strategy``. ``cerebro_kwargs`` go to ``bt.Cerebro``
-    (``runonce``, ``preload``, ...).
+    analyzers) is in the result's ``strategy``. ``membership`` (point in time) restricts the
+    broker to the members of each bar (``analyzers.membership_broker``). ``cerebro_kwargs`` go
+    to ``bt.Cerebro`` (``runonce``, ``preload``, ...).
     """
     costs = costs or CostConfig()
     if not frames:
         raise ConfigError("run_backtest needs at least one frame")
     cerebro = bt.Cerebro(stdstats=False, **cerebro_kwargs)
+    if membership is not None:
+        from analyzers.membership_broker import MembershipBroker
+
+        cerebro.broker = MembershipBroker(membership=membership)  # type: ignore[call-arg]
     cerebro.broker.setcash(costs.cash)
     cerebro.broker.setcommission(commission=costs.commission)
     cerebro.broker.set_slippage_perc(costs.slippage, slip_open=True, slip_match=True)

@@ -245,10 +245,14 @@ def ml_section(
     signal_quality: SignalQuality | None,
     model_card: Mapping[str, Any] | None,
     runs: pd.DataFrame | None = None,
+    notes: Sequence[str] = (),
 ) -> str:
-    """The HTML of the ML section (tables, charts, model card summary), placed below
+    """The HTML of the ML section (notes, tables, charts, model card summary), placed below
     QuantStats' floating columns."""
     parts = [_STYLE, '<div id="btml-ml">', "<h2>Model and signal quality (backtrader-ml)</h2>"]
+    if notes:
+        items = "".join(f"<li>{html.escape(n)}</li>" for n in notes)
+        parts.append(f'<h3>Notes</h3><ul class="notes">{items}</ul>')
     if runs is not None and len(runs):
         cols = RUN_COLUMNS
         if "max_drawdown_days" not in runs.columns:
@@ -296,8 +300,10 @@ def write_tearsheet(
     signal_quality: SignalQuality | None = None,
     model_card: Mapping[str, Any] | None = None,
     runs: pd.DataFrame | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
-    """Write the tearsheet to ``out`` atomically and return its path."""
+    """Write the tearsheet to ``out`` atomically and return its path; ``notes`` (warnings,
+    the entry rule chosen) head the ML section."""
     import quantstats as qs
 
     if returns is None or len(returns.dropna()) < 2:
@@ -314,7 +320,7 @@ def write_tearsheet(
     os.close(fd)
     try:
         page = _quantstats_page(qs, _naive(returns), bench, tmp, title)
-        section = ml_section(signal_quality, model_card, runs)
+        section = ml_section(signal_quality, model_card, runs, notes)
         cut = page.rfind("</body>")
         page = page[:cut] + section + page[cut:] if cut >= 0 else page + section
         Path(tmp).write_text(page, encoding="utf-8")

@@ -27,7 +27,16 @@ if TYPE_CHECKING:
     default=None,
     help="Run a baseline instead.",
 )
-@click.option("--symbols", required=True, help="Comma-separated stored symbols.")
+@click.option("--symbols", default=None, help="Comma-separated stored symbols.")
+@click.option(
+    "--universe",
+    default=None,
+    help="A named universe instead of --symbols (today's constituents: warned as survivorship).",
+)
+@click.option(
+    "--membership", "membership_file", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="Point-in-time members, CSV symbol,start,end (or date,symbol): each traded only while a member.",
+)  # fmt: skip
 @click.option(
     "--serving", type=click.Choice(["inprocess", "torchserve"]), default="inprocess", show_default=True,
     help="Ask the model in this process, or over REST (a running server, else one started for the run).",
@@ -44,6 +53,20 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--min-edge", default=0.01, show_default=True, help="Minimum P(up) - P(down) to enter long."
+)
+@click.option(
+    "--entry-rule",
+    type=click.Choice(["direction", "return", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Enter on the direction head, on the price heads' expected return net of costs, or "
+    "on whichever did better on the model's validation split.",
+)
+@click.option(
+    "--min-return",
+    default=0.0,
+    show_default=True,
+    help="The return rule's minimum expected return after a round trip's costs.",
 )
 @click.option("--max-position", default=0.25, show_default=True, help="Max weight per symbol.")
 @click.option(
@@ -82,7 +105,7 @@ def backtest(
         )  # fmt: skip
     except BtmlError as err:
         fail(err)
-    click.echo(summary(result.results))
+    click.echo(summary(result.results, result.warnings))
     click.echo(f"recorded as run {result.run_id} in {result.run_dir}")
     for label, path in (("tearsheet", result.tearsheet), ("plot", result.plot)):
         if path is not None:
@@ -92,6 +115,8 @@ def backtest(
 def _request(o: dict[str, Any], *, tearsheet: bool, plot: bool) -> BacktestConfig:
     """The backtest request of the command's options."""
     from analyzers.backtest import CostConfig
+    from core.errors import ConfigError
+    from feeds.membership import read_member_spans
     from strategies.risk import RiskConfig
     from workflows.backtest import BacktestConfig, MLRunConfig
 
@@ -100,17 +125,23 @@ def _request(o: dict[str, Any], *, tearsheet: bool, plot: bool) -> BacktestConfi
         risk = RiskConfig(max_position=o["max_position"], daily_loss_stop=o["daily_loss_stop"],
                           max_drawdown=o["max_drawdown"])  # fmt: skip
         ml = MLRunConfig(entry_prob=o["entry_prob"], min_edge=o["min_edge"], risk=risk,
-                         allow_short=o["allow_short"], serving_failure=o["on_serving_failure"])  # fmt: skip
+                         allow_short=o["allow_short"], serving_failure=o["on_serving_failure"],
+                         entry_rule=o["entry_rule"], min_return=o["min_return"])  # fmt: skip
+    if not (o["symbols"] or o["universe"] or o["membership_file"]):
+        raise ConfigError("give --symbols A,B, --universe NAME or --membership FILE")
+    spans = read_member_spans(o["membership_file"]) if o["membership_file"] else None
     return BacktestConfig(
-        symbols=tuple(s.strip() for s in o["symbols"].split(",")), model=o["model"],
+        symbols=tuple(s.strip() for s in (o["symbols"] or "").split(",") if o["symbols"]),
+        universe=o["universe"], membership=spans, model=o["model"],
         baseline=o["baseline"], serving=o["serving"], start=o["start"], end=o["end"],
         timeframe=o["timeframe"], ml=ml, tearsheet=tearsheet, plot=plot,
         costs=CostConfig(cash=o["cash"], commission=o["commission"], slippage=o["slippage"]),
     )  # fmt: skip
 
 
-def summary(results: Sequence[BacktestResult]) -> str:
-    """The results table, and a line for each run that never traded or bought and held."""
+def summary(results: Sequence[BacktestResult], warnings: Sequence[str] = ()) -> str:
+    """The results table, a line for each run that never traded or bought and held, each
+    run's notes (the entry rule chosen) and the run's warnings (survivorship)."""
     from analyzers.backtest import activity_lines
 
     head = f"{'strategy':<22}{'final value':>14}{'CAGR':>9}{'Sharpe':>8}{'max DD':>9}{'trades':>8}"
@@ -122,6 +153,8 @@ def summary(results: Sequence[BacktestResult]) -> str:
             f"{s.max_drawdown:>9.2%}{s.trades:>8d}"
         )
     rows += activity_lines(results)
+    rows += [note for r in results for note in r.notes]
+    rows += [f"warning: {w}" for w in warnings]
     return "\n".join(rows)
 
 

@@ -25,10 +25,16 @@ def index() -> None:
 )
 @click.option("--constituents", default=None, help="Comma-separated symbols, e.g. AAPL,MSFT,IBM.")
 @click.option(
+    "--universe",
+    default=None,
+    help="A named universe's constituents (today's: warned as survivorship).",
+)
+@click.option(
     "--membership",
     type=click.Path(exists=True, dir_okay=False),
     default=None,
-    help="Point-in-time membership CSV: date,symbol[,weight|shares].",
+    help="Point-in-time membership CSV: symbol,start,end (end empty = still a member) or "
+    "date,symbol[,weight|shares].",
 )
 @click.option(
     "--weights",
@@ -58,6 +64,7 @@ def build(
     name: str,
     method: str,
     constituents: str | None,
+    universe: str | None,
     membership: str | None,
     weights_file: str | None,
     rebalance: str | None,
@@ -69,18 +76,24 @@ def build(
     """Build index NAME from stored constituents and store it under raw/index."""
     import pandas as pd
 
-    from feeds.index import IndexConfig, build_from_store, read_membership, read_weights
+    from feeds.index import IndexConfig, build_from_store
+    from feeds.membership import membership_layout, read_membership, read_spans, read_weights
     from feeds.store import ParquetStore
 
     try:
         weights, shares = read_weights(weights_file) if weights_file else (None, None)
+        layout = membership_layout(membership) if membership else None
         cfg = IndexConfig(
             name=name,
             method=method,
             constituents=tuple(s.strip() for s in constituents.split(",") if s.strip())
             if constituents
             else (),
-            membership=read_membership(membership) if membership else None,
+            universe=universe,
+            membership=read_membership(membership)
+            if membership and layout == "snapshots"
+            else None,
+            spans=read_spans(membership) if membership and layout == "spans" else None,
             weights=weights,
             shares=shares,
             rebalance=rebalance,
@@ -94,6 +107,8 @@ def build(
     f = result.frame
     for note in result.notes:
         click.echo(f"note: {note}")
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}")
     click.echo(
         f"{name}: {method}, {len(result.weights.columns)} constituents, {len(f)} bars "
         f"{f.index[0].date()} .. {f.index[-1].date()}, level {f['close'].iloc[0]:.2f} -> "

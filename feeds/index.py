@@ -19,8 +19,12 @@ high and low are then bounded by the bar's open and close (the weighted highs ar
 of the true intrabar index high). Volume is the members' sum.
 
 Membership is point in time: a membership table (``date,symbol[,weight|shares]``) lists the
-members from each date until the next date in the file, so names that left keep their history up
-to the day they left and no survivorship bias is imposed. A member with no bar on a calendar day
+members from each date until the next date in the file, or spans (``symbol,start,end``,
+``feeds.membership``) give each member's spells, so names that left keep their history up to the
+day they left and no survivorship bias is imposed. Built from a named ``universe`` (today's
+constituents) instead, the index carries a survivorship warning (``IndexResult.warnings`` and
+the stored frame's ``survivorship`` attribute). Constituents must all have the index's bar size
+(a daily member on an hourly calendar would bring the day's close in at its first hour). A member with no bar on a calendar day
 (the calendar is the union of the members' timestamps) is carried forward at its last close for
 at most ``carry_limit`` bars; beyond that building fails with an error naming it and the dates.
 """
@@ -37,57 +41,25 @@ import pandas as pd
 from core.config import DataConfig
 from core.errors import ConfigError, DataError, SymbolNotFound
 from feeds.frame import make_frame
+from feeds.membership import MemberRow, Membership, MemberSpan, member_table, rows_from_table
+from feeds.membership import read_membership as read_membership
+from feeds.membership import read_weights as read_weights
 from feeds.store import ParquetStore
+from feeds.universes import get_universe, survivorship_warning
 
 METHODS = ("price", "cap", "equal", "fixed")
 REBALANCE = {"M": "month", "Q": "quarter"}
 
 
 @dataclass(frozen=True, kw_only=True)
-class MemberRow(DataConfig):
-    """One row of a point-in-time table: from ``date`` on, ``symbol`` is a member (with a
-    weight or a share count when the table has them)."""
-
-    date: str
-    symbol: str
-    weight: float | None = None
-    shares: float | None = None
-
-
-def rows_from_table(
-    table: pd.DataFrame | tuple[MemberRow, ...] | None,
-) -> tuple[MemberRow, ...] | None:
-    """A ``date,symbol[,weight][,shares]`` frame as rows (rows are returned as they are)."""
-    if table is None or isinstance(table, tuple):
-        return table
-    cols = [c for c in ("weight", "shares") if c in table.columns]
-    return tuple(
-        MemberRow(
-            date=pd.Timestamp(r["date"]).isoformat(),
-            symbol=str(r["symbol"]),
-            **{c: float(r[c]) for c in cols if pd.notna(r[c])},
-        )
-        for _, r in table.iterrows()
-    )
-
-
-def _table(rows: tuple[MemberRow, ...]) -> pd.DataFrame:
-    """Rows as a frame: UTC ``date``, ``symbol``, and ``weight``/``shares`` when any row has them."""
-    out = pd.DataFrame({"date": [r.date for r in rows], "symbol": [r.symbol for r in rows]})
-    out["date"] = pd.to_datetime(out["date"], utc=True)
-    for c in ("weight", "shares"):
-        values = [getattr(r, c) for r in rows]
-        if any(v is not None for v in values):
-            out[c] = [float("nan") if v is None else v for v in values]
-    return out
-
-
-@dataclass(frozen=True, kw_only=True)
 class IndexConfig(DataConfig):
-    """How to build one index. Give ``constituents`` or ``membership``, not both.
+    """How to build one index. Give one of ``constituents`` (or a named ``universe``, whose
+    today's constituents they become), ``membership`` (snapshots) or ``spans``.
 
     ``membership`` and ``shares`` are point-in-time rows (a ``date,symbol,...`` frame is
-    accepted and turned into rows), so the config stays plain data.
+    accepted and turned into rows), ``spans`` are ``feeds.membership.MemberSpan`` rows, so the
+    config stays plain data. A ``universe`` without point-in-time membership is today's
+    constituents: the result's notes and the frame's ``survivorship`` attribute say so.
     """
 
     name: str
@@ -96,6 +68,8 @@ class IndexConfig(DataConfig):
     membership: tuple[MemberRow, ...] | None = None
     weights: dict[str, float] | None = None
     shares: tuple[MemberRow, ...] | None = None
+    spans: tuple[MemberSpan, ...] | None = None
+    universe: str | None = None
     rebalance: str | None = None
     carry_limit: int = 5
     base_level: float = 1000.0
@@ -107,6 +81,12 @@ class IndexConfig(DataConfig):
         object.__setattr__(self, "shares", rows_from_table(self.shares))
         if self.weights is not None:
             object.__setattr__(self, "weights", dict(self.weights))
+        if self.universe is not None:
+            today = get_universe(self.universe)
+            if self.constituents and tuple(self.constituents) != today:
+                raise ConfigError("give constituents or a universe, not both")
+            if self.membership is None and self.spans is None:
+                object.__setattr__(self, "constituents", today)
         self._check()
 
     def _check(self) -> None:
@@ -114,13 +94,16 @@ class IndexConfig(DataConfig):
             raise ConfigError(f"index name must be non-empty and without '/', got {self.name!r}")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if bool(self.constituents) == (self.membership is not None):
+        given = [bool(self.constituents), self.membership is not None, self.spans is not None]
+        if sum(given) != 1:
             raise ConfigError("give either constituents or a membership table, not both or neither")
+        if self.spans is not None and not self.spans:
+            raise ConfigError("spans: no rows; each is symbol,start[,end]")
         if self.rebalance is not None and self.rebalance not in REBALANCE:
             raise ConfigError(
                 f"rebalance must be M (monthly) or Q (quarterly), got {self.rebalance!r}"
             )
-        if self.method == "fixed" and not self.weights and self.membership is None:
+        if self.method == "fixed" and not self.weights and self.membership is None:  # spans too
             raise ConfigError("method 'fixed' needs weights (e.g. {'AAPL': 0.6, 'MSFT': 0.4})")
         if self.carry_limit < 0:
             raise ConfigError(f"carry_limit must be >= 0, got {self.carry_limit}")
@@ -133,44 +116,42 @@ class IndexConfig(DataConfig):
         """The members, in order of first appearance."""
         if self.membership is not None:
             return list(dict.fromkeys(r.symbol for r in self.membership))
+        if self.spans is not None:
+            return list(dict.fromkeys(r.symbol for r in self.spans))
         return list(dict.fromkeys(self.constituents))
+
+    def warnings(self) -> list[str]:
+        """The survivorship warning when the members are a universe's today's constituents."""
+        if self.universe is None or self.membership is not None or self.spans is not None:
+            return []
+        return [survivorship_warning(self.universe)]
 
 
 @dataclass
 class IndexResult:
-    """The index frame, the weights used each bar, and notes on what was done."""
+    """The index frame, the weights used each bar, notes on what was done, and warnings
+    (survivorship: a universe's today's constituents)."""
 
     frame: pd.DataFrame
     weights: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def read_membership(path: str) -> pd.DataFrame:
-    """Read a membership CSV: ``date,symbol`` plus an optional ``weight`` or ``shares`` column.
-
-    Example::
-
-        date,symbol,weight
-        2004-01-02,AAPL,0.5
-        2004-01-02,IBM,0.5
-        2008-01-02,AAPL,0.4
-        2008-01-02,GOOG,0.6
-    """
-    try:
-        raw = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: cannot read membership file ({err})") from err
-    raw.columns = [str(c).strip().lower() for c in raw.columns]
-    missing = {"date", "symbol"} - set(raw.columns)
-    if missing:
+def _check_timeframes(
+    frames: Mapping[str, pd.DataFrame], symbols: list[str], name: str, timeframe: str
+) -> None:
+    """Refuse constituents of another bar size than the index's: a daily bar on an hourly
+    calendar would put the day's close into the index at the day's first hour (read ahead)."""
+    sizes = {s: frames[s].attrs.get("timeframe") for s in symbols if s in frames}
+    other = {s: tf for s, tf in sizes.items() if tf is not None and tf != timeframe}
+    if other:
+        sym, tf = next(iter(other.items()))
         raise DataError(
-            f"{path}: membership file needs columns date,symbol (missing {', '.join(sorted(missing))})"
+            f"index {name}: constituent {sym} has {tf} bars, the index is built at {timeframe}; "
+            f"give every constituent at {timeframe} (feeds.timeframes.resample the finer ones) "
+            f"or build with timeframe={tf!r}"
         )
-    try:
-        raw["date"] = pd.to_datetime(raw["date"], utc=True)
-    except (ValueError, TypeError) as err:
-        raise DataError(f"{path}: unparseable date in membership file ({err})") from err
-    return raw
 
 
 def _panel(
@@ -210,13 +191,16 @@ def _members(
     cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, has_bar: np.ndarray
 ) -> np.ndarray:
     """Boolean (T, N): is symbol j a member on bar t."""
+    if cfg.spans is not None:
+        spans = Membership(cfg.spans)
+        return np.column_stack([spans.mask(s, cal) for s in symbols])
     if cfg.membership is None:
         # a constituent is a member from its first bar to its last (it cannot be held before)
         first = np.argmax(has_bar, axis=0)
         last = len(cal) - 1 - np.argmax(has_bar[::-1], axis=0)
         t = np.arange(len(cal))[:, None]
         return (t >= first) & (t <= last) & has_bar.any(axis=0)
-    m = _table(cfg.membership)
+    m = member_table(cfg.membership)
     dates = sorted(m["date"].unique())
     member = np.zeros((len(cal), len(symbols)), dtype=bool)
     col = {s: j for j, s in enumerate(symbols)}
@@ -326,6 +310,7 @@ def build_index(
     """Build the index described by ``cfg`` from constituent OHLCV ``frames`` (by symbol)."""
     notes: list[str] = []
     symbols = cfg.symbols()
+    _check_timeframes(frames, symbols, cfg.name, timeframe)
     p = _panel(frames, symbols, cfg)
     cal = pd.DatetimeIndex(p["close"].index)
     has_bar = p["close"].notna().to_numpy()
@@ -352,12 +337,12 @@ def _weight_sources(
     cfg: IndexConfig, symbols: list[str], cal: pd.DatetimeIndex, notes: list[str]
 ) -> _WeightSources:
     given = _given_weights(cfg, symbols, notes)
-    table = _table(cfg.membership) if cfg.membership is not None else None
+    table = member_table(cfg.membership) if cfg.membership is not None else None
     given_t = shares_t = None
     if table is not None and "weight" in table and cfg.method in ("fixed", "cap"):
         given_t = _point_in_time(table, "weight", symbols, cal)
     if cfg.shares is not None:
-        shares_t = _point_in_time(_table(cfg.shares), "shares", symbols, cal)
+        shares_t = _point_in_time(member_table(cfg.shares), "shares", symbols, cal)
     elif table is not None and "shares" in table:
         shares_t = _point_in_time(table, "shares", symbols, cal)
     if cfg.method == "cap" and shares_t is None and given is None and given_t is None:
@@ -424,11 +409,14 @@ def _chain(
             "method": cfg.method,
             "members": ",".join(symbols),
             "rebalance": cfg.rebalance or "",
+            **({"universe": cfg.universe} if cfg.universe else {}),
+            **({"survivorship": "; ".join(cfg.warnings())} if cfg.warnings() else {}),
         },
     )
     return IndexResult(
-        frame=frame, weights=pd.DataFrame(weights, index=cal, columns=symbols), notes=notes
-    )
+        frame=frame, weights=pd.DataFrame(weights, index=cal, columns=symbols), notes=notes,
+        warnings=cfg.warnings(),
+    )  # fmt: skip
 
 
 def _weights_before(
@@ -476,21 +464,6 @@ def _bar(
     h = max(moved(bars.high), o, close)
     lo = min(moved(bars.low), o, close)
     return np.array([o, h, lo, close]), 1.0 + r
-
-
-def read_weights(path: str) -> tuple[dict[str, float] | None, pd.DataFrame | None]:
-    """Read a weights file: ``symbol,weight`` (fixed/starting weights) or ``date,symbol,shares``."""
-    try:
-        raw = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError) as err:
-        raise DataError(f"{path}: cannot read weights file ({err})") from err
-    raw.columns = [str(c).strip().lower() for c in raw.columns]
-    if {"date", "symbol", "shares"} <= set(raw.columns):
-        raw["date"] = pd.to_datetime(raw["date"], utc=True)
-        return None, raw
-    if {"symbol", "weight"} <= set(raw.columns):
-        return {str(s): float(w) for s, w in zip(raw["symbol"], raw["weight"], strict=True)}, None
-    raise DataError(f"{path}: weights file needs columns symbol,weight or date,symbol,shares")
 
 
 def build_from_store(

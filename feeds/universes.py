@@ -1,4 +1,10 @@
-"""Named symbol universes: ``small``, ``medium``, ``large`` US stocks, ``etfs`` and ``crypto``."""
+"""Named symbol universes: ``small``, ``medium``, ``large`` US stocks, ``etfs`` and ``crypto``.
+
+They are TODAY's constituents, not point-in-time ones: names that left (delisted, acquired,
+dropped from the index) are missing, so a backtest over them picks the survivors in advance.
+Every report built on a universe says so (:func:`survivorship_warning`) unless a point-in-time
+membership file (``feeds.membership``) says who was a member when.
+"""
 
 from __future__ import annotations
 
@@ -164,3 +170,10 @@ def get_universe(name: str) -> tuple[str, ...]:
     if name in UNIVERSES:
         return UNIVERSES[name]
     raise unknown_name("universe", name, UNIVERSES)
+
+
+def survivorship_warning(name: str) -> str:
+    """The warning every report over universe ``name`` without point-in-time membership carries."""
+    return (
+        f"survivorship: {name} is today's constituents, not point-in-time; give --membership FILE"
+    )

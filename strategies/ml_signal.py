@@ -17,10 +17,24 @@ Set up like any backtrader strategy::
 or with ``config=MLSignalConfig(...)`` (plain values) and the runtime objects beside it,
 ``client=`` / ``windows=`` (see the class).
 
-Entry rules (``MLSignalConfig``): long when P(up) - P(down) >= ``min_edge``, P(up) >=
-``entry_prob``, confidence >= ``min_confidence`` and at least ``horizon_agreement`` of the
-predicted returns (1, 4, 24 bars) are positive; short likewise when ``allow_short``. An open
-position is closed when the opposite direction is more probable; otherwise it is held.
+Entry rules (``MLSignalConfig.entry_rule``):
+
+* ``direction`` (the default): long when P(up) - P(down) >= ``min_edge``, P(up) >=
+  ``entry_prob``, confidence >= ``min_confidence`` and at least ``horizon_agreement`` of the
+  predicted returns (1, 4, 24 bars) are positive; short likewise when ``allow_short``. An open
+  position is closed when the opposite direction is more probable; otherwise it is held.
+* ``return``: long when the price head's expected return (its prediction at the longest
+  horizon, the one a position is held for) less ``round_trip_cost`` is at least
+  ``min_return`` and above zero, confidence >= ``min_confidence`` and at least
+  ``horizon_agreement`` horizons predict a rise; short likewise. An open position is closed
+  when the expected return turns against it; otherwise it is held.
+* ``auto``: whichever of the two did better on the model's validation split, chosen once
+  before the run (``strategies.entry_choice.choose_entry_rule``; ``btml backtest`` does it):
+  the strategy itself runs ``direction`` or ``return`` and refuses an unresolved ``auto``.
+
+A broker that trades only the members of a point-in-time universe
+(``analyzers.membership_broker``) is asked before each symbol's decision: a non-member gets no
+signal request and no decision (the broker closes what it still holds).
 
 Live feeds (``islive()``): decisions start with the first LIVE bar; the backfilled history
 only warms the features up (no order is ever placed on a replayed bar).
@@ -33,7 +47,7 @@ risk rules' serving-failure policy (no new entries; keep or close positions).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +71,7 @@ if TYPE_CHECKING:
     from mlmodels.registry import ModelCard
 
 SERVING_POLICIES = ("abort", "hold", "flatten")
+ENTRY_RULES = ("direction", "return", "auto")
 RUNTIME_PARAMS = ("client", "windows", "model", "store")
 OHLCV = ("open", "high", "low", "close", "volume")
 
@@ -80,6 +95,9 @@ class MLSignalConfig(DataConfig):
     min_confidence: float = 0.0
     horizon_agreement: int = 2
     allow_short: bool = False
+    entry_rule: str = "direction"
+    min_return: float = 0.0
+    round_trip_cost: float = 0.0
     sizer: PluginSpec | str = field(default_factory=lambda: PluginSpec(name="model"))
     risk: RiskConfig = field(default_factory=RiskConfig)
     serving_failure: str = "abort"
@@ -95,6 +113,7 @@ class MLSignalConfig(DataConfig):
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.horizon_agreement <= 3:
             raise ConfigError(f"horizon_agreement must be 0..3, got {self.horizon_agreement}")
+        check_entry_fields(self.entry_rule, self.min_return, self.round_trip_cost)
         if self.serving_failure not in SERVING_POLICIES:
             raise ConfigError(
                 f"serving_failure must be one of {', '.join(SERVING_POLICIES)}, "
@@ -102,6 +121,16 @@ class MLSignalConfig(DataConfig):
             )
         if not 0 <= self.rebalance_band < 1:
             raise ConfigError(f"rebalance_band must be in [0, 1), got {self.rebalance_band}")
+
+
+def check_entry_fields(rule: str, min_return: float, round_trip_cost: float = 0.0) -> None:
+    """The entry-rule fields' checks (shared with ``workflows.backtest.MLRunConfig``)."""
+    if rule not in ENTRY_RULES:
+        raise ConfigError(f"entry_rule must be one of {', '.join(ENTRY_RULES)}, got {rule!r}")
+    if not 0 <= min_return < 1:
+        raise ConfigError(f"min_return must be in [0, 1), got {min_return}")
+    if not 0 <= round_trip_cost < 0.2:
+        raise ConfigError(f"round_trip_cost must be in [0, 0.2), got {round_trip_cost}")
 
 
 def _agreeing(sig: Signal, sign: float) -> int:
@@ -139,13 +168,63 @@ def exit_now(sig: Signal, current: float) -> bool:
     return (current > 0 and sig.p_down > sig.p_up) or (current < 0 and sig.p_up > sig.p_down)
 
 
+def expected_return(sig: Signal) -> float:
+    """The price head's predicted log return at the longest horizon (0 without one)."""
+    if not sig.returns:
+        return 0.0
+    k = max(range(len(sig.returns)), key=lambda i: sig.horizons[i] if i < len(sig.horizons) else i)
+    return float(sig.returns[k])
+
+
+def long_entry_return(sig: Signal, cfg: MLSignalConfig) -> bool:
+    """Confident, the expected return net of a round trip >= ``min_return`` and > 0,
+    horizons agreeing (the ``return`` rule)."""
+    net = expected_return(sig) - cfg.round_trip_cost
+    return (
+        sig.confidence >= cfg.min_confidence
+        and net >= cfg.min_return
+        and net > 0
+        and _agreeing(sig, 1.0) >= cfg.horizon_agreement
+    )
+
+
+def short_entry_return(sig: Signal, cfg: MLSignalConfig) -> bool:
+    """The mirror of :func:`long_entry_return`, when ``allow_short``."""
+    net = -expected_return(sig) - cfg.round_trip_cost
+    return (
+        cfg.allow_short
+        and sig.confidence >= cfg.min_confidence
+        and net >= cfg.min_return
+        and net > 0
+        and _agreeing(sig, -1.0) >= cfg.horizon_agreement
+    )
+
+
+def exit_now_return(sig: Signal, current: float) -> bool:
+    """An open position whose expected return has turned against it."""
+    r = expected_return(sig)
+    return (current > 0 and r < 0) or (current < 0 and r > 0)
+
+
+UNRESOLVED_AUTO = (
+    "entry_rule='auto' is chosen on the model's validation split before the run: pass "
+    "entry_rule=choose_entry_rule(...).chosen (strategies.entry_choice), or run btml backtest"
+)
+
+
 def desired_weight(sig: Signal, current: float, cfg: MLSignalConfig, size: float) -> float:
     """The entry/exit rules of the module docstring; ``size`` is the sizer's weight (>= 0)."""
-    if long_entry(sig, cfg):
+    if cfg.entry_rule == "return":
+        enter_long, enter_short, leave = long_entry_return, short_entry_return, exit_now_return
+    elif cfg.entry_rule == "direction":
+        enter_long, enter_short, leave = long_entry, short_entry, exit_now
+    else:
+        raise ConfigError(UNRESOLVED_AUTO)
+    if enter_long(sig, cfg):
         return size
-    if short_entry(sig, cfg):
+    if enter_short(sig, cfg):
         return -size
-    if exit_now(sig, current):
+    if leave(sig, current):
         return 0.0
     return current if (current >= 0 or cfg.allow_short) else 0.0
 
@@ -166,6 +245,8 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
     def __init__(self, **unknown: Any) -> None:
         refuse_unknown("MLSignalStrategy", unknown, self.p._getkeys())
         self.cfg: MLSignalConfig = config_from_params(MLSignalConfig, self.p, "MLSignalStrategy")
+        if self.cfg.entry_rule == "auto":
+            raise ConfigError(f"MLSignalStrategy: {UNRESOLVED_AUTO}")
         self.client, self.windows = runtime_objects(self.p, self.datas)
         self.sizing: Sizer = build_sizer(PluginSpec.of(self.cfg.sizer, kind="sizer"))
         self.risk_rules: tuple[RiskRule, ...] = self.cfg.risk.build_rules()
@@ -228,12 +309,15 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         """Datas with a new bar at ``now`` and a full feature window."""
         out = []
         ts = pd.Timestamp(now, tz="UTC").value
+        member = getattr(self.broker, "is_member", None)  # a point-in-time universe's broker
         for d in self.datas:
             n = len(d)
             if self._seen.get(d) == n:
                 continue
             self._seen[d] = n
             if d.datetime.datetime(0) != now or (d.islive() and not self._live.get(d)):
+                continue
+            if member is not None and not member(d):
                 continue
             win = self.windows.window_for(d, ts)
             if win is not None:
@@ -367,8 +451,8 @@ def feed_windows(datas: Sequence[Any], card: ModelCard, root: Path) -> FeatureWi
     """The model card's feature windows over the feeds: recomputed as bars arrive for live
     feeds, else precomputed from each feed's OHLCV frame (its ``dataname``)."""
     if datas and all(d.islive() for d in datas):
-        return LiveFeatureWindows(card.features, card.window)
-    frames = {}
+        return LiveFeatureWindows.from_card(card, root / "models")
+    frames: dict[str, pd.DataFrame] = {}
     for d in datas:
         frame = getattr(d.p, "dataname", None)
         name = getattr(d, "_name", "")
@@ -377,12 +461,29 @@ def feed_windows(datas: Sequence[Any], card: ModelCard, root: Path) -> FeatureWi
         if not (isinstance(frame, pd.DataFrame) and set(OHLCV) <= set(frame.columns)):
             raise ConfigError(
                 f"{name}: the feed has no OHLCV frame to compute {card.ref}'s features from; "
-                "pass windows=FeatureWindows.build(frames, card.features, card.window)"
+                "pass windows=FeatureWindows.from_card(frames, card, models_root)"
             )
         frames[name] = frame
+    check_timeframe(frames, card)
     index = None
     if card.index:
         from feeds.store import ParquetStore
 
         index = ParquetStore(root).read(card.index, card.timeframe)
-    return FeatureWindows.build(frames, card.features, card.window, index=index)
+    return FeatureWindows.from_card(frames, card, root / "models", index=index)
+
+
+def check_timeframe(frames: Mapping[str, pd.DataFrame], card: ModelCard) -> None:
+    """Refuse bars of another size than the model's: its features would be computed on bars
+    it never saw, and its index, stored at the card's timeframe, would be read ahead beside
+    finer bars (a daily close at the day's first hour; see ``feeds.index_feed``)."""
+    from feeds.timeframes import get_timeframe
+
+    want = get_timeframe(card.timeframe).name
+    for sym, frame in frames.items():
+        tf = frame.attrs.get("timeframe")
+        if tf is not None and get_timeframe(str(tf)).name != want:
+            raise ConfigError(
+                f"{sym}: {tf} bars, but model {card.ref} was trained on {want} bars; "
+                f"give --timeframe {want} (or data of that bar size)"
+            )

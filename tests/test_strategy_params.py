@@ -163,9 +163,9 @@ def test_unknown_or_mistyped_params_are_refused_by_name(model_store) -> None:
     root, frames = model_store
     one = {"AAPL": frames["AAPL"].loc["2010"]}
     with pytest.raises(
-        ConfigError, match=r"unknown param 'entry_threshold'; did you mean 'entry_prob'"
+        ConfigError, match=r"unknown param 'entry_probability'; did you mean 'entry_prob'"
     ):
-        plain_cerebro(one, MLSignalStrategy, model="m:1", store=str(root), entry_threshold=0.55)
+        plain_cerebro(one, MLSignalStrategy, model="m:1", store=str(root), entry_probability=0.55)
     with pytest.raises(ConfigError, match=r"MLSignalStrategy\.entry_prob: expected float"):
         plain_cerebro(one, MLSignalStrategy, model="m:1", store=str(root), entry_prob="high")
     with pytest.raises(ConfigError, match=r"SmaCross\.fast: expected int, got '5'"):

@@ -184,20 +184,19 @@ def test_live_windows_from_the_card_use_the_module(trained) -> None:
     assert live.need == 199 + 16 and live.compute.__self__.names == ("overnight_gap", "range_5")
 
 
-def test_windows_built_without_the_module_are_refused_in_one_line(trained) -> None:
-    """``btml backtest`` builds its windows from the card's names only
-    (``FeatureWindows.build`` in workflows/backtest.py): the model is refused, in one line
-    that says how to build them, and nothing is recorded (see the module's note)."""
+def test_btml_backtest_uses_the_models_features_module(trained) -> None:
+    """``btml backtest`` builds the windows from the card with its module (it refused such a
+    model before: "the model needs 2 features the data does not give"); the run records the
+    module's copy among its inputs."""
     store, _, _ = trained
-    before = _snapshot(store)
-    res = _btml(store, "backtest", "--model", "u:1", "--symbols", ",".join(SYMBOLS))
-    assert res.exit_code == 2
-    assert res.stderr == (
-        "error: SYN000: the model needs 2 features the data does not give: overnight_gap, "
-        "range_5; those not built in come from the model's features module: build the windows "
-        "with FeatureWindows.from_card(frames, card, models_root)\n"
-    )
-    assert _snapshot(store) == before
+    res = _btml(store, "backtest", "--model", "u:1", "--symbols", ",".join(SYMBOLS),
+                "--entry-rule", "direction")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with RunRegistry(store) as runs:
+        rec = [r for r in runs.list() if r.kind == "backtest"][-1]
+    folder = ModelRegistry(store / "models").path("u:1")
+    copy = (folder / MODULE_FILE).relative_to(store).as_posix()
+    assert rec.inputs[copy] == hashlib.sha256((folder / MODULE_FILE).read_bytes()).hexdigest()
 
 
 def _altered(store: Path, tmp_path: Path, how: str) -> Path:

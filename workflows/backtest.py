@@ -14,6 +14,14 @@ statistics (:mod:`workflows.runs_trials`: deflated Sharpe, PBO), and its artefac
 ``{store}/runs/{id}/``: ``returns.parquet`` (one column per strategy), ``audit.parquet``
 (the ML decisions), ``risk_outcomes.parquet`` (each risk rule's outcome at each decision),
 ``summary.json``, and on request ``tearsheet.html`` and ``plot.png``.
+
+The request (:mod:`workflows.backtest_config`) names its symbols, a universe (today's
+constituents: the run's ``warnings`` metric, its printed summary, ``summary.json`` and its
+tearsheet carry a survivorship warning) or a point-in-time membership (each symbol traded only
+while a member, ``analyzers.membership_broker``). With ``entry_rule="auto"`` the ML strategy's
+entry rule is chosen on the model's validation split before the run
+(:mod:`strategies.entry_choice`) and the choice is in the metrics (``entry_rule_chosen``, each
+rule's ``entry_val_*``) and the printed summary.
 """
 
 from __future__ import annotations
@@ -25,148 +33,30 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any
 
 import pandas as pd
 
 from analyzers.backtest import BASELINES, BacktestResult, CostConfig, run_backtest
 from analyzers.performance import drawdown_days
-from core.config import DataConfig
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError, SymbolNotFound
+from feeds.membership import Membership
 from feeds.store import ParquetStore
 from mlmodels.registry import ModelCard, ModelRegistry
 from serving.client import InProcessClient, RestClient, SignalClient
 from strategies.baselines import BuyAndHold, SmaCross, SmaCrossConfig
-from strategies.ml_signal import SERVING_POLICIES, MLSignalConfig, MLSignalStrategy
-from strategies.risk import RiskConfig
-from strategies.sizing import sizer_spec
+from strategies.entry_choice import EntryChoice, choice_range, choose_entry_rule
+from strategies.ml_signal import MLSignalStrategy, check_timeframe
 from strategies.windows import FeatureWindows
+from workflows.backtest_config import SERVING, BacktestConfig, MLRunConfig, utc
 from workflows.reports import copy_out, render_plot, save_results, tearsheet_for_run
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import file_sha256
 from workflows.runs_trials import assess, trial_row
 from workflows.train import link_training_run, model_inputs
 
-SERVING = ("inprocess", "torchserve")
+__all__ = ["SERVING", "BacktestConfig", "MLRunConfig", "backtest", "run_model", "signal_client"]
 Log = Callable[[str], None]
-
-
-@dataclass(frozen=True, kw_only=True)
-class MLRunConfig(DataConfig):
-    """How the ML strategy trades in a backtest (checked here, before any run starts)."""
-
-    entry_prob: float = 0.0
-    min_edge: float = 0.01
-    min_confidence: float = 0.0
-    horizon_agreement: int = 2
-    allow_short: bool = False
-    risk: RiskConfig = field(default_factory=RiskConfig)
-    serving_failure: str = "abort"
-    sizer: str = "model"
-    rebalance_band: float = 0.02
-
-    def __post_init__(self) -> None:
-        sizer_spec(self.sizer)  # an unknown sizer is refused by name, before any run
-        if not 0 <= self.rebalance_band < 1:
-            raise ConfigError(f"rebalance_band must be in [0, 1), got {self.rebalance_band}")
-        for name in ("entry_prob", "min_edge", "min_confidence"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not 0 <= self.horizon_agreement <= 3:
-            raise ConfigError(f"horizon_agreement must be 0..3, got {self.horizon_agreement}")
-        if self.serving_failure not in SERVING_POLICIES:
-            raise ConfigError(
-                f"serving_failure must be one of {', '.join(SERVING_POLICIES)}, "
-                f"got {self.serving_failure!r}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        out = super().to_dict()
-        if not isinstance(self.risk, DataConfig):
-            out["risk"] = dataclasses.asdict(self.risk)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str | None = None) -> Self:
-        where = where or cls.__name__
-        values = dict(data)
-        if isinstance(values.get("risk"), Mapping):
-            values["risk"] = _risk_config(values["risk"], f"{where}.risk")
-        return super().from_dict(values, where=where)
-
-    def strategy_config(self) -> MLSignalConfig:
-        """The ``MLSignalConfig`` of this run (plain values; the client and the windows go to
-        the strategy beside it: ``client=``, ``windows=``)."""
-        return MLSignalConfig(
-            entry_prob=self.entry_prob, min_edge=self.min_edge,
-            min_confidence=self.min_confidence, horizon_agreement=self.horizon_agreement,
-            allow_short=self.allow_short, risk=self.risk, serving_failure=self.serving_failure,
-            sizer=self.sizer, rebalance_band=self.rebalance_band,
-        )  # fmt: skip
-
-
-def _risk_config(value: Mapping[str, Any], where: str) -> RiskConfig:
-    """A ``RiskConfig`` from plain values, refusing unknown keys and wrong types by name."""
-    from_dict = getattr(RiskConfig, "from_dict", None)  # once RiskConfig is a DataConfig
-    if from_dict is not None:
-        return cast(RiskConfig, from_dict(value, where=where))
-    known = [f.name for f in dataclasses.fields(RiskConfig)]
-    unknown = [k for k in value if k not in known]
-    if unknown:
-        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(known)}")
-    try:
-        return RiskConfig(**value)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from err
-
-
-@dataclass(frozen=True, kw_only=True)
-class BacktestConfig(DataConfig):
-    """One backtest request as plain values: exactly one of ``model`` (traded beside both
-    baselines at the same costs) or ``baseline``; dates as ISO strings (UTC when naive).
-
-    ``start`` defaults to the model's test range (for a baseline: the first bar), ``end`` to
-    the last bar. ``tearsheet`` and ``plot`` ask for ``tearsheet.html`` and ``plot.png``
-    (backtrader's own chart) in the run's folder.
-    """
-
-    symbols: tuple[str, ...]
-    model: str | None = None
-    baseline: str | None = None
-    serving: str = "inprocess"
-    start: str | None = None
-    end: str | None = None
-    timeframe: str = "1Day"
-    costs: CostConfig = field(default_factory=CostConfig)
-    ml: MLRunConfig | None = None
-    tearsheet: bool = False
-    plot: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.symbols or any(not s or s != s.strip() for s in self.symbols):
-            raise ConfigError(f"symbols: give stored symbols (--symbols A,B), got {self.symbols}")
-        if len(set(self.symbols)) != len(self.symbols):
-            raise ConfigError(f"symbols: a symbol is named twice in {', '.join(self.symbols)}")
-        if (self.model is None) == (self.baseline is None):
-            raise ConfigError("give exactly one of --model or --baseline")
-        if self.baseline is not None and self.baseline not in BASELINES:
-            raise ConfigError(
-                f"baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}"
-            )
-        if self.baseline is not None and self.ml is not None:
-            raise ConfigError("ml (the ML strategy's settings) applies to a --model run only")
-        if self.serving not in SERVING:
-            raise ConfigError(f"serving must be one of {', '.join(SERVING)}, got {self.serving!r}")
-        lo, hi = (_date_field(n, getattr(self, n)) for n in ("start", "end"))
-        if lo is not None and hi is not None and lo > hi:
-            raise ConfigError(f"start {self.start} is after end {self.end}")
-
-
-def _date_field(name: str, value: str | None) -> pd.Timestamp | None:
-    try:
-        return _utc(value)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{name}: {value!r} is not a date (use YYYY-MM-DD)") from err
 
 
 @dataclass(frozen=True)
@@ -181,21 +71,40 @@ class BacktestRunResult:
     card: ModelCard | None = None
     tearsheet: Path | None = None
     plot: Path | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def load_frames(
-    store: ParquetStore, symbols: Sequence[str], timeframe: str = "1Day"
+    store: ParquetStore,
+    symbols: Sequence[str],
+    timeframe: str = "1Day",
+    universe: str | None = None,
 ) -> dict[str, pd.DataFrame]:
+    """The stored frames of ``symbols``; a universe's missing ones are named all at once."""
     if not symbols:
         raise ConfigError("no symbols given; pass --symbols A,B,...")
-    return {s: store.read(s, timeframe) for s in symbols}
+    if universe is None:
+        return {s: store.read(s, timeframe) for s in symbols}
+    frames, missing = {}, []
+    for s in symbols:
+        try:
+            frames[s] = store.read(s, timeframe)
+        except SymbolNotFound:
+            missing.append(s)
+    if missing:
+        raise SymbolNotFound(
+            f"{len(missing)} of universe {universe}'s {len(symbols)} symbols are not in the store "
+            f"({timeframe}): {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; "
+            f"btml data download --universe {universe}"
+        )
+    return frames
 
 
 def clip_range(
     frames: Mapping[str, pd.DataFrame], start: Any = None, end: Any = None
 ) -> dict[str, pd.DataFrame]:
     """Each frame cut to ``[start, end]``; an empty result for every symbol is an error."""
-    lo, hi = _utc(start), _utc(end)
+    lo, hi = utc(start), utc(end)
     out = {s: f.loc[lo:hi] for s, f in frames.items()}  # type: ignore[misc]
     out = {s: f for s, f in out.items() if len(f)}
     if not out:
@@ -203,13 +112,6 @@ def clip_range(
             f"no bars between {start or 'the start'} and {end or 'the end'} for any symbol"
         )
     return out
-
-
-def _utc(t: Any) -> pd.Timestamp | None:
-    if t is None:
-        return None
-    ts = pd.Timestamp(t)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def oos_start(card: ModelCard, start: Any, allow_in_sample: bool = False) -> pd.Timestamp:
@@ -222,7 +124,7 @@ def oos_start(card: ModelCard, start: Any, allow_in_sample: bool = False) -> pd.
         if not test:
             raise DataError(f"model {card.ref} has no test range in its card; pass --start")
         return pd.Timestamp(test[0])
-    ts = _utc(start)
+    ts = utc(start)
     assert ts is not None
     if allow_in_sample:
         return ts
@@ -289,7 +191,8 @@ def _served(models: Mapping[str, list[int]]) -> str:
 @dataclass(frozen=True)
 class ModelPlan:
     """A checked model backtest: the card, the first traded bar, the feature windows over
-    the full history, the bars to trade, and the stored index file read (if any)."""
+    the full history, the bars to trade, the stored index file read (if any), the full
+    frames, the validation range (when the entry rule is ``auto``) and the index's warnings."""
 
     card: ModelCard
     begin: pd.Timestamp
@@ -297,6 +200,10 @@ class ModelPlan:
     traded: dict[str, pd.DataFrame]
     start_given: bool
     index_file: Path | None = None
+    frames: Mapping[str, pd.DataFrame] = field(default_factory=dict)
+    val: tuple[pd.Timestamp, pd.Timestamp] | None = None
+    warnings: tuple[str, ...] = ()
+    no_choice: str = "the plan was made without ml= (plan_model)"
 
 
 def plan_model(
@@ -307,18 +214,28 @@ def plan_model(
     start: Any = None,
     end: Any = None,
     allow_in_sample: bool = False,
+    ml: MLRunConfig | None = None,
 ) -> ModelPlan:
-    """Check that model ``ref`` can be backtested on ``frames`` (read-only; no run yet)."""
+    """Check that model ``ref`` can be backtested on ``frames`` (read-only; no run yet): the
+    bars are the model's size (a stored index at the card's timeframe beside finer bars would
+    be read ahead), and with ``entry_rule="auto"`` the data holds its validation bars."""
     card = ModelRegistry(store_path / "models").card(ref)
+    check_timeframe(frames, card)
     index = index_file = None
     if card.index:
         store = ParquetStore(store_path)
         index = store.read(card.index, card.timeframe)
         index_file = store.find(card.index, card.timeframe)
     begin = oos_start(card, start, allow_in_sample)
-    windows = FeatureWindows.build(frames, card.features, card.window, index=index)
+    windows = FeatureWindows.from_card(frames, card, store_path / "models", index=index)
     traded = clip_range({s: frames[s] for s in windows.symbols}, begin, end)
-    return ModelPlan(card, begin, windows, traded, start is not None, index_file)
+    val, why = None, None
+    if ml is not None and ml.entry_rule == "auto":
+        val, why = choice_range(card.date_ranges, card.ref, windows)
+    notes = str(index.attrs.get("survivorship", "")) if index is not None else ""
+    warned = tuple(f"index {card.index}: {w}" for w in notes.split("; ") if w)
+    return ModelPlan(card, begin, windows, traded, start is not None, index_file, dict(frames),
+                     val, warned, why or ModelPlan.no_choice)  # fmt: skip
 
 
 def run_plan(
@@ -329,24 +246,40 @@ def run_plan(
     costs: CostConfig | None = None,
     ml: MLRunConfig | None = None,
     log: Log = print,
+    membership: Membership | None = None,
 ) -> BacktestResult:
-    """Backtest a checked model plan through the ``serving`` client."""
+    """Backtest a checked model plan through the ``serving`` client; with ``entry_rule="auto"``
+    the rule is chosen first on the validation bars (``strategies.entry_choice``, with
+    in-process predictions) and the result carries the choice in ``metrics`` and ``notes``."""
     ml = ml or MLRunConfig()
     card, windows, traded = plan.card, plan.windows, plan.traded
     log(
         f"backtesting {card.ref} from {plan.begin.date()} ({'given' if plan.start_given else 'test range'})"
     )
+    cfg, choice = ml.strategy_config(costs or CostConfig()), None
     with signal_client(store_path, card, serving, log) as client:
-        cfg = ml.strategy_config()
+        if cfg.entry_rule == "auto" and plan.val is None:
+            choice = EntryChoice.kept(plan.no_choice)
+        elif cfg.entry_rule == "auto" and plan.val is not None:
+            local = client if serving == "inprocess" else None
+            choice = choose_entry_rule(
+                local or InProcessClient.from_registry(store_path / "models", card.ref),
+                windows, plan.frames, cfg, plan.val,
+            )  # fmt: skip
+        if choice is not None:
+            log(choice.line())
+            cfg = dataclasses.replace(cfg, entry_rule=choice.chosen)
         t0 = time.perf_counter()
         res = run_backtest(
-            f"ml {card.ref}", traded, MLSignalStrategy, costs=costs,
+            f"ml {card.ref}", traded, MLSignalStrategy, costs=costs, membership=membership,
             strategy_kwargs={"config": cfg, "client": client, "windows": windows},
         )  # fmt: skip
         log(
             f"  {sum(len(f) for f in traded.values())} bars in {time.perf_counter() - t0:.1f} s via {serving}"
         )
-    return res
+    if choice is None:
+        return res
+    return dataclasses.replace(res, metrics=choice.metrics(), notes=(choice.line(),))
 
 
 def run_model(
@@ -366,25 +299,26 @@ def run_model(
 
     Records no run: :func:`backtest` does (this is the step walk-forward and stress reuse)."""
     plan = plan_model(
-        store_path, ref, frames, start=start, end=end, allow_in_sample=allow_in_sample
+        store_path, ref, frames, start=start, end=end, allow_in_sample=allow_in_sample, ml=ml
     )
     return run_plan(store_path, plan, serving=serving, costs=costs, ml=ml, log=log), plan.card
 
 
 def run_baseline(
-    name: str, frames: Mapping[str, pd.DataFrame], costs: CostConfig | None = None
+    name: str,
+    frames: Mapping[str, pd.DataFrame],
+    costs: CostConfig | None = None,
+    membership: Membership | None = None,
 ) -> BacktestResult:
+    """Baseline ``name`` over ``frames`` (trading members only, with ``membership``)."""
     if name not in BASELINES:
         raise ConfigError(f"--baseline must be one of {', '.join(BASELINES)}, got {name!r}")
     if name == "buyhold":
-        return run_backtest("buy-and-hold", frames, BuyAndHold, costs=costs)
+        return run_backtest("buy-and-hold", frames, BuyAndHold, costs=costs, membership=membership)
     return run_backtest(
-        "sma-cross 10/30",
-        frames,
-        SmaCross,
-        costs=costs,
+        "sma-cross 10/30", frames, SmaCross, costs=costs, membership=membership,
         strategy_kwargs={"config": SmaCrossConfig()},
-    )
+    )  # fmt: skip
 
 
 def baseline_trial(name: str) -> dict[str, Any]:
@@ -399,12 +333,14 @@ def baseline_trial(name: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BacktestPlan:
-    """A checked request: the resolved config, the bars to trade, the data hashes read."""
+    """A checked request: the resolved config, the bars to trade, the data hashes read, the
+    model's plan and the warnings every report of the run carries (survivorship)."""
 
     config: BacktestConfig
     frames: dict[str, pd.DataFrame]
     inputs: dict[str, str]
     model: ModelPlan | None = None
+    warnings: tuple[str, ...] = ()
 
     def trials(self, results: Sequence[BacktestResult]) -> list[dict[str, Any]]:
         """The configurations the run tried over its bars (the ML strategy, if any, and each
@@ -422,12 +358,15 @@ def plan_backtest(store_path: Path, config: BacktestConfig) -> BacktestPlan:
     """Check ``config`` against the store (read-only): every refusal happens here. The
     inputs are the stored files read and, for a model, its card and weights."""
     store = ParquetStore(store_path)
-    frames = load_frames(store, config.symbols, config.timeframe)
+    frames = load_frames(store, config.symbols, config.timeframe, config.universe)
     files = [store.find(s, config.timeframe) for s in config.symbols]
     model: ModelPlan | None = None
     models: dict[str, str] = {}
+    warnings = tuple(config.warnings())
     if config.model is not None:
-        model = plan_model(store_path, config.model, frames, start=config.start, end=config.end)
+        model = plan_model(store_path, config.model, frames, start=config.start, end=config.end,
+                           ml=config.ml or MLRunConfig())  # fmt: skip
+        warnings += model.warnings
         traded, files = model.traded, [*files, model.index_file]
         models = model_inputs(store_path, model.card)
         config = dataclasses.replace(config, model=model.card.ref, ml=config.ml or MLRunConfig())
@@ -437,7 +376,7 @@ def plan_backtest(store_path: Path, config: BacktestConfig) -> BacktestPlan:
     last = max(f.index[-1] for f in traded.values())
     config = dataclasses.replace(config, start=first.isoformat(), end=last.isoformat())
     inputs = {p.relative_to(store_path).as_posix(): file_sha256(p) for p in files if p}
-    return BacktestPlan(config, frames if model else traded, {**inputs, **models}, model)
+    return BacktestPlan(config, frames if model else traded, {**inputs, **models}, model, warnings)
 
 
 def _check_copy(path: str | os.PathLike[str] | None, suffix: str, asked: bool, what: str) -> None:
@@ -461,7 +400,9 @@ def backtest(
     db_url: str | None = None,
 ) -> BacktestRunResult:
     """Run and record one backtest; ``tearsheet_to`` / ``plot_to`` also copy those artefacts
-    out of the run's folder. A refused request raises before anything is written."""
+    out of the run's folder. A refused request raises before anything is written. The
+    plan's warnings are logged, and kept in the metrics (``warnings``), ``summary.json`` and
+    the tearsheet."""
     store_path = Path(store)
     _check_copy(tearsheet_to, ".html", config.tearsheet, "tearsheet")
     _check_copy(plot_to, ".png", config.plot, "plot")
@@ -471,28 +412,34 @@ def backtest(
         registry.start("backtest", plan.config.to_dict(), inputs=plan.inputs) as run,
     ):
         log(f"run {run.id}")
+        for warning in plan.warnings:
+            log(f"warning: {warning}")
         if plan.model is not None:
             link_training_run(run, plan.model.card, log)
         results = _execute(store_path, plan, log)
         run.record_trials(rows := plan.trials(results))
         sel = assess(registry.data_trials(plan.inputs, exclude=[run.id]), run.id, "backtest",
                      rows, [r.returns for r in results])  # fmt: skip
-        run.log_metrics({**summary_metrics(results), **sel.metrics()})
+        warned = {"warnings": list(plan.warnings)} if plan.warnings else {}
+        run.log_metrics({**summary_metrics(results), **sel.metrics(), **warned})
         for line in sel.lines(results[0].name, "strategy"):
             log(line)
         card = plan.model.card if plan.model else None
-        save_results(run, results, card)
+        save_results(run, results, card, plan.warnings)
         sheet, plot = _extras(run, plan.config, results, tearsheet_to, plot_to)
-    return BacktestRunResult(run.id, run.dir, plan.config, results, card, sheet, plot)
+    return BacktestRunResult(run.id, run.dir, plan.config, results, card, sheet, plot,
+                             plan.warnings)  # fmt: skip
 
 
 def _execute(store_path: Path, plan: BacktestPlan, log: Log) -> list[BacktestResult]:
     cfg = plan.config
+    members = cfg.members()
     if plan.model is None:
-        return [run_baseline(cfg.baseline or "", plan.frames, cfg.costs)]
-    res = run_plan(store_path, plan.model, serving=cfg.serving, costs=cfg.costs, ml=cfg.ml, log=log)
+        return [run_baseline(cfg.baseline or "", plan.frames, cfg.costs, members)]
+    res = run_plan(store_path, plan.model, serving=cfg.serving, costs=cfg.costs, ml=cfg.ml,
+                   log=log, membership=members)  # fmt: skip
     span = clip_range(plan.frames, res.returns.index[0], res.returns.index[-1])
-    return [res, *(run_baseline(b, span, cfg.costs) for b in BASELINES)]
+    return [res, *(run_baseline(b, span, cfg.costs, members) for b in BASELINES)]
 
 
 def summary_metrics(results: Sequence[BacktestResult]) -> dict[str, Any]:
@@ -504,7 +451,7 @@ def summary_metrics(results: Sequence[BacktestResult]) -> dict[str, Any]:
                "max_drawdown_days": drawdown_days(r.returns), "bars": len(r.returns)}  # fmt: skip
         if r.stats.activity:
             row["activity"] = r.stats.activity
-        out.update({f"{prefix}{k}": v for k, v in row.items()})
+        out.update({f"{prefix}{k}": v for k, v in {**row, **r.metrics}.items()})
     return out
 
 

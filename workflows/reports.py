@@ -4,7 +4,7 @@ A backtest's folder (``{store}/runs/{id}/``, see :func:`workflows.backtest.backt
 ``returns.parquet`` (one column per strategy: the requested one first), ``audit.parquet``
 (the ML decisions), ``risk_outcomes.parquet`` (what each risk rule measured and did at each
 decision: ``strategies.audit.outcomes_frame``), ``summary.json`` (each strategy's statistics
-and the model card), and on request ``tearsheet.html`` and ``plot.png``. :func:`tearsheet_of_run` reads a recorded run
+and notes, the model card, the run's warnings), and on request ``tearsheet.html`` and ``plot.png``. :func:`tearsheet_of_run` reads a recorded run
 by id; :func:`tearsheet_for_run` reads any such folder.
 """
 
@@ -34,11 +34,14 @@ BUY_AND_HOLD = "buy-and-hold"
 
 
 def write_results(
-    folder: Path, results: Sequence[BacktestResult], card: ModelCard | None
+    folder: Path,
+    results: Sequence[BacktestResult],
+    card: ModelCard | None,
+    warnings: Sequence[str] = (),
 ) -> list[str]:
     """Write ``returns.parquet`` (a column per result), the ML audit trail (the decisions,
-    and the risk rules' outcomes) and ``summary.json`` into ``folder``; returns the names
-    written."""
+    and the risk rules' outcomes) and ``summary.json`` (with the run's ``warnings`` and each
+    result's ``notes``) into ``folder``; returns the names written."""
     folder.mkdir(parents=True, exist_ok=True)
     rets = pd.DataFrame({r.name: r.returns for r in results})
     rets.index.name = "timestamp"
@@ -52,17 +55,25 @@ def write_results(
             names += ["audit.parquet", "risk_outcomes.parquet"]
     summary = {
         "runs": [
-            {"name": r.name, "final_value": r.final_value, **r.stats.as_row()} for r in results
+            {"name": r.name, "final_value": r.final_value, **r.stats.as_row(),
+             **({"notes": list(r.notes)} if r.notes else {})}
+            for r in results
         ],
         "model_card": None if card is None else json.loads(card.to_json()),
-    }
+        "warnings": list(warnings),
+    }  # fmt: skip
     write_json(folder / "summary.json", to_jsonable(summary, "summary"))
     return [*names, "summary.json"]
 
 
-def save_results(run: Run, results: Sequence[BacktestResult], card: ModelCard | None) -> None:
+def save_results(
+    run: Run,
+    results: Sequence[BacktestResult],
+    card: ModelCard | None,
+    warnings: Sequence[str] = (),
+) -> None:
     """Write the results into ``run``'s folder and record them as its artefacts."""
-    for name in write_results(run.dir, results, card):
+    for name in write_results(run.dir, results, card, warnings):
         run.add_artifact(name)
 
 
@@ -100,14 +111,17 @@ def tearsheet_for_run(
         horizons = tuple((card or {}).get("horizons") or (1, 4, 24))
         quality = signal_quality(audit, horizons)
     runs = pd.DataFrame({c: run_statistics(rets[c].dropna()) for c in rets.columns}).T
+    notes = [*summary.get("warnings", []), *summary["runs"][0].get("notes", [])]
+    flag = " (survivorship-biased universe)" if any("survivorship" in n for n in notes) else ""
     return write_tearsheet(
         rets[main].dropna(),
         rets[bench].dropna() if bench else None,
         out,
-        title=f"{main} vs {bench or 'no benchmark'}",
+        title=f"{main} vs {bench or 'no benchmark'}{flag}",
         signal_quality=quality,
         model_card=card,
         runs=runs,
+        notes=notes,
     )
 
 
