@@ -81,6 +81,28 @@ class StoreData(bt.feed.DataBase):  # type: ignore[misc,name-defined]
     def start(self) -> None:
         super().start()
         self._idx = -1
+        self._refuse_read_ahead()
+
+    def _refuse_read_ahead(self) -> None:
+        """Refuse to run beside finer bars: a bar is shown at its start stamp, so a weekly bar
+        (Friday's close) would be seen on Monday, a daily one at the day's first hour. A frame
+        re-stamped at its close (``feeds.index_feed.index_feed``) is safe."""
+        if self.p.dataname.attrs.get("stamp", "start") != "start":
+            return
+        env = getattr(self, "_env", None)
+        mine = _spacing(self._dt)
+        if env is None or mine is None:
+            return
+        for other in env.datas:
+            theirs = _spacing(getattr(other, "_dt", None))
+            if other is self or theirs is None or mine <= 1.5 * theirs:
+                continue
+            raise ConfigError(
+                f"{self._name or 'a data'}: its bars ({mine:g} days apart) are coarser than "
+                f"{other._name or 'another data'}'s ({theirs:g} days): a plain feed shows each "
+                "bar at its start, before its close; use feeds.index_feed.index_feed(frame, "
+                "base=<the finer bar size>) or cerebro.resampledata"
+            )
 
     def _load(self) -> bool:
         self._idx += 1
@@ -97,3 +119,10 @@ class StoreData(bt.feed.DataBase):  # type: ignore[misc,name-defined]
         lines.volume[0] = row[4]
         lines.openinterest[0] = 0.0
         return True
+
+
+def _spacing(dt: Any) -> float | None:
+    """The median spacing of backtrader date numbers (days), None for fewer than 2 bars."""
+    if dt is None or len(dt) < 2:
+        return None
+    return float(np.median(np.diff(np.asarray(dt, dtype=np.float64))))

@@ -25,24 +25,11 @@ from typing import Any
 
 import pandas as pd
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError
 from feeds.btfeeds import StoreData
-from feeds.timeframes import TIMEFRAMES, get_timeframe
+from feeds.timeframes import get_timeframe, period_ends
 
-
-def period_ends(index: pd.DatetimeIndex, timeframe: str | None = None) -> pd.DatetimeIndex:
-    """When each bar's period closes (see the module docstring)."""
-    idx = pd.DatetimeIndex(index)
-    if len(idx) < 2:
-        if timeframe is None or timeframe not in TIMEFRAMES:
-            raise DataError("a series of fewer than 2 bars has no known period: give its timeframe")
-        return idx + get_timeframe(timeframe).delta
-    gaps = pd.Series(idx[1:] - idx[:-1])
-    nxt = idx[1:].append(pd.DatetimeIndex([idx[-1] + gaps.mode().iloc[0]]))
-    if timeframe is None or timeframe not in TIMEFRAMES:
-        return nxt
-    own = idx + get_timeframe(timeframe).delta
-    return own.where(own <= nxt, nxt)
+__all__ = ["closed_bars", "index_feed", "period_ends"]
 
 
 def closed_bars(frame: pd.DataFrame, base: str | None = None) -> pd.DataFrame:

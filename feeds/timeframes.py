@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import backtrader as bt
 import pandas as pd
 
-from core.errors import ConfigError, unknown_name
+from core.errors import ConfigError, DataError, unknown_name
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,3 +104,21 @@ def resample(frame: pd.DataFrame, target: str) -> pd.DataFrame:
     out = out.dropna(subset=["open", "close"])
     out.attrs = {**frame.attrs, "timeframe": to.name}
     return out
+
+
+def period_ends(index: pd.DatetimeIndex, timeframe: str | None = None) -> pd.DatetimeIndex:
+    """When each bar's period closes: its timeframe's length (when ``timeframe`` is a
+    registered one) cut short by the next bar's start; otherwise (weekly or monthly bars) the
+    next bar's start, and the last bar's start plus the most common spacing. Bars are stamped
+    at the start of their period (see ``feeds.index_feed``)."""
+    idx = pd.DatetimeIndex(index)
+    if len(idx) < 2:
+        if timeframe is None or timeframe not in TIMEFRAMES:
+            raise DataError("a series of fewer than 2 bars has no known period: give its timeframe")
+        return idx + get_timeframe(timeframe).delta
+    gaps = pd.Series(idx[1:] - idx[:-1])
+    nxt = idx[1:].append(pd.DatetimeIndex([idx[-1] + gaps.mode().iloc[0]]))
+    if timeframe is None or timeframe not in TIMEFRAMES:
+        return nxt
+    own = idx + get_timeframe(timeframe).delta
+    return own.where(own <= nxt, nxt)

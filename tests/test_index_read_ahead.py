@@ -31,7 +31,6 @@ from feeds.index_feed import closed_bars, index_feed, period_ends
 from mlmodels.features import compute_features
 from tests.conftest import ohlcv_frame
 
-BTFEEDS_LEAK = "feeds/btfeeds.py: StoreData shows a bar at its start stamp"
 AGG = {"open": "first", "high": "max", "low": "min", "close": "last", "volume": "sum"}
 MODES = [(True, True), (False, True), (False, False)]
 
@@ -99,11 +98,12 @@ def test_a_weekly_index_through_index_feed_is_never_read_ahead(market, runonce, 
     assert mondays and all(c == weekly["close"].loc[t - pd.Timedelta("7D")] for t, c in mondays)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=BTFEEDS_LEAK)
-def test_a_weekly_index_as_a_plain_storedata_is_not_read_ahead(market) -> None:
-    stock, _, weekly, last = market
-    seen = run(stock, StoreData(dataname=weekly, name="WIDX"))
-    assert_never_ahead(seen, weekly["close"], last, pd.Timedelta("1D"))
+def test_a_weekly_index_as_a_plain_storedata_is_refused_not_read_ahead(market) -> None:
+    """It was read ahead: the strategy saw the week's close on Monday."""
+    stock, _, weekly, _ = market
+    with pytest.raises(ConfigError, match=r"WIDX: its bars \(7 days apart\) are coarser than "
+                       r"AAA's \(1 days\).*index_feed\(frame, base="):  # fmt: skip
+        run(stock, StoreData(dataname=weekly, name="WIDX"))
 
 
 def test_backtraders_weekly_resampling_is_never_read_ahead(market) -> None:
@@ -127,13 +127,11 @@ def test_a_daily_index_beside_hourly_bars_is_seen_once_the_day_closed() -> None:
     assert all(c == daily["close"].loc[t.normalize()] for t, c in at_23)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=BTFEEDS_LEAK)
-def test_a_daily_index_as_a_plain_storedata_beside_hourly_bars_is_not_read_ahead() -> None:
+def test_a_daily_index_as_a_plain_storedata_beside_hourly_bars_is_refused() -> None:
     hourly = ohlcv_frame(24 * 30, symbol="HRLY", timeframe="1h", start="2021-01-04")
     daily = ohlcv_frame(40, symbol="IDX", start="2020-12-28", freq="D", seed=3)
-    last = pd.Series(daily.index + pd.Timedelta("23h"), index=daily.index)
-    seen = run(hourly, StoreData(dataname=daily, name="IDX"))
-    assert_never_ahead(seen, daily["close"], last, pd.Timedelta("1h"))
+    with pytest.raises(ConfigError, match="IDX: its bars .* are coarser than AAA's"):
+        run(hourly, StoreData(dataname=daily, name="IDX"))
 
 
 # -- the features' index-relative path ---------------------------------------------------------
@@ -166,12 +164,8 @@ def assert_features_causal(market, wrap) -> None:
         pd.testing.assert_series_equal(moved.loc[d], base.loc[d], obj=f"features at {d.date()}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="mlmodels/features/_compute.py align_index aligns by start stamps",
-)
 def test_the_features_never_read_a_running_week_of_a_weekly_index(market) -> None:
+    """It did: ``align_index`` aligned by start stamps, so a daily bar read its running week."""
     assert_features_causal(market, lambda w: w)
 
 

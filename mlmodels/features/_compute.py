@@ -7,6 +7,7 @@ import pandas as pd
 
 from core.errors import DataError
 from feeds.frame import OHLCV_COLUMNS
+from feeds.timeframes import period_ends
 from mlmodels.features._bars import Array, Bars, head_nan
 from mlmodels.features._registry import (
     INDEX_FEATURE_NAMES,
@@ -74,8 +75,20 @@ def _check_input(ohlcv: pd.DataFrame, symbol: str) -> None:
         )
 
 
+def _coarser(index: pd.Index, bars: pd.Index) -> bool:
+    """Whether the index's bars are longer than the symbol's (median spacing, 1.5x)."""
+    if len(index) < 2 or len(bars) < 2:
+        return False
+    gap = pd.Series(index[1:] - index[:-1]).median()
+    own = pd.Series(bars[1:] - bars[:-1]).median()
+    return bool(gap > 1.5 * own)
+
+
 def align_index(ohlcv: pd.DataFrame, index: pd.DataFrame, symbol: str) -> Array:
-    """The index close at each of the symbol's bars: the last index bar at or before it."""
+    """The index close at each of the symbol's bars: the last index bar at or before it when
+    both have the same bar size (they close together); for a coarser index, the last index
+    bar whose period has closed by the end of the symbol's bar (bars are stamped at their
+    start: a weekly bar stamped Monday holds Friday's close and is not seen before then)."""
     name = str(index.attrs.get("symbol", "index"))
     if not isinstance(index.index, pd.DatetimeIndex) or "close" not in index.columns:
         raise DataError(f"{symbol}: index frame {name} needs a DatetimeIndex and a close column")
@@ -85,7 +98,13 @@ def align_index(ohlcv: pd.DataFrame, index: pd.DataFrame, symbol: str) -> Array:
             "sort it and drop duplicate timestamps (feeds.validate.validate does both)"
         )
     try:
-        aligned = index["close"].reindex(ohlcv.index, method="ffill")
+        if _coarser(index.index, ohlcv.index):  # by period ends: never a running period
+            ends = period_ends(index.index, index.attrs.get("timeframe"))
+            closes = pd.Series(index["close"].to_numpy(), index=ends)
+            mine = period_ends(ohlcv.index, ohlcv.attrs.get("timeframe"))
+            aligned = closes.reindex(mine, method="ffill")
+        else:
+            aligned = index["close"].reindex(ohlcv.index, method="ffill")
     except (TypeError, ValueError) as err:
         raise DataError(f"{symbol}: cannot align index frame {name} to its bars: {err}") from err
     return np.asarray(aligned.to_numpy(dtype=np.float64), dtype=np.float64)
