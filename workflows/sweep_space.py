@@ -44,7 +44,8 @@ PARAMS: dict[str, str] = {
     "train.weight_decay": "float", "train.patience": "int", "train.ema": "float",
     "model.dropout": "float", "model.fusion_d": "int", "model.head_hidden": "int",
     "ml.entry_prob": "float", "ml.min_edge": "float", "ml.min_confidence": "float",
-    "ml.horizon_agreement": "int", "ml.allow_short": "choice",
+    "ml.horizon_agreement": "int", "ml.allow_short": "choice", "ml.entry_rule": "choice",
+    "ml.min_return": "float",
 }  # fmt: skip
 #: The built-in search space: the learning rate, dropout, window and the entry rules.
 DEFAULT_SPACE: dict[str, Any] = {

@@ -266,9 +266,10 @@ def _fold_row(
 ) -> dict[str, Any]:
     """One row of the folds table (the CLI prints every column but ``seconds``)."""
     s = res.stats
+    chosen = {k: v for k, v in res.metrics.items() if k.startswith("entry_")}  # rule "auto"
     return {"fold": k, "model": card.ref, "test_start": sp.test_start, "test_end": sp.test_end,
             "return": s.total_return, "sharpe": s.sharpe, "max_drawdown": s.max_drawdown,
-            "trades": s.trades, "seconds": seconds}  # fmt: skip
+            "trades": s.trades, "seconds": seconds, **chosen}  # fmt: skip
 
 
 def _fold_trial(card: ModelCard, row: Mapping[str, Any]) -> dict[str, Any]:
