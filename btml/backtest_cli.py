@@ -63,6 +63,17 @@ if TYPE_CHECKING:
     "on whichever did better on the model's validation split.",
 )
 @click.option(
+    "--inference",
+    type=click.Choice(["batched", "per-bar"]),
+    default="batched",
+    show_default=True,
+    help="Score the model's window paths --chunk bars ahead in one request (the heads per bar, "
+    "in-process), or send one request per timestamp. Same decisions either way.",
+)
+@click.option(
+    "--chunk", default=256, show_default=True, help="Bars scored ahead per request (batched)."
+)
+@click.option(
     "--min-return",
     default=0.0,
     show_default=True,
@@ -126,7 +137,8 @@ def _request(o: dict[str, Any], *, tearsheet: bool, plot: bool) -> BacktestConfi
                           max_drawdown=o["max_drawdown"])  # fmt: skip
         ml = MLRunConfig(entry_prob=o["entry_prob"], min_edge=o["min_edge"], risk=risk,
                          allow_short=o["allow_short"], serving_failure=o["on_serving_failure"],
-                         entry_rule=o["entry_rule"], min_return=o["min_return"])  # fmt: skip
+                         entry_rule=o["entry_rule"], min_return=o["min_return"],
+                         inference=o["inference"], chunk=o["chunk"])  # fmt: skip
     if not (o["symbols"] or o["universe"] or o["membership_file"]):
         raise ConfigError("give --symbols A,B, --universe NAME or --membership FILE")
     spans = read_member_spans(o["membership_file"]) if o["membership_file"] else None

@@ -22,14 +22,17 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError
 from serving.payload import TooManyWindows
 from serving.signal import Signal
-from strategies.windows import FeatureWindows, SymbolFeatures
+from strategies.windows import FeatureWindows, LiveFeatureWindows, SymbolFeatures
 
 log = logging.getLogger(__name__)
 
 Score = Callable[[np.ndarray], np.ndarray]
 DEFAULT_CHUNK = 256
+INFERENCE_MODES = ("per-bar", "batched")
+SAME_MODEL_TOLERANCE = 1e-4  # path summaries of the server's and the tail's model agree within
 
 
 class PathCache:
@@ -74,29 +77,28 @@ class PathCache:
 
     def _fill(self, ts_ns: int) -> None:
         """Cover the next ``chunk`` bars at or after ``ts_ns`` of every symbol, scoring only the
-        windows not scored yet (in one call, split at ``max_request``); forget the past."""
-        todo: list[tuple[str, np.ndarray]] = []
+        windows not scored yet (in one call, split at ``max_request``); forget the past. A
+        failed call changes nothing: the next lookup asks again."""
+        plan: list[tuple[str, int, tuple[int, int], np.ndarray]] = []
         parts: list[np.ndarray] = []
         for sym, feats in self.windows.symbols.items():
             first = int(np.searchsorted(feats.times, ts_ns, side="left"))
             lo, hi = self._span[sym]
-            rows = self._rows[sym]
-            self._rows[sym] = {i: r for i, r in rows.items() if i >= first}
-            start = max(first, hi) if lo <= first <= hi else first
+            inside = lo <= first <= hi
             stop = min(first + self.chunk, len(feats.times))
-            self._span[sym] = (first, max(stop, hi if lo <= first <= hi else stop))
-            ends, wins = _windows(feats, self.windows.window, start, stop)
-            todo.append((sym, ends))
+            ends, wins = _windows(feats, self.windows.window, max(first, hi) if inside else first,
+                                  stop)  # fmt: skip
+            plan.append((sym, first, (first, max(stop, hi) if inside else stop), ends))
             parts.append(wins)
         batch = np.concatenate(parts)
-        if not len(batch):
-            return
-        summaries = self._score_all(batch)
+        summaries = self._score_all(batch) if len(batch) else batch
         at = 0
-        for sym, ends in todo:
+        for sym, first, span, ends in plan:
+            rows = {i: r for i, r in self._rows[sym].items() if i >= first}
             for i in ends:
-                self._rows[sym][int(i)] = summaries[at]
+                rows[int(i)] = summaries[at]
                 at += 1
+            self._rows[sym], self._span[sym] = rows, span
 
     def _score_all(self, batch: np.ndarray) -> np.ndarray:
         """Every window of ``batch`` in requests of at most ``max_request``; a server that
@@ -152,7 +154,24 @@ class BatchedSignals:
         max_request: int = 4096,
     ) -> None:
         self.tail = tail
-        self.cache = PathCache(windows, paths.paths, chunk=chunk, max_request=max_request)
+        self.checked = paths is tail
+        self._paths = paths
+        self.cache = PathCache(windows, self._score, chunk=chunk, max_request=max_request)
+
+    def _score(self, windows: np.ndarray) -> np.ndarray:
+        got = np.asarray(self._paths.paths(windows))
+        if not self.checked:  # the server's model must be the tail's: compare one window
+            mine = np.asarray(self.tail.paths(windows[:1]))
+            if mine.shape[1:] != got.shape[1:] or not np.allclose(
+                mine[0], got[0], rtol=SAME_MODEL_TOLERANCE, atol=SAME_MODEL_TOLERANCE
+            ):
+                raise ConfigError(
+                    f"the served model is not {getattr(self.tail, 'card', None) and self.tail.card.ref}: "
+                    "its path summaries differ from the registry's; serve that version or "
+                    "use inference='per-bar'"
+                )
+            self.checked = True
+        return got
 
     def predict(
         self,
@@ -173,3 +192,40 @@ class BatchedSignals:
                 np.stack(rows), positions, symbols=list(symbols), timestamps=timestamps
             )
         )
+
+
+def batched_signals(
+    client: Any,
+    windows: FeatureWindows,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    model: str | None = None,
+    store: str | None = None,
+) -> BatchedSignals:
+    """The strategy's batched scorer over ``client``: an ``InProcessClient`` is its own tail;
+    a server client needs the model's fusion and heads in-process, from the registry
+    (``model``, ``store``). Refused (``ConfigError``) for live windows, which cannot be
+    scored ahead."""
+    if isinstance(windows, LiveFeatureWindows):
+        raise ConfigError(
+            "inference='batched' scores bars ahead and needs the whole data before the run "
+            "(a backtest); live feeds run with inference='per-bar'"
+        )
+    if not hasattr(client, "paths"):
+        raise ConfigError(
+            f"{type(client).__name__} cannot score path summaries; use inference='per-bar'"
+        )
+    tail = client if hasattr(client, "from_paths") else None
+    if tail is None and model is not None and store is not None:
+        from pathlib import Path
+
+        from serving.client import InProcessClient
+
+        tail = InProcessClient.from_registry(Path(store) / "models", model, threads=1)
+    if tail is None:
+        raise ConfigError(
+            "inference='batched' through a model server runs the fusion and heads in-process: "
+            "pass model='name:version' and store='<store folder>' too, or batched="
+            "BatchedSignals(windows, client, InProcessClient.from_registry(...))"
+        )
+    return BatchedSignals(windows, client, tail, chunk=chunk)

@@ -61,6 +61,7 @@ from core.errors import BtmlError, ConfigError
 from serving.client import ServingUnavailable, SignalClient
 from serving.signal import Signal
 from strategies.audit import Decision
+from strategies.batched import DEFAULT_CHUNK, INFERENCE_MODES, BatchedSignals, batched_signals
 from strategies.plugins import PluginSpec, config_from_params, config_params, refuse_unknown
 from strategies.risk import DailyLossState, DrawdownState, RiskConfig, RiskInputs
 from strategies.risk_rules import RiskRule, apply_rules
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
 SERVING_POLICIES = ("abort", "hold", "flatten")
 ENTRY_RULES = ("direction", "return", "auto")
-RUNTIME_PARAMS = ("client", "windows", "model", "store")
+RUNTIME_PARAMS = ("client", "windows", "model", "store", "batched")
 OHLCV = ("open", "high", "low", "close", "volume")
 
 
@@ -103,6 +104,8 @@ class MLSignalConfig(DataConfig):
     serving_failure: str = "abort"
     rebalance_band: float = 0.02
     returns_lookback: int = 60
+    inference: str = "per-bar"
+    chunk: int = DEFAULT_CHUNK
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sizer", sizer_spec(self.sizer))
@@ -121,6 +124,11 @@ class MLSignalConfig(DataConfig):
             )
         if not 0 <= self.rebalance_band < 1:
             raise ConfigError(f"rebalance_band must be in [0, 1), got {self.rebalance_band}")
+        if self.inference not in INFERENCE_MODES or not 1 <= self.chunk <= 100_000:
+            raise ConfigError(
+                f"inference must be one of {', '.join(INFERENCE_MODES)} and chunk in "
+                f"[1, 100000], got {self.inference!r}, {self.chunk}"
+            )
 
 
 def check_entry_fields(rule: str, min_return: float, round_trip_cost: float = 0.0) -> None:
@@ -248,6 +256,10 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         if self.cfg.entry_rule == "auto":
             raise ConfigError(f"MLSignalStrategy: {UNRESOLVED_AUTO}")
         self.client, self.windows = runtime_objects(self.p, self.datas)
+        self.batched: BatchedSignals | None = self.p.batched
+        if self.batched is None and self.cfg.inference == "batched":
+            self.batched = batched_signals(self.client, self.windows, chunk=self.cfg.chunk,
+                                           model=self.p.model, store=self.p.store)  # fmt: skip
         self.sizing: Sizer = build_sizer(PluginSpec.of(self.cfg.sizer, kind="sizer"))
         self.risk_rules: tuple[RiskRule, ...] = self.cfg.risk.build_rules()
         self.audit: list[Decision] = []
@@ -341,14 +353,14 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         datas: list[Any],
         now: Any,
     ) -> list[Signal | None]:
+        stamp = pd.Timestamp(now, tz="UTC")
+        names, states = [d._name for d in datas], np.asarray(pos, dtype=np.float32)
+        stamps = [stamp.isoformat()] * len(datas)
         try:
+            if self.batched is not None:  # the paths scored ahead, the heads now
+                return list(self.batched.predict(names, stamp.value, states, stamps))
             return list(
-                self.client.predict(
-                    np.stack(wins),
-                    np.asarray(pos, dtype=np.float32),
-                    symbols=[d._name for d in datas],
-                    timestamps=[pd.Timestamp(now, tz="UTC").isoformat()] * len(datas),
-                )
+                self.client.predict(np.stack(wins), states, symbols=names, timestamps=stamps)
             )
         except ServingUnavailable as err:
             self.serving_failures += 1

@@ -150,3 +150,25 @@ def test_a_server_limit_below_the_request_is_split_not_failed(registered, window
     ts = int(windows.symbols["MSFT"].times[-10])
     assert cache.get("MSFT", ts) is not None
     assert cache.max_request == 5 and cache.requests >= 6  # 3 x up to 20 windows, 5 at a time
+
+
+def test_a_failed_fill_changes_nothing_and_the_next_lookup_asks_again(windows) -> None:
+    from serving.client import ServingUnavailable
+
+    calls = {"n": 0}
+
+    def flaky(w: np.ndarray) -> np.ndarray:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ServingUnavailable("the server went away")
+        return score(w)
+
+    cache = PathCache(windows, flaky, chunk=30)
+    times = [int(t) for t in windows.symbols["IBM"].times[-100:]]
+    assert cache.get("IBM", times[0]) is not None  # call 1: the first 30 bars
+    with pytest.raises(ServingUnavailable):
+        cache.get("IBM", times[40])  # call 2 fails
+    got = cache.get("IBM", times[40])  # call 3: asked again, right this time
+    np.testing.assert_array_equal(
+        got, score(windows.symbols["IBM"].window_at(times[40], WINDOW)[None])[0]
+    )

@@ -272,10 +272,12 @@ def run_plan(
         t0 = time.perf_counter()
         res = run_backtest(
             f"ml {card.ref}", traded, MLSignalStrategy, costs=costs, membership=membership,
-            strategy_kwargs={"config": cfg, "client": client, "windows": windows},
+            strategy_kwargs={"config": cfg, "client": client, "windows": windows,
+                             "model": card.ref, "store": str(store_path)},
         )  # fmt: skip
         log(
-            f"  {sum(len(f) for f in traded.values())} bars in {time.perf_counter() - t0:.1f} s via {serving}"
+            f"  {sum(len(f) for f in traded.values())} bars in {time.perf_counter() - t0:.1f} s "
+            f"via {serving}, {cfg.inference}"
         )
     if choice is None:
         return res

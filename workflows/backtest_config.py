@@ -19,6 +19,7 @@ from core.config import DataConfig
 from core.errors import ConfigError
 from feeds.membership import Membership, MemberSpan
 from feeds.universes import get_universe, survivorship_warning
+from strategies.batched import DEFAULT_CHUNK, INFERENCE_MODES
 from strategies.ml_signal import SERVING_POLICIES, MLSignalConfig, check_entry_fields
 from strategies.risk import RiskConfig
 from strategies.sizing import sizer_spec
@@ -33,7 +34,9 @@ class MLRunConfig(DataConfig):
     ``entry_rule``: ``direction`` (default), ``return`` or ``auto`` (chosen on the model's
     validation split before the run, see ``strategies.entry_choice``); ``min_return`` is the
     ``return`` rule's threshold on the expected return net of a round trip (the round trip is
-    the run's commission and slippage, both ways)."""
+    the run's commission and slippage, both ways). ``inference``: ``per-bar`` (one request per
+    timestamp) or ``batched`` (the model's paths scored ``chunk`` bars ahead, the heads per
+    bar in-process: ``strategies.batched``; backtests only)."""
 
     entry_prob: float = 0.0
     min_edge: float = 0.01
@@ -46,6 +49,8 @@ class MLRunConfig(DataConfig):
     rebalance_band: float = 0.02
     entry_rule: str = "direction"
     min_return: float = 0.0
+    inference: str = "per-bar"
+    chunk: int = DEFAULT_CHUNK
 
     def __post_init__(self) -> None:
         sizer_spec(self.sizer)  # an unknown sizer is refused by name, before any run
@@ -62,6 +67,11 @@ class MLRunConfig(DataConfig):
                 f"got {self.serving_failure!r}"
             )
         check_entry_fields(self.entry_rule, self.min_return)
+        if self.inference not in INFERENCE_MODES or not 1 <= self.chunk <= 100_000:
+            raise ConfigError(
+                f"--inference must be one of {', '.join(INFERENCE_MODES)} and --chunk in "
+                f"[1, 100000], got {self.inference!r}, {self.chunk}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
@@ -87,7 +97,8 @@ class MLRunConfig(DataConfig):
             min_confidence=self.min_confidence, horizon_agreement=self.horizon_agreement,
             allow_short=self.allow_short, risk=self.risk, serving_failure=self.serving_failure,
             sizer=self.sizer, rebalance_band=self.rebalance_band, entry_rule=self.entry_rule,
-            min_return=self.min_return, round_trip_cost=trip,
+            min_return=self.min_return, round_trip_cost=trip, inference=self.inference,
+            chunk=self.chunk,
         )  # fmt: skip
 
 

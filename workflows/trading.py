@@ -132,6 +132,11 @@ def plan_session(
         )
     card_module(card, store_path / "models")  # a missing or altered features module: refused here
     ml = ml or MLRunConfig(serving_failure="hold")
+    if ml.inference != "per-bar":
+        raise ConfigError(
+            "a live session scores each bar as it arrives: inference='batched' is for "
+            "backtests; use per-bar"
+        )
     return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options)
 
 
