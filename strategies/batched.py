@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 Score = Callable[[np.ndarray], np.ndarray]
 DEFAULT_CHUNK = 256
+DEFAULT_MAX_REQUEST = 256  # windows per request: larger batches run slower per window here
 INFERENCE_MODES = ("per-bar", "batched")
 SAME_MODEL_TOLERANCE = 1e-4  # path summaries of the server's and the tail's model agree within
 
@@ -49,7 +50,7 @@ class PathCache:
         score: Score,
         *,
         chunk: int = DEFAULT_CHUNK,
-        max_request: int = 4096,
+        max_request: int = DEFAULT_MAX_REQUEST,
     ) -> None:
         if chunk < 1 or max_request < 1:
             raise ValueError(f"chunk and max_request must be >= 1, got {chunk}, {max_request}")
@@ -151,7 +152,7 @@ class BatchedSignals:
         tail: Any,
         *,
         chunk: int = DEFAULT_CHUNK,
-        max_request: int = 4096,
+        max_request: int = DEFAULT_MAX_REQUEST,
     ) -> None:
         self.tail = tail
         self.checked = paths is tail
