@@ -261,16 +261,29 @@ def test_model_server_failure_mid_session_holds_without_new_entries(
     model: tuple[Path, ModelCard],
     servers: Servers,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """TorchServe dies at bar 60 of 120: the session goes on, no new entries, nothing lost."""
     from serving.server import ServerConfig, stop
+    from strategies.ml_signal import MLSignalStrategy
 
     store, card = model
     home = ServerConfig(home=store / "serving")
     killed: list[pd.Timestamp] = []
+    decided = threading.Semaphore(0)  # one release per strategy bar: the replay waits for 5
+    real_next = MLSignalStrategy.next
+
+    def counted_next(self: Any) -> None:
+        before = len(self.audit)
+        real_next(self)
+        if len(self.audit) > before:  # a live bar decided (backfilled bars are not audited)
+            decided.release()
+
+    monkeypatch.setattr(MLSignalStrategy, "next", counted_next)
 
     def kill_at_60(i: int) -> None:
-        if i == 60:
+        if i == 60:  # the strategy lags the replay (TorchServe per bar): let it decide 5 bars
+            assert all(decided.acquire(timeout=120) for _ in range(5)), "no strategy bar"
             stop(home)
             killed.append(SESSION + pd.Timedelta(minutes=i))
 
