@@ -25,6 +25,7 @@ from torch import nn
 from mlmodels.baselines import fit_linear, trailing_volatility
 from mlmodels.dataset import WindowDataset
 from mlmodels.head_metrics import Truth, head_report
+from mlmodels.stream import sample_batches
 
 HORIZONS = (1, 4, 24)
 
@@ -33,12 +34,11 @@ HORIZONS = (1, 4, 24)
 def predict(
     model: nn.Module, ds: WindowDataset, idx: np.ndarray, batch_size: int = 512
 ) -> dict[str, np.ndarray]:
-    """Model outputs for samples ``idx`` (direction/action as probabilities)."""
+    """Model outputs for samples ``idx`` (direction/action as probabilities); a streaming
+    preset's from its streams (:func:`mlmodels.stream.sample_batches`)."""
     model.eval()
     parts: dict[str, list[np.ndarray]] = {}
-    for b in range(0, len(idx), batch_size):
-        i = idx[b : b + batch_size]
-        out = model(torch.from_numpy(ds.x(i)), torch.from_numpy(ds.position[i]))
+    for _, out in sample_batches(model, ds, idx, batch_size):
         out = {
             **out,
             "direction": torch.softmax(out["direction"], -1),

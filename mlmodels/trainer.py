@@ -38,6 +38,8 @@ from core.errors import ConfigError, DataError
 from mlmodels.dataset import WindowDataset
 from mlmodels.labels import LABEL_COLUMNS
 from mlmodels.losses import Curriculum, LossConfig, MultiTaskLoss, balanced_class_weights
+from mlmodels.nets.streaming import detach_state
+from mlmodels.stream import is_streaming, piece_batch, sample_batches, tbptt_pieces
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,9 @@ class TrainConfig(DataConfig):
     max_batches: int | None = None
     ema: float = 0.95
     refit_direction: bool = True
+    tbptt: int = 32
+    """Streaming presets: bars per truncated-BPTT chunk; a step trains ``batch_size // tbptt``
+    streams (at least 2) over one chunk, and a stream is ``TBPTT_CHUNKS`` chunks long."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -71,6 +76,8 @@ class TrainConfig(DataConfig):
             raise ConfigError(f"patience must be >= 1, got {self.patience}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"ema must be in [0, 1) (0: off), got {self.ema}")
+        if not 2 <= self.tbptt <= 1024:
+            raise ConfigError(f"tbptt must be in [2, 1024] bars, got {self.tbptt}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
 
@@ -153,6 +160,9 @@ class WeightAverage:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps = int(state["steps"])
         self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+TBPTT_CHUNKS = 8
 
 
 @dataclass
@@ -244,11 +254,13 @@ class Trainer:
     def _epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed * 100_003 + epoch)
-        order = rng.permutation(self.train_idx)
         weights = (
             cfg.curriculum.weights(epoch, cfg.epochs, cfg.loss.weights) if cfg.curriculum else None
         )
         self.model.train()
+        if is_streaming(self.model):
+            return self._stream_epoch(epoch, rng, weights)
+        order = rng.permutation(self.train_idx)
         n_batches = math.ceil(len(order) / cfg.batch_size)
         if cfg.max_batches:
             n_batches = min(n_batches, cfg.max_batches)
@@ -257,15 +269,53 @@ class Trainer:
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x, pos, y = batch_tensors(self.ds, idx, self.device)
             loss, parts = self.loss(self.model(x, pos), y, weights)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            if self.average is not None:
-                self.average.update(self.model)
-            self.sched.step(epoch + (b + 1) / n_batches)
+            self._step(loss, epoch + (b + 1) / n_batches)
             for k, v in {"loss": float(loss.detach()), **parts}.items():
                 totals[k] = totals.get(k, 0.0) + v / n_batches
+        return {f"train_{k}": v for k, v in totals.items()}
+
+    def _step(self, loss: torch.Tensor, when: float) -> None:
+        """One optimiser step on ``loss``; ``when`` is the epoch's fraction for the scheduler."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        if self.average is not None:
+            self.average.update(self.model)
+        self.sched.step(when)
+
+    def _stream_epoch(
+        self, epoch: int, rng: np.random.Generator, weights: dict[str, float] | None
+    ) -> dict[str, float]:
+        """Truncated BPTT over pieces of the training streams (:mod:`mlmodels.stream`)."""
+        cfg, chunk = self.cfg, self.cfg.tbptt
+        model: Any = self.model
+        pieces = tbptt_pieces(self.ds, self.train_idx, chunk * TBPTT_CHUNKS, rng)
+        per_step = max(2, cfg.batch_size // chunk)
+        groups = [pieces[g : g + per_step] for g in range(0, len(pieces), per_step)]
+        n_steps = sum(-(-max(len(p.samples) for p in g) // chunk) for g in groups)
+        if cfg.max_batches:
+            n_steps = min(n_steps, cfg.max_batches)
+        totals: dict[str, float] = {}
+        done = 0
+        for group in groups:
+            warm, x, pos, samples = piece_batch(self.ds, group)
+            with torch.no_grad():
+                zeros = torch.zeros(*warm.shape[:2], 3)
+                state = model.forward_chunk(warm, zeros, model.init_state(len(group)))[1]
+            for c in range(0, x.shape[1], chunk):
+                if done == n_steps:
+                    break
+                out, state = model.forward_chunk(x[:, c : c + chunk], pos[:, c : c + chunk], state)
+                state = detach_state(state)
+                valid = torch.from_numpy(samples[:, c : c + chunk] >= 0)
+                idx = samples[:, c : c + chunk][valid.numpy()]
+                y = {k: torch.from_numpy(self.ds.targets[k][idx]) for k in LABEL_COLUMNS}
+                loss, parts = self.loss({k: v[valid] for k, v in out.items()}, y, weights)
+                done += 1
+                self._step(loss, epoch + done / n_steps)
+                for k, v in {"loss": float(loss.detach()), **parts}.items():
+                    totals[k] = totals.get(k, 0.0) + v / n_steps
         return {f"train_{k}": v for k, v in totals.items()}
 
     def averaged(self) -> contextlib.AbstractContextManager[None]:
@@ -278,10 +328,9 @@ class Trainer:
         self.model.eval()
         totals: dict[str, float] = {}
         n = 0
-        for b in range(0, len(idx), 1024):
-            part = idx[b : b + 1024]
-            x, pos, y = batch_tensors(self.ds, part, self.device)
-            loss, parts = self.loss(self.model(x, pos), y)
+        for part, out in sample_batches(self.model, self.ds, idx):
+            y = {c: torch.from_numpy(self.ds.targets[c][part]) for c in LABEL_COLUMNS}
+            loss, parts = self.loss(out, y)
             for k, v in {"loss": float(loss), **parts}.items():
                 totals[k] = totals.get(k, 0.0) + v * len(part)
             n += len(part)
@@ -351,9 +400,8 @@ def _hidden(model: nn.Module, mlp: nn.Sequential, ds: WindowDataset, idx: np.nda
     hook = mlp[-1].register_forward_pre_hook(lambda _m, a: parts.append(a[0].float().numpy()))
     try:
         model.eval()
-        for b in range(0, len(idx), 1024):
-            i = idx[b : b + 1024]
-            model(torch.from_numpy(ds.x(i)), torch.from_numpy(ds.position[i]))
+        for _ in sample_batches(model, ds, idx):
+            pass
     finally:
         hook.remove()
     return np.concatenate(parts)

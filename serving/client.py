@@ -31,6 +31,7 @@ from serving.paths import CONTENT_TYPE as PATHS_CONTENT_TYPE
 from serving.paths import decode_summaries
 from serving.payload import BadRequest, TooManyWindows, encode_binary, encode_json
 from serving.signal import PositionState, Signal
+from serving.streams import StateLost, StreamGap
 
 
 class ServingUnavailable(TransientError):
@@ -120,28 +121,41 @@ class InProcessClient(SignalClient):
         timestamps: Sequence[str | None] | None = None,
     ) -> list[Signal]:
         body = encode_binary(windows, as_positions(positions, len(windows)), symbols, timestamps)
-        with self._lock:  # one handler, like one TorchServe worker
-            self.context.request_processor = [self._request_processor({})]
-            out = self.handler.handle([{"body": body}], self.context)
-            code, _ = self.context.get_response_status(0)
-        if code not in (None, 200):
-            raise BadRequest(json.loads(out[0])["message"])
-        return [Signal.from_dict(d) for d in json.loads(out[0])]
+        return [Signal.from_dict(d) for d in json.loads(self._handle(body))]
 
     def paths(self, windows: np.ndarray) -> np.ndarray:
         """The path summaries ``(N, D)`` of windows ``(N, W, F)``, through the handler's
         request path as TorchServe would answer them."""
         body = encode_binary(windows, None, paths_only=True)
-        with self._lock:
+        return decode_summaries(self._handle(body), len(windows))
+
+    def stream_paths(
+        self,
+        session: str,
+        symbols: Sequence[str],
+        prev: Sequence[str | None],
+        last: Sequence[str],
+        rows: np.ndarray,
+    ) -> np.ndarray:
+        """Continue streams (:mod:`serving.streams`): ``rows`` ``(N, T, F)`` raw features
+        of each stream's bars after ``prev`` (None: a new stream) up to ``last``; returns the
+        path outputs ``(N, T, D)``. Raises ``StreamGap`` / ``StateLost`` (HTTP 409) when a
+        stream cannot continue."""
+        body = encode_binary(rows, None, symbols, last, paths_only=True, session=session,
+                             prev=prev)  # fmt: skip
+        n, t = rows.shape[:2]
+        return decode_summaries(self._handle(body), n * t).reshape(n, t, -1)
+
+    def _handle(self, body: bytes) -> Any:
+        """The handler's answer to one request body, as TorchServe's worker would give it;
+        a refusal raises its error (``refusal_error``)."""
+        with self._lock:  # one handler, like one TorchServe worker
             self.context.request_processor = [self._request_processor({})]
             out = self.handler.handle([{"body": body}], self.context)
             code, _ = self.context.get_response_status(0)
         if code not in (None, 200):
-            answer = json.loads(out[0])
-            if "max_windows" in answer:
-                raise TooManyWindows(answer["message"], int(answer["max_windows"]))
-            raise BadRequest(answer["message"])
-        return decode_summaries(out[0], len(windows))
+            raise refusal_error(json.loads(out[0]))
+        return out[0]
 
     def from_paths(
         self,
@@ -305,7 +319,25 @@ class RestClient(SignalClient):
     def paths(self, windows: np.ndarray) -> np.ndarray:
         """The model's path summaries ``(N, D)`` for windows ``(N, W, F)`` (one request; a
         server that takes fewer windows raises ``TooManyWindows`` with its limit)."""
-        body = encode_binary(windows, None, paths_only=True)
+        return self._summaries(encode_binary(windows, None, paths_only=True), len(windows))
+
+    def stream_paths(
+        self,
+        session: str,
+        symbols: Sequence[str],
+        prev: Sequence[str | None],
+        last: Sequence[str],
+        rows: np.ndarray,
+    ) -> np.ndarray:
+        """Continue streams on the server (see ``InProcessClient.stream_paths``); raises
+        ``StreamGap`` / ``StateLost`` when a stream cannot continue there."""
+        body = encode_binary(rows, None, symbols, last, paths_only=True, session=session,
+                             prev=prev)  # fmt: skip
+        n, t = rows.shape[:2]
+        return self._summaries(body, n * t).reshape(n, t, -1)
+
+    def _summaries(self, body: bytes, expected: int) -> np.ndarray:
+        """POST a path-summaries request; its ``(expected, D)`` answer."""
         self.breaker.check()
         try:
             r = self._post(body, "application/octet-stream")
@@ -315,7 +347,7 @@ class RestClient(SignalClient):
                     "path-summaries request (a model archive from before batched inference? "
                     "rebuild it with btml serve start)"
                 )
-            summaries = decode_summaries(r.content, len(windows))
+            summaries = decode_summaries(r.content, expected)
         except ServingUnavailable:
             self.breaker.failure()
             raise
@@ -375,6 +407,18 @@ class RestClient(SignalClient):
         self.session.close()
 
 
+def refusal_error(answer: dict[str, Any], prefix: str = "") -> BadRequest:
+    """The error for the handler's refusal ``answer`` (its JSON body)."""
+    msg = prefix + str(answer.get("message", answer))
+    if answer.get("reason") == "gap":
+        return StreamGap(msg)
+    if answer.get("reason") == "lost":
+        return StateLost(msg)
+    if isinstance(answer.get("max_windows"), int) and answer["max_windows"] > 0:
+        return TooManyWindows(msg, int(answer["max_windows"]))
+    return BadRequest(msg)
+
+
 def _json(r: requests.Response, endpoint: str) -> Any:
     try:
         return r.json()
@@ -420,6 +464,13 @@ def _client_error(r: requests.Response, endpoint: str) -> Exception:
         return BadRequest(f"the server refused the request: {msg}")
     if r.status_code == 404:
         return ModelNotFound(f"{endpoint}: {msg}")
+    if r.status_code == 409:
+        try:
+            answer = r.json()
+        except ValueError:
+            answer = {}
+        if isinstance(answer, dict) and answer.get("reason") in ("gap", "lost"):
+            return refusal_error(answer, f"{endpoint}: ")
     if r.status_code == 413:
         limit = _max_windows(r)
         if limit is not None:

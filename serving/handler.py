@@ -35,6 +35,13 @@ from serving.paths import CONTENT_TYPE as PATHS_CONTENT_TYPE
 from serving.paths import encode_summaries
 from serving.payload import BadRequest, Batch, TooManyWindows, decode
 from serving.signal import Signal
+from serving.streams import (
+    DEFAULT_IDLE_SECONDS,
+    StreamConflict,
+    StreamRequest,
+    StreamSessions,
+    advance,
+)
 
 
 def _import_base_handler() -> type:
@@ -68,6 +75,7 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
         self.net: torch.nn.Module | None = None
         self.scaler: Scaler | None = None
         self.max_windows = DEFAULT_MAX_WINDOWS
+        self.streams: StreamSessions | None = None
 
     def initialize(self, context: Any) -> None:
         """Load the card, weights and scaler from ``context.system_properties['model_dir']``."""
@@ -85,6 +93,9 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
         weights = manifest.get("model", {}).get("serializedFile") or WEIGHTS_FILE
         self.net = load_weights(model_dir / weights, self.card)
         self.scaler = self.card.scaler_obj()
+        if getattr(getattr(self.net, "cfg", None), "streaming", False):
+            idle = float(cfg.get("stream_idle_seconds", DEFAULT_IDLE_SECONDS))
+            self.streams = StreamSessions(self.net.init_state, idle_seconds=idle)  # type: ignore[arg-type]
         self.model = self.net
         self.context = context
         self.initialized = True
@@ -105,6 +116,13 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
             except BadRequest as err:
                 batches.append(None)
                 out.append(_refusal(err, context, idx))
+        for idx, b in enumerate(batches):  # in order: each continues its streams' states
+            if b is not None and b.streaming:
+                try:
+                    out[idx] = self._stream(b, context, idx)
+                except BadRequest as err:
+                    out[idx] = _refusal(err, context, idx)
+        batches = [None if b is None or b.streaming else b for b in batches]
         signal_idx = [i for i, b in enumerate(batches) if b is not None and not b.paths_only]
         path_idx = [i for i, b in enumerate(batches) if b is not None and b.paths_only]
         if signal_idx:
@@ -119,6 +137,32 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
                 out[idx] = encode_summaries(part)
                 context.set_response_content_type(idx, PATHS_CONTENT_TYPE)
         return out
+
+    def _stream(self, batch: Batch, context: Any, idx: int) -> Any:
+        """Continue a stream request's streams (:mod:`serving.streams`): every bar's path
+        outputs (paths flag) or the signal at each stream's last bar."""
+        assert self.net is not None and self.scaler is not None and batch.prev is not None
+        if self.streams is None:
+            raise BadRequest(
+                f"{self._card().ref} ({self._card().arch}) restarts on every window and keeps "
+                "no stream; send windows, or serve a streaming preset"
+            )
+        rows = torch.from_numpy(self.scaler.transform(batch.windows))
+        requests = [
+            StreamRequest(str(sym), prev, str(last), rows[i])
+            for i, (sym, prev, last) in enumerate(
+                zip(batch.symbols, batch.prev, batch.timestamps, strict=True)
+            )
+        ]
+        assert batch.session is not None
+        seq = advance(self.net, self.streams, batch.session, requests)
+        if batch.paths_only:
+            context.set_response_content_type(idx, PATHS_CONTENT_TYPE)
+            return encode_summaries(seq.flatten(0, 1).numpy())
+        last = seq[:, -1].numpy()
+        return json.dumps(
+            self.signals_from_paths(last, batch.positions, batch.symbols, batch.timestamps)
+        )
 
     def paths(self, windows: np.ndarray) -> np.ndarray:
         """The network's path summaries ``(N, D)`` of raw windows ``(N, W, F)`` (scaled here)."""
@@ -208,10 +252,14 @@ class SignalHandler(BaseHandler):  # type: ignore[misc,valid-type]
 
 
 def _refusal(err: BadRequest, context: Any, idx: int) -> str:
-    """The JSON body of a refused request; its status is 413 for too many windows (with the
-    limit, so a client splits), else 400."""
+    """The JSON body of a refused request; its status is 409 for a stream that cannot
+    continue (``reason`` gap or lost), 413 for too many windows (with the limit, so a client
+    splits), else 400."""
     body: dict[str, Any] = {"code": 400, "type": "BadRequest", "message": str(err)}
-    if isinstance(err, TooManyWindows):
+    if isinstance(err, StreamConflict):
+        body |= {"code": 409, "type": type(err).__name__, "reason": err.reason}
+        context.set_response_status(code=409, phrase="Conflict", idx=idx)
+    elif isinstance(err, TooManyWindows):
         body |= {"code": 413, "type": "TooManyWindows", "max_windows": err.limit}
         context.set_response_status(code=413, phrase="Payload Too Large", idx=idx)
     else:

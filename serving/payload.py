@@ -5,7 +5,9 @@ Binary (``Content-Type: application/octet-stream``), little-endian::
     offset  size        field
     0       4           magic b"BTML"
     4       2           format version (1)
-    6       2           flags: bit 0 asks for the paths' summaries (serving.paths), else 0
+    6       2           flags: bit 0 asks for the paths' summaries (serving.paths); bit 1
+                        continues streams (serving.streams): the N "windows" are N streams'
+                        next W bars each, and the metadata names the session and the streams
     8       4           N, windows in the request
     12      4           W, bars per window
     16      4           F, features per bar
@@ -14,6 +16,11 @@ Binary (``Content-Type: application/octet-stream``), little-endian::
     ...     4*N*P       positions, float32: position, unrealised log P&L, bars held
     ...     4           M, bytes of UTF-8 JSON metadata (0 = none)
     ...     M           {"symbols": [...], "timestamps": [...]} (optional, echoed in the response)
+
+A stream request's metadata is required: ``{"session": id, "symbols": [one per stream],
+"prev": [the bar each stream continues from, or null for a new stream], "timestamps": [each
+stream's last bar]}``; with bit 0 the answer is every bar's path outputs (``N * W`` rows),
+otherwise the signal at each stream's last bar (with the positions given).
 
 JSON (``Content-Type: application/json``)::
 
@@ -40,6 +47,7 @@ from core.errors import DataError
 MAGIC = b"BTML"
 FORMAT_VERSION = 1
 PATHS_FLAG = 1  # bit 0 of the reserved field: answer the paths' summaries (serving.paths)
+STREAM_FLAG = 2  # bit 1: continue streams of a streaming preset (serving.streams)
 HEADER = struct.Struct("<4sHHIIII")
 POSITION_FIELDS = 3
 
@@ -65,6 +73,12 @@ class Batch:
     symbols: list[str | None]
     timestamps: list[str | None]
     paths_only: bool = False
+    session: str | None = None  # a stream request's session (serving.streams), else None
+    prev: list[str | None] | None = None  # the bar each stream continues from
+
+    @property
+    def streaming(self) -> bool:
+        return self.session is not None
 
     def __len__(self) -> int:
         return int(self.windows.shape[0])
@@ -77,9 +91,12 @@ def encode_binary(
     timestamps: Sequence[str | None] | None = None,
     *,
     paths_only: bool = False,
+    session: str | None = None,
+    prev: Sequence[str | None] | None = None,
 ) -> bytes:
     """Pack windows ``(N, W, F)`` (and optional positions ``(N, 3)``) into the binary format;
-    ``paths_only`` asks for the paths' summaries instead of signals (:mod:`serving.paths`)."""
+    ``paths_only`` asks for the paths' summaries instead of signals (:mod:`serving.paths`);
+    ``session`` (with ``symbols``, ``prev`` and ``timestamps``) continues streams."""
     w = np.ascontiguousarray(windows, dtype="<f4")
     if w.ndim != 3:
         raise BadRequest(f"windows must be (N, W, F), got shape {tuple(w.shape)}")
@@ -90,11 +107,14 @@ def encode_binary(
         if p.shape != (n, POSITION_FIELDS):
             raise BadRequest(f"positions must be ({n}, 3), got shape {tuple(p.shape)}")
     meta = b""
+    fields: dict[str, Any] = {}
     if symbols is not None or timestamps is not None:
-        meta = json.dumps(
-            {"symbols": list(symbols or []), "timestamps": list(timestamps or [])}
-        ).encode()
-    flags = PATHS_FLAG if paths_only else 0
+        fields = {"symbols": list(symbols or []), "timestamps": list(timestamps or [])}
+    if session is not None:
+        fields |= {"session": session, "prev": list(prev or [None] * n)}
+    if fields:
+        meta = json.dumps(fields).encode()
+    flags = (PATHS_FLAG if paths_only else 0) | (STREAM_FLAG if session is not None else 0)
     head = HEADER.pack(
         MAGIC, FORMAT_VERSION, flags, n, w.shape[1], w.shape[2], POSITION_FIELDS if p.size else 0
     )
@@ -157,7 +177,9 @@ def _decode_binary(raw: bytes, *, window: int, features: list[str], max_windows:
         raise BadRequest(f"binary format version {version} is not {FORMAT_VERSION}")
     if p not in (0, POSITION_FIELDS):
         raise BadRequest(f"position fields must be 0 or 3, got {p}")
-    _check_counts(n, w, f, window=window, features=features, max_windows=max_windows)
+    stream = bool(flags & STREAM_FLAG)
+    _check_counts(n, w, f, window=window, features=features, max_windows=max_windows,
+                  stream=stream)  # fmt: skip
     n_win, n_pos = n * w * f, n * p
     need = HEADER.size + 4 * (n_win + n_pos) + 4
     if len(raw) < need:
@@ -180,7 +202,24 @@ def _decode_binary(raw: bytes, *, window: int, features: list[str], max_windows:
     if not isinstance(meta, dict):
         raise BadRequest(f"binary body metadata must be a JSON object, got {type(meta).__name__}")
     batch = _batch(windows, positions, meta.get("symbols"), meta.get("timestamps"))
-    return dataclasses.replace(batch, paths_only=bool(flags & PATHS_FLAG))
+    batch = dataclasses.replace(batch, paths_only=bool(flags & PATHS_FLAG))
+    return _stream_fields(batch, meta) if stream else batch
+
+
+def _stream_fields(batch: Batch, meta: dict[str, Any]) -> Batch:
+    """A stream request's session and ``prev`` from its metadata, checked."""
+    session, prev = meta.get("session"), meta.get("prev")
+    if not isinstance(session, str) or not session or len(session) > 200:
+        raise BadRequest("a stream request needs a 'session' id (1-200 characters) in its metadata")
+    if None in batch.symbols or None in batch.timestamps:
+        raise BadRequest("a stream request names every stream's symbol and last bar time")
+    if len(set(batch.symbols)) != len(batch.symbols):
+        raise BadRequest("a stream request names each symbol once")
+    if not isinstance(prev, list) or len(prev) != len(batch):
+        raise BadRequest(f"a stream request needs 'prev' (one per stream, {len(batch)})")
+    return dataclasses.replace(
+        batch, session=session, prev=[None if v is None else str(v) for v in prev]
+    )
 
 
 def _decode_json(body: Any) -> Batch:
@@ -231,11 +270,22 @@ def _batch(windows: np.ndarray, positions: np.ndarray, symbols: Any, timestamps:
 
 
 def _check_counts(
-    n: int, w: int, f: int, *, window: int, features: list[str], max_windows: int
-) -> None:
-    """Refuse a request's counts (from a header, before allocating) or its decoded shape."""
+    n: int, w: int, f: int, *, window: int, features: list[str], max_windows: int,
+    stream: bool = False,
+) -> None:  # fmt: skip
+    """Refuse a request's counts (from a header, before allocating) or its decoded shape
+    (a stream request: any number of bars, at most ``max_windows * window`` in all)."""
     if n == 0:
         raise BadRequest("the request holds no windows")
+    if stream:
+        if w == 0 or n * w > max_windows * window:
+            raise BadRequest(
+                f"{n} streams x {w} bars; a stream request holds 1 to {max_windows * window} "
+                "bars in all"
+            )
+        if f != len(features):
+            raise BadRequest(f"expected {len(features)} features per bar, received {f}")
+        return
     if n > max_windows:
         raise TooManyWindows(
             f"{n} windows in one request; at most {max_windows} are allowed", max_windows
@@ -249,7 +299,8 @@ def _check_counts(
 
 def _check(batch: Batch, *, window: int, features: list[str], max_windows: int) -> None:
     n, w, f = batch.windows.shape
-    _check_counts(n, w, f, window=window, features=features, max_windows=max_windows)
+    _check_counts(n, w, f, window=window, features=features, max_windows=max_windows,
+                  stream=batch.streaming)  # fmt: skip
     bad = ~np.isfinite(batch.windows)
     if bad.any():
         i, t, k = (int(v) for v in np.argwhere(bad)[0])

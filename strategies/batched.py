@@ -202,11 +202,12 @@ def batched_signals(
     chunk: int = DEFAULT_CHUNK,
     model: str | None = None,
     store: str | None = None,
-) -> BatchedSignals:
+) -> Any:
     """The strategy's batched scorer over ``client``: an ``InProcessClient`` is its own tail;
     a server client needs the model's fusion and heads in-process, from the registry
-    (``model``, ``store``). Refused (``ConfigError``) for live windows, which cannot be
-    scored ahead."""
+    (``model``, ``store``). A streaming preset's is a
+    :class:`strategies.streamed.StreamSignals` (``chunk=1``: a request per bar, as live).
+    Refused (``ConfigError``) for live windows, which cannot be scored ahead."""
     if isinstance(windows, LiveFeatureWindows):
         raise ConfigError(
             "inference='batched' scores bars ahead and needs the whole data before the run "
@@ -216,6 +217,17 @@ def batched_signals(
         raise ConfigError(
             f"{type(client).__name__} cannot score path summaries; use inference='per-bar'"
         )
+    tail = _tail(client, model, store)
+    if tail.card.model_cfg().streaming:  # a streaming preset: its streams, continued
+        from strategies.streamed import StreamSignals
+
+        return StreamSignals(windows, client, tail, chunk=chunk)
+    return BatchedSignals(windows, client, tail, chunk=chunk)
+
+
+def _tail(client: Any, model: str | None, store: str | None) -> Any:
+    """The in-process client that runs the fusion and the heads: ``client`` itself, or the
+    registry's copy of the served model."""
     tail = client if hasattr(client, "from_paths") else None
     if tail is None and model is not None and store is not None:
         from pathlib import Path
@@ -229,4 +241,4 @@ def batched_signals(
             "pass model='name:version' and store='<store folder>' too, or batched="
             "BatchedSignals(windows, client, InProcessClient.from_registry(...))"
         )
-    return BatchedSignals(windows, client, tail, chunk=chunk)
+    return tail

@@ -66,6 +66,7 @@ from strategies.plugins import PluginSpec, config_from_params, config_params, re
 from strategies.risk import DailyLossState, DrawdownState, RiskConfig, RiskInputs
 from strategies.risk_rules import RiskRule, apply_rules
 from strategies.sizing import Sizer, build_sizer, sizer_spec
+from strategies.streamed import StreamSignals, per_bar_streams
 from strategies.windows import FeatureWindows, LiveFeatureWindows
 
 if TYPE_CHECKING:
@@ -256,10 +257,12 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         if self.cfg.entry_rule == "auto":
             raise ConfigError(f"MLSignalStrategy: {UNRESOLVED_AUTO}")
         self.client, self.windows = runtime_objects(self.p, self.datas)
-        self.batched: BatchedSignals | None = self.p.batched
+        self.batched: BatchedSignals | StreamSignals | None = self.p.batched
         if self.batched is None and self.cfg.inference == "batched":
             self.batched = batched_signals(self.client, self.windows, chunk=self.cfg.chunk,
                                            model=self.p.model, store=self.p.store)  # fmt: skip
+        elif self.batched is None:  # a streaming preset streams per bar too
+            self.batched = per_bar_streams(self.client, self.windows, self.p.model, self.p.store)
         self.sizing: Sizer = build_sizer(PluginSpec.of(self.cfg.sizer, kind="sizer"))
         self.risk_rules: tuple[RiskRule, ...] = self.cfg.risk.build_rules()
         self.audit: list[Decision] = []

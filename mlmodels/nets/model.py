@@ -155,29 +155,31 @@ class MultiTaskModel(nn.Module):
         """Continue the streams in ``state`` with ``x`` ``(B, T, F)``: the heads at every bar
         and the state after the last (for truncated BPTT, detach it between chunks). Any split
         of a sequence into chunks gives the same outputs as one call."""
-        xlstm = self._stream_paths()
         pos = per_step_positions(pos, x.shape[:2])
-        outs: list[dict[str, torch.Tensor]] = []
+        seq, state = self.paths_sequence(x, state)
+        bsz, steps = pos.shape[:2]
+        out = self.from_paths(seq.flatten(0, 1), pos.flatten(0, 1))
+        return {k: v.unflatten(0, (bsz, steps)) for k, v in out.items()}, state
+
+    def paths_sequence(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The streaming counterpart of :meth:`paths`: the paths' outputs at every bar of
+        ``x`` ``(B, T, F)`` continuing ``state``, ``(B, T, D)``, and the state after the last
+        bar. ``from_paths`` of one bar's row gives that bar's heads (the position state enters
+        only there), so a backtest scores a whole stream ahead and applies its positions."""
+        xlstm = self._stream_paths()
+        seqs: list[torch.Tensor] = []
         for start in range(0, x.shape[1], STREAM_CHUNK):
-            xc, pc = x[:, start : start + STREAM_CHUNK], pos[:, start : start + STREAM_CHUNK]
-            seqs = []
+            xc = x[:, start : start + STREAM_CHUNK]
             seq, xs = xlstm.forward_state(xc, unprefixed("xlstm", state))
-            seqs.append(seq)
+            parts = [seq]
             new = prefixed("xlstm", xs)
             if self.transformer is not None:
                 seq, ts = self.transformer.forward_state(xc, unprefixed("transformer", state))
-                seqs.append(seq)
+                parts.append(seq)
                 new.update(prefixed("transformer", ts))
-            outs.append(self._heads_at_every_step(seqs, pc))
+            seqs.append(torch.cat(parts, dim=-1))
             state = new
-        return {k: torch.cat([o[k] for o in outs], dim=1) for k in outs[0]}, state
-
-    def _heads_at_every_step(
-        self, seqs: list[torch.Tensor], pos: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        bsz, steps = pos.shape[:2]
-        z = self.fusion([s.flatten(0, 1) for s in seqs], self.pos(pos.flatten(0, 1)))
-        return {k: v.unflatten(0, (bsz, steps)) for k, v in self.heads(z).items()}
+        return torch.cat(seqs, dim=1), state
 
     def _stream_paths(self) -> XLSTMStack:
         if not self.cfg.streaming or not isinstance(self.xlstm, XLSTMStack):
