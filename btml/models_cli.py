@@ -89,7 +89,8 @@ from core.errors import BtmlError, DataError
 @click.option(
     "--compare-lstm",
     is_flag=True,
-    help="Also train the same model with nn.LSTM of equal size; its test metrics go in the card.",
+    help="Also train the same model with nn.LSTM of equal size (and a streaming preset's "
+    "windowed twin); their test metrics go in the card.",
 )
 @pass_config
 def train(config: Config, symbols: str | None, **opts: Any) -> None:
@@ -159,6 +160,13 @@ def _print_card(card: Any) -> None:
         click.echo(
             f"nn.LSTM twin ({int(lstm['parameters']):,} parameters): direction accuracy "
             f"{lstm['direction_accuracy']:.3f}, IC 1-bar {lstm['price_1_ic']:.3f}"
+        )
+    win = card.metrics.get("windowed_test")
+    if win:
+        click.echo(
+            f"windowed twin: direction accuracy {win['direction_accuracy']:.3f}, IC 1-bar "
+            f"{win['price_1_ic']:.3f}, trained in {win['train_seconds']:.0f} s (streaming "
+            f"{win['stream_train_seconds']:.0f} s)"
         )
 
 
@@ -285,7 +293,7 @@ def show(config: Config, ref: str, as_json: bool) -> None:
         )
     for split, (a, b) in card.date_ranges.items():
         click.echo(f"  {split:<5} {a[:10]} .. {b[:10]}")
-    for split in ("val", "test", "lstm_test"):
+    for split in ("val", "test", "lstm_test", "windowed_test"):
         m = card.metrics.get(split, {})
         if not m:
             continue

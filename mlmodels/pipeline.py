@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,9 @@ def train_on_dataset(
 
     ``compare_lstm`` also trains the same model with ``nn.LSTM`` of equal size in place of the
     xLSTM stack (same data, split, seed and settings) and records its test metrics in the card
-    as ``metrics["lstm_test"]`` (with its parameter count), beside the naive baselines.
+    as ``metrics["lstm_test"]`` (with its parameter count), beside the naive baselines; for a
+    streaming preset it also trains its windowed twin (``metrics["windowed_test"]``, with
+    both training times).
     ``training_run`` is the run registry's id of the run doing this, written into the card.
     ``user`` is the features module ``ds`` was built with (``compute=user.table``): the card
     records it and the registry stores its source beside the weights.
@@ -78,7 +81,9 @@ def train_on_dataset(
     base = get_architecture(arch) if isinstance(arch, str) else arch
     mcfg = base.with_data(len(ds.feature_names), ds.window)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=f"btml-train-{name}-"))
+    began = time.perf_counter()
     fitted = _fit(mcfg, ds, split, train_cfg, work, resume, on_epoch)
+    seconds = time.perf_counter() - began
     metrics = evaluate_splits(
         fitted.model, ds, split, seed=train_cfg.seed, vol_lag=data_cfg.labels.risk_horizon
     )
@@ -86,6 +91,8 @@ def train_on_dataset(
         twin = _fit(lstm_baseline(mcfg), ds, split, train_cfg, work / "lstm", resume, None).model
         metrics["lstm_test"] = head_metrics(predict(twin, ds, split.test), ds, split.test)
         metrics["lstm_test"]["parameters"] = float(count_parameters(twin))
+    if compare_lstm and mcfg.streaming:
+        metrics["windowed_test"] = _windowed_twin(mcfg, ds, split, train_cfg, work, seconds)
     card = _card(
         name, mcfg, ds, split, data_cfg, train_cfg, fitted, metrics,
         scaler=scaler.to_dict(), index=index_name, timeframe=timeframe,
@@ -95,6 +102,18 @@ def train_on_dataset(
         files = {MODULE_FILE: source} if source is not None else None
         card = registry.register(fitted.model, card, files)
     return fitted.model, card
+
+
+def _windowed_twin(
+    mcfg: ModelConfig, ds: WindowDataset, split: Split, cfg: TrainConfig, work: Path, secs: float
+) -> dict[str, float]:
+    """A streaming preset's windowed twin (same sizes, restarting on every window) trained on
+    the same data, split and seed: its test metrics and both training times."""
+    twin_cfg = dataclasses.replace(mcfg, arch=f"{mcfg.arch}/windowed", streaming=False)
+    began = time.perf_counter()
+    twin = _fit(twin_cfg, ds, split, cfg, work / "windowed", False, None).model
+    out = head_metrics(predict(twin, ds, split.test), ds, split.test)
+    return {**out, "train_seconds": time.perf_counter() - began, "stream_train_seconds": secs}
 
 
 def evaluate_splits(

@@ -66,7 +66,7 @@ from strategies.plugins import PluginSpec, config_from_params, config_params, re
 from strategies.risk import DailyLossState, DrawdownState, RiskConfig, RiskInputs
 from strategies.risk_rules import RiskRule, apply_rules
 from strategies.sizing import Sizer, build_sizer, sizer_spec
-from strategies.streamed import StreamSignals, per_bar_streams
+from strategies.streamed import LiveStreamSignals, StreamSignals, per_bar_streams
 from strategies.windows import FeatureWindows, LiveFeatureWindows
 
 if TYPE_CHECKING:
@@ -257,7 +257,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         if self.cfg.entry_rule == "auto":
             raise ConfigError(f"MLSignalStrategy: {UNRESOLVED_AUTO}")
         self.client, self.windows = runtime_objects(self.p, self.datas)
-        self.batched: BatchedSignals | StreamSignals | None = self.p.batched
+        self.batched: BatchedSignals | StreamSignals | LiveStreamSignals | None = self.p.batched
         if self.batched is None and self.cfg.inference == "batched":
             self.batched = batched_signals(self.client, self.windows, chunk=self.cfg.chunk,
                                            model=self.p.model, store=self.p.store)  # fmt: skip

@@ -31,7 +31,7 @@ from core.errors import ConfigError
 from serving.signal import Signal
 from serving.streams import StreamConflict
 from strategies.batched import SAME_MODEL_TOLERANCE
-from strategies.windows import FeatureWindows, SymbolFeatures
+from strategies.windows import FeatureWindows, LiveFeatureWindows, SymbolFeatures
 
 log = logging.getLogger(__name__)
 
@@ -230,15 +230,106 @@ class StreamSignals:
         )
 
 
+class LiveStreamSignals:
+    """A live session's streams: each new bar's feature row continues its symbol's stream.
+
+    The rows come from the live windows' last computation (``LiveFeatureWindows.recent``).
+    A symbol's first bar, and any bar after its state was lost on the server (or after a bar
+    the session did not stream), starts the stream again from the last ``history`` bars the
+    feed holds (their trailing run of complete rows): "rebuilt from the last N bars", in the
+    log, never a silent reset.
+    """
+
+    def __init__(
+        self, windows: LiveFeatureWindows, client: Any, tail: Any, *, session: str | None = None
+    ) -> None:
+        self.windows = windows
+        self.client = client
+        self.tail = tail
+        self.session = session or f"live-{uuid.uuid4().hex[:12]}"
+        self.prev: dict[str, str] = {}
+        self.started: set[str] = set()
+        self.requests = 0
+        self.rebuilds = 0
+
+    def predict(
+        self,
+        symbols: Sequence[str],
+        ts_ns: int,
+        positions: np.ndarray,
+        timestamps: Sequence[str | None],
+    ) -> list[Signal]:
+        """The signals of ``symbols``' newest bars (their windows were just computed)."""
+        out: dict[str, np.ndarray] = {}
+        recent = {s: self.windows.recent[s] for s in symbols}
+        follow = [s for s in symbols if self._continues(s, recent[s][0])]
+        if follow:
+            try:
+                self._send(follow, {s: recent[s][1][-1:] for s in follow}, recent, out)
+            except StreamConflict as err:
+                for s in follow:
+                    log.warning("stream %s of session %s could not continue on the server "
+                                "(%s: %s)", s, self.session, err.reason, err)  # fmt: skip
+                    self.prev.pop(s, None)
+                self.rebuilds += 1
+        for s in symbols:
+            if s not in out:
+                self._restart(s, recent[s], out)
+        rows = np.stack([out[s] for s in symbols])
+        return list(self.tail.from_paths(rows, positions, symbols=list(symbols),
+                                         timestamps=timestamps))  # fmt: skip
+
+    def _continues(self, sym: str, times: np.ndarray) -> bool:
+        prev = self.prev.get(sym)
+        return prev is not None and len(times) >= 2 and prev == _iso(times[-2])
+
+    def _restart(
+        self, sym: str, rec: tuple[np.ndarray, np.ndarray], out: dict[str, np.ndarray]
+    ) -> None:
+        times, values = rec
+        ok = np.isfinite(values).all(axis=1)
+        start = len(ok) - int(np.argmin(ok[::-1])) if not ok.all() else 0
+        again = sym in self.started
+        (log.warning if again else log.info)(
+            "stream %s of session %s %s from the last %d bars", sym, self.session,
+            "rebuilt" if again else "started", len(ok) - start,
+        )  # fmt: skip
+        self.started.add(sym)
+        self.prev.pop(sym, None)
+        self._send([sym], {sym: values[start:]}, {sym: rec}, out, new=True)
+
+    def _send(
+        self,
+        syms: list[str],
+        rows: dict[str, np.ndarray],
+        recent: dict[str, tuple[np.ndarray, np.ndarray]],
+        out: dict[str, np.ndarray],
+        *,
+        new: bool = False,
+    ) -> None:
+        last = [_iso(recent[s][0][-1]) for s in syms]
+        prev = [None if new else self.prev[s] for s in syms]
+        got = np.asarray(self.client.stream_paths(
+            self.session, syms, prev, last, np.stack([rows[s] for s in syms])))  # fmt: skip
+        self.requests += 1
+        for k, s in enumerate(syms):
+            out[s] = got[k, -1]
+            self.prev[s] = last[k]
+
+
+def _iso(ns: Any) -> str:
+    return pd.Timestamp(int(ns), tz="UTC").isoformat()
+
+
 def per_bar_streams(
     client: Any, windows: FeatureWindows, model: str | None, store: str | None
-) -> StreamSignals | None:
-    """A backtest's per-bar scorer for a streaming preset: its streams continued one bar per
-    request (None for a windowed preset, live windows, or a client without streams)."""
+) -> StreamSignals | LiveStreamSignals | None:
+    """The per-bar scorer of a streaming preset: in a backtest its streams continued one bar
+    per request, live :class:`LiveStreamSignals` (None for a windowed preset or a client
+    without streams)."""
     from strategies.batched import _tail
-    from strategies.windows import LiveFeatureWindows
 
-    if isinstance(windows, LiveFeatureWindows) or not hasattr(client, "stream_paths"):
+    if not hasattr(client, "stream_paths"):
         return None
     try:
         tail = _tail(client, model, store)
@@ -246,4 +337,6 @@ def per_bar_streams(
         return None
     if not tail.card.model_cfg().streaming:
         return None
+    if isinstance(windows, LiveFeatureWindows):
+        return LiveStreamSignals(windows, client, tail)
     return StreamSignals(windows, client, tail, chunk=1)

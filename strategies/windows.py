@@ -200,6 +200,9 @@ class LiveFeatureWindows(FeatureWindows):
                 f"(feature warm-up {warmup} + window {window})"
             )
         self.index = index
+        self.recent: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        """Per symbol, the bar times (int64 ns) and feature rows of the last computation: a
+        streaming preset's live session streams the newest row (``strategies.streamed``)."""
 
     @classmethod
     def from_card(  # type: ignore[override]
@@ -225,7 +228,12 @@ class LiveFeatureWindows(FeatureWindows):
         missing = [c for c in self.names if c not in table.columns]
         if missing:
             raise DataError(f"live features lack {', '.join(missing[:8])}")
-        values = table[self.names].to_numpy(dtype=np.float32)[-self.window :]
+        rows = table[self.names].to_numpy(dtype=np.float32)
+        self.recent[getattr(data, "_name", "")] = (
+            pd.DatetimeIndex(table.index).as_unit("ns").asi8,
+            rows,
+        )
+        values = rows[-self.window :]
         if not np.isfinite(values).all():
             return None
         return values

@@ -71,6 +71,18 @@ def model(market: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFact
     return store, card
 
 
+@pytest.fixture(scope="module")
+def stream_model(market: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    store = tmp_path_factory.mktemp("stream-store")
+    history = {s: f.iloc[:HISTORY] for s, f in market.items()}
+    _, card = train_model(
+        history, "tiny-stream", name="stream", registry=ModelRegistry(store / "models"),
+        train_cfg=TrainConfig(epochs=1, batch_size=64, patience=1, seed=0, threads=1),
+        data_cfg=DatasetConfig(window=16), timeframe="1m",
+    )  # fmt: skip
+    return store, card
+
+
 class HistoryServed:
     """The data fake's REST history, answered by the fake itself, noting every symbol whose
     last page has been answered: after that, a bar pushed cannot land in that feed's backfill
@@ -302,6 +314,46 @@ def test_model_server_failure_mid_session_holds_without_new_entries(
     orders = _journal_agrees(tmp_path / "journal.sqlite", servers[0], card, strat)
     late = [o for o in orders if o.bar_time >= first.to_pydatetime()]
     assert late == [], "an order was placed without a model signal"
+
+
+@pytest.mark.slow
+def test_a_streaming_preset_streams_its_live_bars_and_rebuilds_a_lost_state(
+    market: dict[str, pd.DataFrame],
+    stream_model: tuple[Path, ModelCard],
+    servers: Servers,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``tiny-stream`` live: one stream per symbol started from the backfilled history, then
+    one bar per request; the server losing every state at bar 20 (as a restarted worker
+    would) is rebuilt from the feed's history and said so, and the session trades on."""
+    import logging
+
+    from serving.streams import StreamSessions
+    from strategies.streamed import LiveStreamSignals
+
+    calls = {"n": 0}
+    real_check = StreamSessions.check
+
+    def loses_states_once(self: StreamSessions, session: str, requests: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 3 + 20:  # 3 starts, then one continuation per bar
+            self._streams.clear()
+        return real_check(self, session, requests)
+
+    monkeypatch.setattr(StreamSessions, "check", loses_states_once)
+    with caplog.at_level(logging.INFO, logger="strategies.streamed"):
+        strat = _session(market, stream_model, servers, tmp_path / "journal.sqlite", bars=40,
+                         replayed=40).strategy  # fmt: skip
+    scorer = strat.batched
+    assert isinstance(scorer, LiveStreamSignals) and scorer.rebuilds == 1
+    audit = decisions_frame(strat.audit)
+    assert len(audit) >= 3 * 38 and audit["model"].notna().all()
+    assert caplog.text.count("started from the last") == 3
+    assert "could not continue on the server (lost" in caplog.text
+    assert caplog.text.count("rebuilt from the last") >= 1
+    _journal_agrees(tmp_path / "journal.sqlite", servers[0], stream_model[1], strat)
 
 
 def test_btml_trade_runs_a_paper_session_from_the_command_line(

@@ -179,8 +179,9 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
         )
         with signal_client(store_path, card, plan.serving, log) as client:
             cerebro.addstrategy(
-                MLSignalStrategy, config=ml.strategy_config(), client=client, windows=windows
-            )
+                MLSignalStrategy, config=ml.strategy_config(), client=client, windows=windows,
+                model=card.ref, store=str(store_path),
+            )  # fmt: skip
             cerebro.addanalyzer(SessionLimit, bars=bars)
             log(f"trading {card.ref} on {', '.join(plan.symbols)} ({plan.config.mode}, "
                 f"{plan.timeframe} bars)")  # fmt: skip
