@@ -8,6 +8,10 @@ load; requests carry feature windows, so the module itself does not run here);
 scaler, ``inference`` runs the network under ``torch.inference_mode``, ``postprocess`` turns
 each window's heads into a ``Signal`` dict.
 
+A streaming preset's handler also keeps the recurrent state of every stream it is sent
+(:mod:`serving.streams`): stream requests continue it, in order, and a gap or a lost state
+is refused with 409.
+
 ``handle`` works on TorchServe's batch (a list of requests, which dynamic batching may fill
 with several clients' requests): valid requests are concatenated into one forward pass; an
 invalid one gets HTTP 400 with its message while the others are answered normally.

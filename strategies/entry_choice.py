@@ -42,7 +42,8 @@ import pandas as pd
 from core.errors import DataError
 from serving.client import SignalClient
 from serving.signal import Signal
-from strategies.ml_signal import MLSignalConfig, desired_weight
+from strategies.entry_rules import desired_weight
+from strategies.ml_signal import MLSignalConfig
 from strategies.windows import FeatureWindows
 
 RULES = ("direction", "return")  # what ``auto`` chooses between, the tie-breaker first

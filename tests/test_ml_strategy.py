@@ -180,7 +180,7 @@ def test_the_config_holds_no_runtime_objects(frames, feature_windows) -> None:
 
 def test_desired_weight_steps() -> None:
     """The entry rules as named steps: long entry, short entry, exit, hold."""
-    from strategies.ml_signal import exit_now, long_entry, short_entry
+    from strategies.entry_rules import exit_now, long_entry, short_entry
 
     sig = Signal(
         model="m", version=1, returns=(0.01, 0.02, -0.01), horizons=(1, 4, 24),

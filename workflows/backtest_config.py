@@ -20,7 +20,8 @@ from core.errors import ConfigError
 from feeds.membership import Membership, MemberSpan
 from feeds.universes import get_universe, survivorship_warning
 from strategies.batched import DEFAULT_CHUNK, INFERENCE_MODES
-from strategies.ml_signal import SERVING_POLICIES, MLSignalConfig, check_entry_fields
+from strategies.entry_rules import check_entry_fields
+from strategies.ml_signal import SERVING_POLICIES, MLSignalConfig
 from strategies.risk import RiskConfig
 from strategies.sizing import sizer_spec
 
