@@ -214,8 +214,11 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         signals = self._ask(
             [b[1] for b in batch], [b[2] for b in batch], [b[0] for b in batch], now
         )
+        # one snapshot per bar: orders placed below fill at a later bar, so the weights, the
+        # risk state and the time are the same for every decision of this bar
+        bar = (self._weights(), self._risk_state(), pd.Timestamp(now, tz="UTC"))
         for (d, _, _), sig in zip(batch, signals, strict=True):
-            self._decide(d, sig, equity, now)
+            self._decide(d, sig, bar)
 
     # -- steps ------------------------------------------------------------------------------
     def _collect(self, now: Any) -> list[tuple[Any, np.ndarray, tuple[float, float, float]]]:
@@ -298,8 +301,10 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         self._rets[d] = (key, rets)
         return rets
 
-    def _decide(self, d: Any, sig: Signal | None, equity: float, now: Any) -> None:
-        weights = self._weights()
+    def _decide(
+        self, d: Any, sig: Signal | None, bar: tuple[dict[str, float], str, pd.Timestamp]
+    ) -> None:
+        weights, risk_state, stamp = bar
         current = weights.get(d._name, 0.0)
         if sig is None:
             desired = current
@@ -323,9 +328,9 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         target, reason, outcomes = apply_rules(self.risk_rules, inputs)
         self.audit.append(
             Decision(
-                timestamp=pd.Timestamp(now, tz="UTC"), symbol=d._name, price=float(d.close[0]),
+                timestamp=stamp, symbol=d._name, price=float(d.close[0]),
                 signal=sig, position=float(self.getposition(d).size), target=target, reason=reason,
-                weight=current, risk_state=self._risk_state(), outcomes=outcomes,
+                weight=current, risk_state=risk_state, outcomes=outcomes,
             )
         )  # fmt: skip
         if d in self._pending or abs(target - current) < self.cfg.rebalance_band and target != 0:
