@@ -8,11 +8,14 @@ batching, the defaults of ``btml serve archive``) and times, interleaved round-r
 hits all paths alike:
 
 * batch 1: REST binary, REST JSON, the in-process client (the same handler, 1 thread) and the
-  bare network forward; p50 and p99. Goals: REST p50 within max(1.5x, +3 ms) of in-process,
+  bare network forward; p50 and p99. Goals: REST p50 within max(1.5x, +2 ms) of in-process,
   REST p99 within 2x its p50, and no request near 40 ms (the Nagle / delayed-ACK trap);
 * batch 64: REST binary and JSON throughput (windows/s) against the model's FLOP floor, the
   time its forward FLOPs (counted by ``torch.utils.flop_counter``) take at the matmul rate this
   CPU reaches on one thread (goal: within 1.5x of the floor).
+
+For a streaming preset also one stream step (one new bar continuing a stream kept on the
+server, ``serving.streams``), REST binary against in-process, p50 and p99, the same goals.
 
 Prints a table; writes nothing. Record the figures in benchmarks/RESULTS.md.
 """
@@ -89,10 +92,44 @@ def bench_arch(arch: str, root: Path, args: argparse.Namespace, port: int) -> li
     start(cfg, [mar])
     try:
         t1, t64 = time_paths(arch, cfg, local, bare, w1, w64, args.rounds)
+        steps = time_steps(arch, cfg, local, args.rounds) if card.model_cfg().streaming else None
     finally:
         stop(cfg)
     floor_ms = forward_flops(*_net_inputs(local, w64)) / (args.gflops * 1e9) * 1000
-    return [latency_row(arch, card.parameters, t1), throughput_row(arch, floor_ms, t64)]
+    rows = [latency_row(arch, card.parameters, t1), throughput_row(arch, floor_ms, t64)]
+    return rows + ([step_row(arch, steps)] if steps else [])
+
+
+def time_steps(
+    arch: str, cfg: ServerConfig, local: InProcessClient, rounds: int
+) -> dict[str, list[float]]:
+    """Times (ms) of one stream step (one bar) continuing a stream, REST binary and in-process."""
+    rest = RestClient(RestConfig(url=cfg.inference_url, model=arch, key_file=cfg.key_file))
+    row = np.random.default_rng(1).normal(size=(1, 1, N_FEATURES)).astype(np.float32)
+    bars = {"rest-bin": 0, "inproc": 0}
+
+    def stepper(key: str, client: object) -> Callable[[], None]:
+        def step() -> None:
+            i = bars[key]
+            prev = None if i == 0 else f"bar{i - 1}"
+            client.stream_paths("bench", ["X"], [prev], [f"bar{i}"], row)  # type: ignore[attr-defined]
+            bars[key] = i + 1
+
+        return step
+
+    return timed({k: stepper(k, c) for k, c in (("rest-bin", rest), ("inproc", local))}, rounds)
+
+
+def step_row(arch: str, t: dict[str, list[float]]) -> str:
+    """The stream-step row: p50s, REST p99, the REST / in-process goal."""
+    p50 = {k: statistics.median(v) for k, v in t.items()}
+    p99 = float(np.percentile(t["rest-bin"], 99))
+    goal = max(1.5 * p50["inproc"], p50["inproc"] + 2.0)
+    return (
+        f"| {arch} stream step | | | {p50['inproc']:.2f} | {p50['rest-bin']:.2f} / {p99:.2f} | "
+        f"| {p50['rest-bin'] / p50['inproc']:.2f}x (goal <= {goal:.2f} ms: "
+        f"{'met' if p50['rest-bin'] <= goal else 'NOT met'}) | {p99 / p50['rest-bin']:.2f}x | |"
+    )
 
 
 def _net_inputs(
@@ -149,7 +186,7 @@ def latency_row(arch: str, parameters: int, t1: dict[str, list[float]]) -> str:
     p50 = {k: statistics.median(v) for k, v in t1.items()}
     p99 = {k: float(np.percentile(v, 99)) for k, v in t1.items()}
     near40 = sum(1 for v in t1["rest-bin"] if 35 <= v <= 45)
-    goal = max(1.5 * p50["inproc"], p50["inproc"] + 3.0)
+    goal = max(1.5 * p50["inproc"], p50["inproc"] + 2.0)
     return (
         f"| {arch} | {parameters:,} | {p50['forward']:.2f} | {p50['inproc']:.2f} | "
         f"{p50['rest-bin']:.2f} / {p99['rest-bin']:.2f} | {p50['rest-json']:.2f} | "
@@ -191,7 +228,8 @@ def main() -> None:
           "REST json p50 ms | REST/in-process | p99/p50 | requests 35-45 ms |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for i, arch in enumerate(args.arch or ["tiny", "efficient-hybrid"]):
+        archs = args.arch or ["tiny", "efficient-hybrid", "tiny-stream", "hybrid-stream"]
+        for i, arch in enumerate(archs):
             for line in bench_arch(arch, Path(tmp), args, args.port + 10 * i):
                 print(line, flush=True)
 
