@@ -72,6 +72,17 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
 @click.option("--data-url", default=None, help="Market data REST base URL (history).")
 @click.option("--data-stream-url", default=None, help="Stock bars websocket URL.")
 @click.option("--crypto-stream-url", default=None, help="Crypto bars websocket URL.")
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve the session's Prometheus metrics on 127.0.0.1:PORT/metrics.",
+)
+@click.option(
+    "--alert-rules",
+    default=None,
+    help="Alert rules file (YAML; default: the shipped rules, see docs/operations.md).",
+)
 @click.pass_context
 def trade(ctx: click.Context, **opts: Any) -> None:
     """Trade a model with the backtested strategy on Alpaca (paper unless --live).
@@ -98,7 +109,8 @@ def trade(ctx: click.Context, **opts: Any) -> None:
             alpaca, timeframe=opts["timeframe"], serving=opts["serving"],
             adopt_positions=opts["adopt_positions"], bars=opts["bars"], log=click.echo,
             feed_kwargs={"market_hours": True} if opts["regular_hours"] else None,
-            db_url=config.db_url,
+            db_url=config.db_url, metrics_port=opts["metrics_port"],
+            alert_rules=opts["alert_rules"],
         )  # fmt: skip
     except BtmlError as err:
         fail(err)

@@ -93,6 +93,7 @@ def train_on_dataset(
         metrics["lstm_test"]["parameters"] = float(count_parameters(twin))
     if compare_lstm and mcfg.streaming:
         metrics["windowed_test"] = _windowed_twin(mcfg, ds, split, train_cfg, work, seconds)
+    metrics["drift_reference"] = _drift_reference(fitted.model, ds, split)
     card = _card(
         name, mcfg, ds, split, data_cfg, train_cfg, fitted, metrics,
         scaler=scaler.to_dict(), index=index_name, timeframe=timeframe,
@@ -102,6 +103,19 @@ def train_on_dataset(
         files = {MODULE_FILE: source} if source is not None else None
         card = registry.register(fitted.model, card, files)
     return fitted.model, card
+
+
+def _drift_reference(model: torch.nn.Module, ds: WindowDataset, split: Split) -> dict[str, Any]:
+    """The bins live sessions measure drift against (``monitoring.drift``): the training
+    rows' features (scaled, at most 20,000 rows) and the validation outputs."""
+    from monitoring.drift import reference
+
+    rows = ds.rows[np.unique(ds.sample_row[split.train])]
+    if len(rows) > 20_000:
+        rows = rows[np.random.default_rng(0).choice(len(rows), 20_000, replace=False)]
+    val = predict(model, ds, split.val)
+    outputs = {"return_1": val["price"][:, 0], "p_up": val["direction"][:, 2]}
+    return reference(rows, ds.feature_names, outputs)
 
 
 def _windowed_twin(

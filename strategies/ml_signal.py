@@ -47,6 +47,7 @@ risk rules' serving-failure policy (no new entries; keep or close positions).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +77,10 @@ from strategies.windows import FeatureWindows, LiveFeatureWindows
 
 if TYPE_CHECKING:
     from mlmodels.registry import ModelCard
+    from monitoring.hooks import StrategyWatch
 
 SERVING_POLICIES = ("abort", "hold", "flatten")
-RUNTIME_PARAMS = ("client", "windows", "model", "store", "batched")
+RUNTIME_PARAMS = ("client", "windows", "model", "store", "batched", "monitor")
 OHLCV = ("open", "high", "low", "close", "volume")
 
 
@@ -172,6 +174,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         self._drawdown = DrawdownState()
         self._rets: dict[Any, tuple[Any, np.ndarray]] = {}
         self._live: dict[Any, bool] = {}  # live feeds: is the data past its backfill?
+        self.watch: StrategyWatch | None = self.p.monitor  # a live session's monitor
 
     @property
     def warmup(self) -> int:
@@ -182,6 +185,8 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
 
     # -- backtrader hooks -------------------------------------------------------------------
     def notify_order(self, order: Any) -> None:
+        if self.watch is not None:
+            self.watch.order(order)
         if order.status in (
             order.Completed,
             order.Canceled,
@@ -208,12 +213,18 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         day = pd.Timestamp(now).date()
         self._daily = self._daily.update(day, equity, self.cfg.risk)
         self._drawdown = self._drawdown.update(equity, self.cfg.risk)
+        if self.watch is not None:
+            self.watch.account(equity, self._daily.loss, self._drawdown.drawdown)
         batch = self._collect(now)
         if not batch:
+            self.watch.evaluate() if self.watch is not None else None
             return
         signals = self._ask(
             [b[1] for b in batch], [b[2] for b in batch], [b[0] for b in batch], now
         )
+        if self.watch is not None:
+            self.watch.signals(batch, signals)
+            self.watch.evaluate()
         # one snapshot per bar: orders placed below fill at a later bar, so the weights, the
         # risk state and the time are the same for every decision of this bar
         bar = (self._weights(), self._risk_state(), pd.Timestamp(now, tz="UTC"))
@@ -236,6 +247,10 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
             if member is not None and not member(d):
                 continue
             win = self.windows.window_for(d, ts)
+            if self.watch is not None and d.islive():
+                self.watch.bar(d)
+                if win is None:
+                    self.watch.no_window(d._name, self.windows)
             if win is not None:
                 out.append((d, win, self._position_state(d)))
         return out
@@ -260,13 +275,18 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         stamp = pd.Timestamp(now, tz="UTC")
         names, states = [d._name for d in datas], np.asarray(pos, dtype=np.float32)
         stamps = [stamp.isoformat()] * len(datas)
+        began = time.perf_counter()
         try:
             if self.batched is not None:  # the paths scored ahead, the heads now
-                return list(self.batched.predict(names, stamp.value, states, stamps))
-            return list(
-                self.client.predict(np.stack(wins), states, symbols=names, timestamps=stamps)
-            )
+                out = list(self.batched.predict(names, stamp.value, states, stamps))
+            else:
+                out = self.client.predict(np.stack(wins), states, symbols=names, timestamps=stamps)
+            if self.watch is not None:
+                self.watch.asked(time.perf_counter() - began, True, self.client)
+            return list(out)
         except ServingUnavailable as err:
+            if self.watch is not None:
+                self.watch.asked(time.perf_counter() - began, False, self.client)
             self.serving_failures += 1
             if self.cfg.serving_failure == "abort":
                 raise ServingAborted(

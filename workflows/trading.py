@@ -12,6 +12,7 @@ the fills, and the account's equity. Ctrl-C leaves it ``cancelled``, a session t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from strategies.windows import LiveFeatureWindows, card_module
 from workflows.backtest import SERVING, MLRunConfig, signal_client
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import to_jsonable
+from workflows.session_monitor import check_monitoring, session_monitor
 from workflows.train import link_training_run, model_inputs
 
 
@@ -85,6 +87,9 @@ class SessionPlan:
     adopt_positions: bool = False
     feed_kwargs: dict[str, Any] | None = None
     bars: int | None = None
+    alert_rules: str | None = None
+    metrics_port: int | None = None
+    monitor_clock: Callable[[], float] | None = None  # a replay's clock (tests); else wall time
 
     def params(self) -> dict[str, Any]:
         """The run's parameters: the request without a secret (no keys; URLs without user
@@ -93,7 +98,8 @@ class SessionPlan:
         params = {"model": self.card.ref, "symbols": list(self.symbols), "mode": self.config.mode,
                   "timeframe": self.timeframe, "serving": self.serving, "ml": self.ml.to_dict(),
                   "adopt_positions": self.adopt_positions, "feed": self.feed_kwargs or {},
-                  "bars": self.bars, "alpaca": alpaca}  # fmt: skip
+                  "bars": self.bars, "alpaca": alpaca, "alert_rules": self.alert_rules,
+                  "metrics_port": self.metrics_port}  # fmt: skip
         keys = (self.config.key_id, self.config.secret_key)
         return _drop_secrets(to_jsonable(params, "params"), keys)
 
@@ -137,6 +143,7 @@ def plan_session(
             "a live session scores each bar as it arrives: inference='batched' is for "
             "backtests; use per-bar"
         )
+    check_monitoring(options.get("alert_rules"), options.get("metrics_port"))
     return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options)
 
 
@@ -177,10 +184,17 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
         cerebro = build_live_cerebro(
             store, plan.symbols, windows, timeframe=plan.timeframe, feed_kwargs=plan.feed_kwargs
         )
-        with signal_client(store_path, card, plan.serving, log) as client:
+        watching = session_monitor(
+            store_path, card, plan.symbols, plan.timeframe, ml.risk, run.id, store,
+            alert_rules=plan.alert_rules, metrics_port=plan.metrics_port,
+            clock=plan.monitor_clock or time.time,
+        )  # fmt: skip
+        with signal_client(store_path, card, plan.serving, log) as client, watching as watch:
+            if plan.metrics_port is not None:
+                log(f"metrics: http://127.0.0.1:{plan.metrics_port}/metrics")
             cerebro.addstrategy(
                 MLSignalStrategy, config=ml.strategy_config(), client=client, windows=windows,
-                model=card.ref, store=str(store_path),
+                model=card.ref, store=str(store_path), monitor=watch,
             )  # fmt: skip
             cerebro.addanalyzer(SessionLimit, bars=bars)
             log(f"trading {card.ref} on {', '.join(plan.symbols)} ({plan.config.mode}, "
@@ -193,6 +207,8 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
                 raise
             finally:
                 run.log_metrics(session_metrics(store, since))
+                run.log_metrics({"alerts": len(watch.monitor.events),
+                                 "alerts_active": watch.monitor.active()})  # fmt: skip
         run.log_metrics({"decisions": len(strat.audit)})
         return strat
     finally:

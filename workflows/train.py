@@ -330,7 +330,7 @@ def card_metrics(card: ModelCard) -> dict[str, Any]:
     out: dict[str, Any] = {
         f"{split}_{name}": value
         for split, values in card.metrics.items()
-        if isinstance(values, Mapping) and split != "report"
+        if isinstance(values, Mapping) and split not in ("report", "drift_reference")
         for name, value in values.items()
     }
     if isinstance(card.metrics.get("report"), Mapping):

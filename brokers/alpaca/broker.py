@@ -483,6 +483,11 @@ class AlpacaBroker(bt.BrokerBase):  # type: ignore[misc]
         self.halted, self._halt_error = why, err
         log.error("trading halted: %s", why)
 
+    @property
+    def position_mismatch(self) -> bool:
+        """Whether trading is halted because the journal's positions differ from Alpaca's."""
+        return isinstance(self._halt_error, PositionMismatch)
+
     def check_positions(self) -> None:
         """The periodic position check: a mismatch halts trading."""
         self._resync.set()

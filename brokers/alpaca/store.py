@@ -103,6 +103,11 @@ class AlpacaStore:
 
     # -- backtrader surface ---------------------------------------------------------------------
 
+    def existing(self) -> tuple[Any, Any]:
+        """The broker and the market-data hub if they exist (None each if not), for
+        monitoring: reading them never creates or starts either."""
+        return self._broker, self._hub
+
     def getbroker(self, **kwargs: Any) -> Any:
         """The ``AlpacaBroker`` on this store (one per store)."""
         from brokers.alpaca.broker import AlpacaBroker
