@@ -1,6 +1,7 @@
 """Drift of a live session's inputs and outputs against training: the population stability index.
 
-At training, :func:`reference` records for every feature the decile edges of its (scaled)
+At training, :func:`reference` records for every feature (but the calendar's, which move by
+construction) the decile edges of its (scaled)
 training rows with the share of rows in each bin, and the same for the model's outputs on the
 validation split (1-bar return and P(up)); the card keeps it as ``metrics["drift_reference"]``.
 Live, :class:`DriftTracker` keeps the last ``window`` values of each and reports the largest
@@ -18,6 +19,7 @@ import numpy as np
 
 EPS = 1e-4
 BINS = 10
+CALENDAR = ("dow_", "month_", "dom_")  # features of the date: they shift by construction
 
 
 def _bins(values: np.ndarray) -> dict[str, list[float]]:
@@ -32,7 +34,11 @@ def reference(
 ) -> dict[str, Any]:
     """The card's drift reference from training rows ``(R, F)`` and validation ``outputs``."""
     return {
-        "features": {n: _bins(rows[:, j].astype(np.float64)) for j, n in enumerate(names)},
+        "features": {
+            n: _bins(rows[:, j].astype(np.float64))
+            for j, n in enumerate(names)
+            if not n.startswith(CALENDAR)
+        },
         "outputs": {k: _bins(np.asarray(v, dtype=np.float64)) for k, v in outputs.items()},
     }
 

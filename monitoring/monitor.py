@@ -30,6 +30,7 @@ from monitoring.metrics import SessionMetrics
 log = logging.getLogger(__name__)
 
 Output = Callable[[AlertEvent], None]
+REQUESTS = 20  # model requests the latency percentile and the error ratio are measured over
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class SessionMonitor:
         self.events: list[AlertEvent] = []
         self._lock = threading.RLock()
         self._last_bar: dict[str, float] = {}  # symbol -> epoch seconds of its newest bar's end
-        self._requests: deque[tuple[float, bool]] = deque(maxlen=100)
+        self._requests: deque[tuple[float, bool]] = deque(maxlen=REQUESTS)
         self._breaker = False
         self._mismatch = False
         self._stream: bool | None = None
@@ -80,6 +81,7 @@ class SessionMonitor:
         self._flips: dict[str, deque[bool]] = {}
         self.drift = DriftTracker(cfg.drift)
         self._drift_value: float | None = None
+        self.drift_worst = ""  # the input or output drifting most ("features/rsi_14")
         self._drift_at = 0.0
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -152,6 +154,12 @@ class SessionMonitor:
             self.metrics.stream.set(float(connected))
 
     # -- evaluation ----------------------------------------------------------------------------
+    def newest_bar(self) -> float:
+        """The end (epoch seconds) of the newest bar seen, 0 before any: the clock of a
+        replayed session, whose bars come faster than their interval."""
+        with self._lock:
+            return max(self._last_bar.values(), default=0.0)
+
     def values(self) -> dict[str, float | None]:
         """The alert signals now (None: not measured yet)."""
         now = self.clock()
@@ -169,9 +177,11 @@ class SessionMonitor:
             if age is not None:
                 self.metrics.model_age.set(age)
             if now - self._drift_at >= self.cfg.drift_every:
-                self._drift_at, self._drift_value = now, self.drift.value()
-                if self._drift_value is not None:
-                    self.metrics.drift.set(self._drift_value)
+                worst = self.drift.worst()
+                self._drift_at, self._drift_value = now, None if worst is None else worst[1]
+                if worst is not None:
+                    self.metrics.drift.set(worst[1])
+                    self.drift_worst = worst[0]
             flips = [sum(q) / len(q) for q in self._flips.values() if len(q) >= 10]
             return {
                 "feed_lag_bars": lag,
@@ -199,6 +209,8 @@ class SessionMonitor:
                 self.metrics.alerts.labels(e.rule, e.severity).set(
                     0.0 if e.state == "resolved" else 1.0
                 )
+                if e.signal == "prediction_drift" and e.state != "resolved":
+                    log.warning("drift: the largest is %s", self.drift_worst)
             self.events += events
         for e in events:
             for out in self.outputs:

@@ -210,7 +210,7 @@ def _session(
         out = run_live(
             store, card.ref, SYMBOLS, cfg, timeframe="1m", serving=serving, ml=ml,
             feed_kwargs={"backfill_start": SESSION - pd.Timedelta(minutes=1000)}, bars=bars,
-            log=lambda _: None,
+            log=lambda _: None, monitor_clock="bars",
         )  # fmt: skip
     finally:
         replay.join(30)  # also when the session raised (Ctrl-C)
@@ -314,6 +314,11 @@ def test_model_server_failure_mid_session_holds_without_new_entries(
     orders = _journal_agrees(tmp_path / "journal.sqlite", servers[0], card, strat)
     late = [o for o in orders if o.bar_time >= first.to_pydatetime()]
     assert late == [], "an order was placed without a model signal"
+    alerts = _alerts(store)  # the session's monitor saw the server go
+    fired = [a for a in alerts if a["rule"] == "serving-errors" and a["state"] == "firing"]
+    assert len(fired) == 1, alerts
+    failed_bars = audit.loc[failed, "timestamp"].drop_duplicates().sort_values()
+    assert fired[0]["at"] <= (failed_bars.iloc[1] + pd.Timedelta(minutes=2)).timestamp()
 
 
 @pytest.mark.slow
@@ -354,6 +359,59 @@ def test_a_streaming_preset_streams_its_live_bars_and_rebuilds_a_lost_state(
     assert "could not continue on the server (lost" in caplog.text
     assert caplog.text.count("rebuilt from the last") >= 1
     _journal_agrees(tmp_path / "journal.sqlite", servers[0], stream_model[1], strat)
+
+
+def _alerts(store: Path) -> list[dict[str, Any]]:
+    from monitoring.outputs import alerts_path, read_alerts
+
+    return read_alerts(alerts_path(store), last=10_000)
+
+
+@pytest.mark.slow
+def test_a_position_changed_behind_the_journal_raises_an_alert_that_resolves(
+    market: dict[str, pd.DataFrame],
+    model: tuple[Path, ModelCard],
+    servers: Servers,
+    tmp_path: Path,
+) -> None:
+    """A position is changed at Alpaca without a trade (as an order placed elsewhere would):
+    the periodic check halts trading and the monitor raises ``position-mismatch``; put back,
+    trading resumes and the alert resolves. The replay waits for each, on the alerts file."""
+    store, _ = model
+    trading = servers.trading
+    done: list[str] = []
+
+    def states(rule: str) -> list[str]:
+        return [a["state"] for a in _alerts(store) if a["rule"] == rule]
+
+    def wait(pred: Callable[[], bool], timeout: float = 60.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def fault(i: int) -> None:
+        if done or i < 20:
+            return
+        held = [s for s in SYMBOLS if trading.position_qty(s)]
+        if not held:
+            return
+        before = len(states("position-mismatch"))
+        trading.charge_crypto_fee(held[0], 1.0)  # one share gone, no trade update
+        assert wait(lambda: states("position-mismatch")[before:] == ["firing"]), "no alert"
+        trading.charge_crypto_fee(held[0], -1.0)  # the share is back
+        assert wait(lambda: "resolved" in states("position-mismatch")[before:]), "not resolved"
+        done.append(held[0])
+
+    out = _session(market, model, servers, tmp_path / "journal.sqlite", bars=80, replayed=80,
+                   on_bar=fault)  # fmt: skip
+    assert done, "no position was held to change"
+    assert out.strategy.broker.halted is None
+    with RunRegistry(store) as runs:
+        rec = runs.get(out.run_id)
+    assert rec.metrics["alerts"] >= 2 and "position-mismatch" not in rec.metrics["alerts_active"]
 
 
 def test_btml_trade_runs_a_paper_session_from_the_command_line(

@@ -21,7 +21,7 @@ from webapp.auth import COOKIE, load_token, matches, require_token
 from webapp.events import Hub
 from webapp.jobs import JobManager
 from webapp.settings import DashboardSettings, is_loopback
-from webapp.watch import JournalWatch, health_loop, health_now, watch_loop
+from webapp.watch import AlertWatch, JournalWatch, health_loop, health_now, watch_loop
 from workflows.runs import RunRegistry
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -106,10 +106,13 @@ def create_app(settings: DashboardSettings) -> FastAPI:
         hub.bind(asyncio.get_running_loop())
         app.state.lost = await asyncio.to_thread(recover_lost, settings)
         watch = JournalWatch(settings, hub)
+        alerts = AlertWatch(settings, hub)
         hub.add_snapshot("fills", watch.snapshot_fills)
         hub.add_snapshot("signals", watch.snapshot_signals)
+        hub.add_snapshot("alerts", alerts.snapshot)
         tasks = [
             asyncio.create_task(watch_loop(watch, settings.poll_seconds)),
+            asyncio.create_task(watch_loop(alerts, settings.poll_seconds)),
             asyncio.create_task(health_loop(hub, settings, _running(app), 5.0)),
         ]
         try:
@@ -128,7 +131,6 @@ def create_app(settings: DashboardSettings) -> FastAPI:
     app.state.lost = []
     hub.add_snapshot("jobs", app.state.jobs.snapshot)
     hub.add_snapshot("training", lambda: None)
-    hub.add_snapshot("alerts", lambda: [])
     hub.add_snapshot("health", lambda: health_now(settings, _running(app)()))
     app.include_router(_api_router())
     app.include_router(ws.router, prefix=API)

@@ -43,7 +43,40 @@ class JournalWatch:
         return live.signals(live.read_book(self.settings.journal_paths), 50)
 
 
-async def watch_loop(watch: JournalWatch, every: float) -> None:
+class AlertWatch:
+    """The sessions' alerts file (``monitoring.outputs``): new lines reach the ``alerts``
+    topic within ``poll_seconds``; the snapshot is the newest 50."""
+
+    def __init__(self, settings: DashboardSettings, hub: Hub) -> None:
+        from monitoring.outputs import alerts_path
+
+        self.path, self.hub = alerts_path(settings.store), hub
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def poll(self) -> None:
+        import json
+
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        if size < self.offset:  # the file was replaced: start over
+            self.offset = 0
+        with open(self.path, encoding="utf-8", errors="replace") as fh:
+            fh.seek(self.offset)
+            chunk = fh.read(size - self.offset)
+        complete = chunk[: chunk.rfind("\n") + 1]
+        self.offset += len(complete.encode("utf-8"))
+        for line in complete.splitlines():
+            with contextlib.suppress(ValueError):
+                self.hub.publish("alerts", json.loads(line))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        from monitoring.outputs import read_alerts
+
+        return read_alerts(self.path)
+
+
+async def watch_loop(watch: JournalWatch | AlertWatch, every: float) -> None:
     """Poll in a worker thread (SQLite reads block) until cancelled."""
     while True:
         with contextlib.suppress(Exception):  # a locked or missing journal: try again next time

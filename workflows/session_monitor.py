@@ -66,10 +66,11 @@ def session_monitor(
     *,
     alert_rules: str | None = None,
     metrics_port: int | None = None,
-    clock: Callable[[], float] = time.time,
+    clock: Callable[[], float] | str = time.time,
     tick: float = 5.0,
 ) -> Iterator[StrategyWatch]:
-    """The session's monitor as the strategy's watch, running until the block ends."""
+    """The session's monitor as the strategy's watch, running until the block ends;
+    ``clock="bars"`` measures time by the newest bar seen (a replayed session)."""
     rules = load_rules(alert_rules)
     hooks = WebhookSender(rules.webhooks, session)
     cfg = MonitorConfig(
@@ -82,9 +83,11 @@ def session_monitor(
         features=tuple(card.features),
     )
     outputs: list[Output] = [log_event, AlertFile(alerts_path(store_path), session), hooks]
+    by_bars: list[SessionMonitor] = []
     monitor = SessionMonitor(
-        cfg, rules, outputs, clock=clock, webhook_failing=lambda: hooks.failing
+        cfg, rules, outputs, clock=_clock(clock, by_bars), webhook_failing=lambda: hooks.failing
     )
+    by_bars.append(monitor)
     server = monitor.metrics.serve(metrics_port) if metrics_port is not None else None
     scaler = card.scaler_obj()
     monitor.start(tick, poll=lambda: _poll(monitor, alpaca_store))
@@ -106,3 +109,11 @@ def _poll(monitor: SessionMonitor, store: Any) -> None:
         monitor.positions(bool(broker.position_mismatch))
     if hub is not None:
         monitor.stream(bool(hub.connected))
+
+
+def _clock(clock: Callable[[], float] | str, monitor: list[SessionMonitor]) -> Callable[[], float]:
+    if clock == "bars":
+        return lambda: monitor[0].newest_bar()
+    if not callable(clock):
+        raise ConfigError(f"monitor clock must be a callable or 'bars', got {clock!r}")
+    return clock

@@ -89,7 +89,7 @@ class SessionPlan:
     bars: int | None = None
     alert_rules: str | None = None
     metrics_port: int | None = None
-    monitor_clock: Callable[[], float] | None = None  # a replay's clock (tests); else wall time
+    monitor_clock: str | None = None  # "bars": time by the newest bar (a replay); else wall time
 
     def params(self) -> dict[str, Any]:
         """The run's parameters: the request without a secret (no keys; URLs without user
@@ -130,6 +130,7 @@ def plan_session(
         raise ConfigError("no symbols given; pass --symbols A,B,...")
     if serving not in SERVING:
         raise ConfigError(f"--serving must be one of {', '.join(SERVING)}, got {serving!r}")
+    check_monitoring(options.get("alert_rules"), options.get("metrics_port"))
     card = ModelRegistry(store_path / "models").card(ref)
     if card.index:
         raise ConfigError(
@@ -143,7 +144,6 @@ def plan_session(
             "a live session scores each bar as it arrives: inference='batched' is for "
             "backtests; use per-bar"
         )
-    check_monitoring(options.get("alert_rules"), options.get("metrics_port"))
     return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options)
 
 

@@ -18,6 +18,14 @@ interface Signal {
   model: string | null;
   signal: Record<string, unknown>;
 }
+interface Alert {
+  rule: string;
+  severity: "info" | "warning" | "critical";
+  state: "firing" | "repeat" | "resolved";
+  message: string;
+  at: number;
+  session?: string;
+}
 interface Fill {
   execution_id: string;
   symbol: string;
@@ -53,6 +61,11 @@ function LimitBar({ name, l }: { name: string; l: Limit }) {
 export default function Live() {
   const [signals, setSignals] = useState<Signal[]>([]);
   const [fills, setFills] = useState<Fill[]>([]);
+  const [alerts, setAlerts] = useState<Alert[]>([]);
+  useTopic("alerts", (m) => {
+    if (m.snapshot) setAlerts(((m.data as Alert[]) ?? []).slice().reverse());
+    else setAlerts((a) => [m.data as Alert, ...a].slice(0, 200));
+  });
   useTopic("signals", (m) => {
     if (m.snapshot) setSignals((m.data as Signal[]) ?? []);
     else setSignals((s) => [m.data as Signal, ...s].slice(0, 200));
@@ -93,6 +106,18 @@ export default function Live() {
             return [when(s.time), s.symbol, s.side, s.status, pct(f.pUp), pct(f.expReturn, 2), pct(f.confidence, 0), s.model ?? "–"];
           })}
           empty="no signals yet: they appear as a trading session (btml trade) places orders"
+        />
+      </Card>
+      <Card title="Alerts">
+        <Table
+          head={["time", "severity", "state", "alert"]}
+          rows={alerts.slice(0, 20).map((a) => [
+            when(new Date(a.at * 1000).toISOString()),
+            <span className={`severity ${a.severity}`} data-testid="alert-severity">{a.severity}</span>,
+            a.state,
+            a.message,
+          ])}
+          empty="no alerts: a trading session's rules (btml trade --alert-rules) raise them here"
         />
       </Card>
       <Card title="Risk">
