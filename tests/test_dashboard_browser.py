@@ -122,6 +122,38 @@ def test_a_backtest_started_from_the_page_is_charted_and_compared(
     assert [e for e in errors if "status of 422" not in e] == []  # the refused NOPE
 
 
+def test_the_live_page_shows_alerts_as_sessions_raise_them(browser: Browser, root: Path) -> None:
+    from monitoring.alerts import AlertEvent
+    from monitoring.outputs import AlertFile, alerts_path
+
+    out = AlertFile(alerts_path(root), "run-7")
+    out(
+        AlertEvent(
+            "drift", "warning", "firing", "prediction_drift", 0.31, "prediction_drift > 0.2", 1.8e9
+        )
+    )
+    with live_server(root) as (url, _):
+        page, errors = open_page(browser, url)
+        page.get_by_role("link", name="Live").click()
+        alerts = page.get_by_role("region", name="Alerts")
+        expect(alerts).to_contain_text("prediction_drift > 0.2")  # the snapshot
+        out(
+            AlertEvent(
+                "breaker-open",
+                "critical",
+                "firing",
+                "breaker_open",
+                1.0,
+                "breaker_open > 0",
+                1.8e9 + 60,
+            )
+        )
+        expect(alerts).to_contain_text("breaker-open", timeout=15_000)  # pushed live
+        expect(alerts.get_by_test_id("alert-severity").first).to_have_text("critical")
+        page.screenshot(path=str(SHOTS / "live-alerts.png"), full_page=True)
+    assert errors == []
+
+
 @pytest.mark.slow
 def test_the_live_page_follows_a_paper_session(
     browser: Browser, market: Any, model: Any, servers: Any

@@ -23,6 +23,9 @@ interface Alert {
   severity: "info" | "warning" | "critical";
   state: "firing" | "repeat" | "resolved";
   message: string;
+  signal: string;
+  value: number;
+  condition: string;
   at: number;
   session?: string;
 }
@@ -110,12 +113,13 @@ export default function Live() {
       </Card>
       <Card title="Alerts">
         <Table
-          head={["time", "severity", "state", "alert"]}
+          head={["time", "severity", "alert", "state", "measured"]}
           rows={alerts.slice(0, 20).map((a) => [
             when(new Date(a.at * 1000).toISOString()),
             <span className={`severity ${a.severity}`} data-testid="alert-severity">{a.severity}</span>,
+            a.rule,
             a.state,
-            a.message,
+            `${num(a.value)} (${a.condition})`,
           ])}
           empty="no alerts: a trading session's rules (btml trade --alert-rules) raise them here"
         />
