@@ -56,36 +56,69 @@ def psi(ref: Mapping[str, Sequence[float]], values: np.ndarray) -> float:
 
 
 class DriftTracker:
-    """The last ``window`` live values of every feature and output; :meth:`value` is the
-    largest PSI once ``min_values`` are in (None before, or without a reference)."""
+    """The last ``window`` live values of every feature (a ring buffer, one row per bar) and
+    output; :meth:`value` is the largest PSI once ``min_values`` are in (None before, or
+    without a reference)."""
 
     def __init__(
         self, ref: Mapping[str, Any] | None, *, window: int = 500, min_values: int = 100
     ) -> None:
         self.ref = ref or {}
-        self.min_values = min_values
-        self._live: dict[tuple[str, str], deque[float]] = {}
-        self.window = window
+        self.window, self.min_values = window, min_values
+        self._names: tuple[str, ...] = tuple(self.ref.get("features", {}))
+        self._rows = np.full((window, len(self._names)), np.nan)
+        self._n = 0
+        self._cols: tuple[Sequence[str], np.ndarray] | None = None
+        self._live: dict[str, deque[float]] = {}
 
     def add(self, kind: str, name: str, value: float) -> None:
-        if name not in self.ref.get(kind, {}):
+        """One live value of an output (``kind="outputs"``) or a feature."""
+        if kind == "features":
+            if name in self._names:
+                row = np.full(len(self._names), np.nan)
+                row[self._names.index(name)] = value
+                self._put(row)
             return
-        q = self._live.setdefault((kind, name), deque(maxlen=self.window))
-        q.append(float(value))
+        if name in self.ref.get("outputs", {}):
+            self._live.setdefault(name, deque(maxlen=self.window)).append(float(value))
 
     def add_row(self, names: Sequence[str], row: np.ndarray) -> None:
-        for n, v in zip(names, row, strict=True):
-            self.add("features", n, float(v))
+        """One bar's feature row, in ``names``' order."""
+        self.add_rows(names, np.asarray(row, dtype=np.float64)[None])
+
+    def add_rows(self, names: Sequence[str], rows: np.ndarray) -> None:
+        """Feature rows ``(N, F)`` in ``names``' order (one per symbol of a bar)."""
+        if not self._names or not len(rows):
+            return
+        if self._cols is None or self._cols[0] is not names:
+            where = {n: i for i, n in enumerate(names)}
+            self._cols = (names, np.array([where.get(n, -1) for n in self._names]))  # type: ignore[assignment]
+        cols = self._cols[1]
+        picked = np.asarray(rows, dtype=np.float64)[:, np.maximum(cols, 0)]
+        picked[:, cols < 0] = np.nan
+        for values in picked[-self.window :]:
+            self._put(values)
+
+    def _put(self, values: np.ndarray) -> None:
+        self._rows[self._n % self.window] = values
+        self._n += 1
 
     def worst(self) -> tuple[str, float] | None:
         """The (kind/name, PSI) of the largest drift, or None."""
         best: tuple[str, float] | None = None
-        for (kind, name), q in self._live.items():
-            if len(q) < self.min_values:
-                continue
-            value = psi(self.ref[kind][name], np.fromiter(q, dtype=np.float64))
-            if best is None or value > best[1]:
-                best = (f"{kind}/{name}", value)
+        rows = self._rows[: min(self._n, self.window)]
+        for j, name in enumerate(self._names):
+            col = rows[:, j]
+            col = col[np.isfinite(col)]
+            if len(col) >= self.min_values:
+                value = psi(self.ref["features"][name], col)
+                if best is None or value > best[1]:
+                    best = (f"features/{name}", value)
+        for name, q in self._live.items():
+            if len(q) >= self.min_values:
+                value = psi(self.ref["outputs"][name], np.fromiter(q, dtype=np.float64))
+                if best is None or value > best[1]:
+                    best = (f"outputs/{name}", value)
         return best
 
     def value(self) -> float | None:

@@ -17,8 +17,8 @@ from serving.signal import Signal
 
 
 def _direction(sig: Signal) -> int:
-    probs = sig.direction
-    return int(np.argmax(probs)) - 1  # down, flat, up -> -1, 0, 1
+    down, flat, up = sig.direction
+    return -1 if down > max(flat, up) else (1 if up > max(down, flat) else 0)
 
 
 class StrategyWatch:
@@ -51,13 +51,18 @@ class StrategyWatch:
         self.monitor.serving(seconds, ok, breaker is not None and breaker.state == "open")
 
     def signals(self, batch: Sequence[tuple[Any, np.ndarray, Any]], sigs: Sequence[Any]) -> None:
-        for (d, win, _), sig in zip(batch, sigs, strict=True):
-            if sig is None:
-                continue
-            row = np.asarray(win[-1], dtype=np.float64)
-            scaled = self.scale(row[None])[0] if self.scale is not None else None
-            outputs = {"return_1": float(sig.returns[0]) if sig.returns else 0.0, "p_up": sig.p_up}
-            self.monitor.signal(d._name, _direction(sig), scaled, outputs)
+        """One bar's signals (a data without one is skipped)."""
+        got = [(d._name, win[-1], sig) for (d, win, _), sig in zip(batch, sigs, strict=True)
+               if sig is not None]  # fmt: skip
+        if not got:
+            return
+        raw = np.stack([g[1] for g in got]).astype(np.float64)
+        scaled = self.scale(raw) if self.scale is not None else None
+        outputs = [{"return_1": float(s.returns[0]) if s.returns else 0.0, "p_up": s.p_up}
+                   for _, _, s in got]  # fmt: skip
+        self.monitor.signals(
+            [g[0] for g in got], [_direction(s) for _, _, s in got], scaled, outputs
+        )
 
     def order(self, order: Any) -> None:
         self.monitor.order(str(order.getstatusname()).lower())

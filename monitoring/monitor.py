@@ -12,7 +12,7 @@ output is logged and never reaches the strategy.
 from __future__ import annotations
 
 import logging
-import statistics
+import math
 import threading
 import time
 from collections import deque
@@ -77,7 +77,7 @@ class SessionMonitor:
         self._stream: bool | None = None
         self._daily_loss = self._drawdown = 0.0
         self._nan: dict[str, float] = {}
-        self._dirs: dict[str, deque[int]] = {}
+        self._dirs: dict[str, int] = {}
         self._flips: dict[str, deque[bool]] = {}
         self.drift = DriftTracker(cfg.drift)
         self._drift_value: float | None = None
@@ -103,25 +103,35 @@ class SessionMonitor:
             self._breaker = breaker_open
             self.metrics.breaker.set(float(breaker_open))
 
-    def signal(self, symbol: str, direction: int, scaled_row: np.ndarray | None,
-               outputs: dict[str, float]) -> None:  # fmt: skip
-        """A decision's signal: its direction (-1, 0, 1), the scaled feature row it read
-        (None: not known) and the outputs the drift watches (``return_1``, ``p_up``)."""
+    def signals(
+        self,
+        symbols: Sequence[str],
+        directions: Sequence[int],
+        scaled_rows: np.ndarray | None,
+        outputs: Sequence[dict[str, float]],
+    ) -> None:
+        """One bar's signals: each symbol's direction (-1, 0, 1), the scaled feature rows they
+        read ``(N, F)`` (None: not known) and the outputs the drift watches (``return_1``,
+        ``p_up``)."""
         with self._lock:
-            prev = self._dirs.setdefault(symbol, deque(maxlen=1))
-            flipped = bool(prev) and prev[-1] != 0 and direction != 0 and prev[-1] != direction
-            prev.append(direction)
-            self._flips.setdefault(symbol, deque(maxlen=50)).append(flipped)
-            if flipped:
-                self.metrics.flips.labels(symbol).inc()
-            if scaled_row is not None:
-                nan = float(np.mean(~np.isfinite(scaled_row))) if len(scaled_row) else 0.0
-                self._nan[symbol] = nan
-                self.metrics.nan.labels(symbol).set(nan)
-                if self.cfg.features and nan == 0.0:
-                    self.drift.add_row(self.cfg.features, scaled_row)
-            for k, v in outputs.items():
-                self.drift.add("outputs", k, v)
+            for sym, direction in zip(symbols, directions, strict=True):
+                last = self._dirs.get(sym)
+                flipped = last is not None and last != 0 and direction != 0 and last != direction
+                self._dirs[sym] = direction
+                self._flips.setdefault(sym, deque(maxlen=50)).append(flipped)
+                if flipped:
+                    self.metrics.flips.labels(sym).inc()
+            if scaled_rows is not None and len(scaled_rows):
+                nan = (~np.isfinite(scaled_rows)).mean(axis=1)
+                for sym, share in zip(symbols, nan.tolist(), strict=True):
+                    if self._nan.get(sym) != share:
+                        self.metrics.nan.labels(sym).set(share)
+                    self._nan[sym] = share
+                if self.cfg.features:
+                    self.drift.add_rows(self.cfg.features, scaled_rows[nan == 0])
+            for out in outputs:
+                for k, v in out.items():
+                    self.drift.add("outputs", k, v)
 
     def features_missing(self, symbol: str, row: np.ndarray) -> None:
         """A bar without a full window: the newest row's NaN share."""
@@ -165,8 +175,7 @@ class SessionMonitor:
         now = self.clock()
         with self._lock:
             lag = None
-            stamp = pd.Timestamp(now, unit="s", tz="UTC")
-            if self._last_bar and self.cfg.market_open(stamp):
+            if self._last_bar and self.cfg.market_open(pd.Timestamp(now, unit="s", tz="UTC")):
                 lag = max((now - t) / self.cfg.interval for t in self._last_bar.values())
                 for sym, t in self._last_bar.items():
                     self.metrics.feed_lag.labels(sym).set(max(0.0, now - t))
@@ -247,6 +256,6 @@ class SessionMonitor:
 
 
 def _p95(values: list[float]) -> float:
-    if len(values) < 2:
-        return values[0]
-    return float(statistics.quantiles(values, n=20)[-1])
+    """The nearest-rank 95th percentile."""
+    ranked = sorted(values)
+    return ranked[max(0, math.ceil(0.95 * len(ranked)) - 1)]

@@ -28,6 +28,7 @@ PAGES = [
     "live-trading.md",
     "cli.md",
     "dashboard.md",
+    "operations.md",
 ]  # every block on these pages is self-contained
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 SLOW = "# slow"

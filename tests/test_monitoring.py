@@ -237,3 +237,20 @@ def test_metrics_are_served_on_loopback(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_grafana_dashboard_reads_only_metrics_the_session_exports() -> None:
+    import re
+
+    metrics = SessionMetrics()
+    suffixes = ("", "_total", "_bucket", "_count", "_sum")
+    exported = {m.name + x for m in metrics.registry.collect() for x in suffixes}
+    board = json.loads((Path(__file__).parents[1] / "docs" / "grafana-dashboard.json").read_text())
+    used = {
+        n
+        for p in board["panels"]
+        for t in p["targets"]
+        for n in re.findall(r"btml_[a-z_]+", t["expr"])
+    }
+    missing = used - exported
+    assert used and not missing, missing
