@@ -397,3 +397,44 @@ def explain_(config: Config, ref: str, symbol: str, date: str, out: Path) -> Non
     except BtmlError as err:
         fail(err)
     click.echo(f"wrote {path}")
+
+
+@models.command()
+@click.argument("ref")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Fine-tuning epochs.")
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Learning rate.")
+@click.option(
+    "--full", is_flag=True, help="Let every layer learn (default: the paths stay frozen)."
+)
+@click.option(
+    "--min-bars",
+    type=int,
+    default=None,
+    help="New bars needed (default: 4 x the label lookahead + 60).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@pass_config
+def update(config: Config, ref: str, **opts: Any) -> None:
+    """Fine-tune a challenger of REF on the bars stored since its data ended.
+
+    The new bars are split 50/25/25 (fine-tune, gate, test); the challenger is registered as
+    the next version, with its lineage, only when it beats REF on the gate bars (else exit 1).
+    Recorded as a run of kind update.
+    """
+    from workflows.model_update import UpdateConfig, update_model
+
+    try:
+        cfg = UpdateConfig(**opts)
+        out = update_model(config.store, ref, cfg, log=click.echo, db_url=config.db_url)
+    except BtmlError as err:
+        fail(err)
+    if out.card is None:
+        click.echo(
+            f"error: the challenger's gate loss {out.challenger_loss:.5f} is not below "
+            f"{out.parent.ref}'s {out.champion_loss:.5f}; nothing registered (run {out.run_id})",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"{out.card.ref}: test report on the newest bars")
+    for line in report_lines(out.card.report or {}) if out.card.report else []:
+        click.echo(line)
