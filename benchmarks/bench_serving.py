@@ -92,7 +92,7 @@ def bench_arch(arch: str, root: Path, args: argparse.Namespace, port: int) -> li
     start(cfg, [mar])
     try:
         t1, t64 = time_paths(arch, cfg, local, bare, w1, w64, args.rounds)
-        steps = time_steps(arch, cfg, local, args.rounds) if card.model_cfg().streaming else None
+        steps = time_steps(arch, cfg, local, args.rounds) if card.streaming else None
     finally:
         stop(cfg)
     floor_ms = forward_flops(*_net_inputs(local, w64)) / (args.gflops * 1e9) * 1000

@@ -438,3 +438,39 @@ def update(config: Config, ref: str, **opts: Any) -> None:
     click.echo(f"{out.card.ref}: test report on the newest bars")
     for line in report_lines(out.card.report or {}) if out.card.report else []:
         click.echo(line)
+
+
+@models.command()
+@click.argument("name")
+@click.option(
+    "--members",
+    required=True,
+    help="Comma-separated NAME[:VERSION][=WEIGHT] of the members (weight 1 by default).",
+)
+@click.option("--method", type=click.Choice(["mean", "zscore", "stack"]), default="mean",
+              show_default=True, help="How the heads combine (docs/models.md).")  # fmt: skip
+@pass_config
+def ensemble(config: Config, name: str, members: str, method: str) -> None:
+    """Register NAME: one servable model whose heads combine its members'.
+
+    Fit and tested on the bars none of the members trained or validated on; the card says
+    whether it beat its best member.
+    """
+    from mlmodels.ensemble import make_ensemble, parse_members
+
+    try:
+        _, card = make_ensemble(config.store, name, parse_members(members), method)
+    except BtmlError as err:
+        fail(err)
+    m = card.metrics
+    click.echo(f"registered {card.ref} ({method} of {', '.join(card.training['members'])}, "
+               f"weights {', '.join(f'{w:.2f}' for w in card.training['weights'])})")  # fmt: skip
+    click.echo(f"test {card.date_ranges['test'][0][:10]} .. {card.date_ranges['test'][1][:10]}: "
+               f"IC 1-bar {m['test']['price_1_ic']:.3f}, direction accuracy "
+               f"{m['test']['direction_accuracy']:.3f}")  # fmt: skip
+    for ref, t in m["members_test"].items():
+        click.echo(
+            f"  {ref}: IC 1-bar {t['price_1_ic']:.3f}, direction accuracy {t['direction_accuracy']:.3f}"
+        )
+    verdict = "beats" if m["beats_best_member"] else "does not beat"
+    click.echo(f"the ensemble {verdict} its best member ({m['best_member']}) on the 1-bar IC")

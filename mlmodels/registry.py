@@ -52,6 +52,7 @@ if TYPE_CHECKING:  # torch is imported where weights are read or written: readin
     from mlmodels.nets.model import ModelConfig
     from mlmodels.user_features import UserFeatures
 
+ENSEMBLE_ARCH = "ensemble"
 CARD_FILE = "model_card.json"
 WEIGHTS_FILE = "weights.pt"
 CARD_SCHEMA = 1
@@ -131,6 +132,15 @@ class ModelCard:
     def edge(self) -> str | None:
         """The report's summary line: the leading edge and its interval, or "no edge"."""
         return self.report["edge"]["summary"] if self.report else None
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the network carries its state from bar to bar (a streaming preset)."""
+        return bool(self.model_config.get("streaming", False))
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.arch == ENSEMBLE_ARCH
 
     def model_cfg(self) -> ModelConfig:
         from mlmodels.nets.model import ModelConfig
@@ -282,7 +292,13 @@ def load_weights(path: Path, card: ModelCard, device: str = "cpu") -> nn.Module:
 
     from mlmodels.nets.model import build_model
 
-    model = build_model(card.model_cfg())
+    model: nn.Module
+    if card.is_ensemble:
+        from mlmodels.ensemble import build_ensemble
+
+        model = build_ensemble(card.model_config)
+    else:
+        model = build_model(card.model_cfg())
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state, strict=True)

@@ -218,7 +218,7 @@ def batched_signals(
             f"{type(client).__name__} cannot score path summaries; use inference='per-bar'"
         )
     tail = _tail(client, model, store)
-    if tail.card.model_cfg().streaming:  # a streaming preset: its streams, continued
+    if tail.card.streaming:  # a streaming preset: its streams, continued
         from strategies.streamed import StreamSignals
 
         return StreamSignals(windows, client, tail, chunk=chunk)

@@ -335,7 +335,7 @@ def per_bar_streams(
         tail = _tail(client, model, store)
     except ConfigError:
         return None
-    if not tail.card.model_cfg().streaming:
+    if not tail.card.streaming:
         return None
     if isinstance(windows, LiveFeatureWindows):
         return LiveStreamSignals(windows, client, tail)
