@@ -51,18 +51,24 @@ class StrategyWatch:
         self.monitor.serving(seconds, ok, breaker is not None and breaker.state == "open")
 
     def signals(self, batch: Sequence[tuple[Any, np.ndarray, Any]], sigs: Sequence[Any]) -> None:
-        """One bar's signals (a data without one is skipped)."""
-        got = [(d._name, win[-1], sig) for (d, win, _), sig in zip(batch, sigs, strict=True)
-               if sig is not None]  # fmt: skip
-        if not got:
+        """One bar's signals (a data without one is skipped); the drift's inputs and
+        outputs are sampled every ``drift_stride`` bars."""
+        names, dirs, wins, kept = [], [], [], []
+        for (d, win, _), sig in zip(batch, sigs, strict=True):
+            if sig is not None:
+                names.append(d._name)
+                dirs.append(_direction(sig))
+                wins.append(win)
+                kept.append(sig)
+        if not names:
             return
-        raw = np.stack([g[1] for g in got]).astype(np.float64)
-        scaled = self.scale(raw) if self.scale is not None else None
-        outputs = [{"return_1": float(s.returns[0]) if s.returns else 0.0, "p_up": s.p_up}
-                   for _, _, s in got]  # fmt: skip
-        self.monitor.signals(
-            [g[0] for g in got], [_direction(s) for _, _, s in got], scaled, outputs
-        )
+        scaled, outputs = None, []
+        if self.monitor.drift_due():
+            raw = np.stack([w[-1] for w in wins]).astype(np.float64)
+            scaled = self.scale(raw) if self.scale is not None else None
+            outputs = [{"return_1": float(s.returns[0]) if s.returns else 0.0, "p_up": s.p_up}
+                       for s in kept]  # fmt: skip
+        self.monitor.signals(names, dirs, scaled, outputs)
 
     def order(self, order: Any) -> None:
         self.monitor.order(str(order.getstatusname()).lower())

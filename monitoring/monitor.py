@@ -48,6 +48,7 @@ class MonitorConfig:
     drift: dict[str, Any] | None = None
     features: tuple[str, ...] = ()
     drift_every: float = 30.0
+    drift_stride: int = 5  # bars between the rows the drift samples
 
 
 class SessionMonitor:
@@ -83,6 +84,7 @@ class SessionMonitor:
         self._drift_value: float | None = None
         self.drift_worst = ""  # the input or output drifting most ("features/rsi_14")
         self._drift_at = 0.0
+        self._bars_seen = 0
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
 
@@ -103,6 +105,11 @@ class SessionMonitor:
             self._breaker = breaker_open
             self.metrics.breaker.set(float(breaker_open))
 
+    def drift_due(self) -> bool:
+        """Whether this bar's rows feed the drift (every ``drift_stride`` bars)."""
+        self._bars_seen += 1
+        return self._bars_seen % self.cfg.drift_stride == 1 or self.cfg.drift_stride == 1
+
     def signals(
         self,
         symbols: Sequence[str],
@@ -110,9 +117,9 @@ class SessionMonitor:
         scaled_rows: np.ndarray | None,
         outputs: Sequence[dict[str, float]],
     ) -> None:
-        """One bar's signals: each symbol's direction (-1, 0, 1), the scaled feature rows they
-        read ``(N, F)`` (None: not known) and the outputs the drift watches (``return_1``,
-        ``p_up``)."""
+        """One bar's signals: each symbol's direction (-1, 0, 1), and on the bars the drift
+        samples the scaled feature rows they read ``(N, F)`` and the outputs it watches
+        (``return_1``, ``p_up``). A signal read a full window: no NaN in its newest row."""
         with self._lock:
             for sym, direction in zip(symbols, directions, strict=True):
                 last = self._dirs.get(sym)
@@ -121,14 +128,12 @@ class SessionMonitor:
                 self._flips.setdefault(sym, deque(maxlen=50)).append(flipped)
                 if flipped:
                     self.metrics.flips.labels(sym).inc()
-            if scaled_rows is not None and len(scaled_rows):
-                nan = (~np.isfinite(scaled_rows)).mean(axis=1)
-                for sym, share in zip(symbols, nan.tolist(), strict=True):
-                    if self._nan.get(sym) != share:
-                        self.metrics.nan.labels(sym).set(share)
-                    self._nan[sym] = share
-                if self.cfg.features:
-                    self.drift.add_rows(self.cfg.features, scaled_rows[nan == 0])
+                if self._nan.get(sym) != 0.0:
+                    self._nan[sym] = 0.0
+                    self.metrics.nan.labels(sym).set(0.0)
+            if scaled_rows is not None and self.cfg.features:
+                finite = np.isfinite(scaled_rows).all(axis=1)
+                self.drift.add_rows(self.cfg.features, scaled_rows[finite])
             for out in outputs:
                 for k, v in out.items():
                     self.drift.add("outputs", k, v)
