@@ -55,6 +55,13 @@ def _symbols(text: str) -> tuple[str, ...]:
 @click.option(
     "--tearsheet", "tearsheet_path", default=None, help="HTML tearsheet of the stitched OOS run."
 )
+@click.option(
+    "--inference",
+    type=click.Choice(["batched", "per-bar"]),
+    default="batched",
+    show_default=True,
+    help="The folds' backtests score the model's paths ahead (same decisions) or per bar.",
+)
 @executor_options
 @pass_config
 def walkforward(
@@ -71,8 +78,10 @@ def walkforward(
     from workflows.walkforward import WalkForwardConfig, run_walk_forward
 
     try:
+        inference = opts.pop("inference")
         cfg = WalkForwardConfig.from_dict({
             **opts, "symbols": _symbols(symbols), "tearsheet": tearsheet_path is not None,
+            "ml": {**(opts.get("ml") or {}), "inference": inference},
             "folds": {"n_splits": folds, "test_size": test_bars, "train_size": rolling,
                       "train": "expanding" if rolling is None else "rolling"},
             "train": {"epochs": epochs, "patience": 5},

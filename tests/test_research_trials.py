@@ -282,3 +282,18 @@ def test_walkforward_cli_seeds(store: Path) -> None:
     bad = CliRunner().invoke(main, ["--store", str(store), "walkforward", "--symbols", "SYN000",
                                     "--seeds", "0"])  # fmt: skip
     assert bad.exit_code == 2 and "--seeds" in bad.stderr
+
+
+def test_the_inference_mode_is_not_another_configuration() -> None:
+    """Per-bar and batched inference make the same decisions: one trial, not two."""
+    from workflows.walkforward import _seed_config
+
+    a, b = MLRunConfig(inference="per-bar"), MLRunConfig(inference="batched", chunk=64)
+    assert (
+        Trial({"strategy": "ml", **a.trial_dict()}).key
+        == Trial({"strategy": "ml", **b.trial_dict()}).key
+    )
+    assert Trial(a.to_dict()).key != Trial(b.to_dict()).key  # what the trial rows held before
+    wa, wb = (WalkForwardConfig(symbols=SYMBOLS, ml=m) for m in (a, b))
+    assert _seed_config(wa, 0) == _seed_config(wb, 0)
+    assert _seed_config(wa, 0) != _seed_config(wa, 1)

@@ -349,7 +349,7 @@ class BacktestPlan:
         baseline), each with its ``results``' statistics under ``result``."""
         cfg = self.config
         tried = [baseline_trial(cfg.baseline)] if cfg.baseline else [
-            {"strategy": "ml", "model": cfg.model, **(cfg.ml or MLRunConfig()).to_dict()},
+            {"strategy": "ml", "model": cfg.model, **(cfg.ml or MLRunConfig()).trial_dict()},
             *map(baseline_trial, BASELINES)]  # fmt: skip
         span = {"start": cfg.start, "end": cfg.end}
         return [trial_row({**t, **span}, r.stats.as_row())

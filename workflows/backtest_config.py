@@ -80,6 +80,11 @@ class MLRunConfig(DataConfig):
             out["risk"] = dataclasses.asdict(self.risk)
         return out
 
+    def trial_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` less how signals are computed (``inference``, ``chunk``): the same
+        decisions either way, so one trial."""
+        return {k: v for k, v in self.to_dict().items() if k not in ("inference", "chunk")}
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str | None = None) -> Self:
         where = where or cls.__name__

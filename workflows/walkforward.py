@@ -438,12 +438,12 @@ def train_threads(
 
 def _seed_config(cfg: WalkForwardConfig, seed: int) -> dict[str, Any]:
     """The configuration one seed tried: the request less what does not change the results
-    (the models' name, the serving, the tearsheet, the thread count)."""
+    (the models' name, the serving, the tearsheet, the thread count, the inference mode)."""
     out = cfg.to_dict()
     for key in ("name", "serving", "tearsheet", "seeds"):
         out.pop(key)
     train = {k: v for k, v in out["train"].items() if k != "threads"}
-    return {**out, "train": {**train, "seed": seed}}
+    return {**out, "train": {**train, "seed": seed}, "ml": cfg.ml.trial_dict()}
 
 
 def _seed_result(res: WalkForwardResult) -> dict[str, Any]:
