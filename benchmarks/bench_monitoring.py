@@ -47,7 +47,7 @@ def monitor(names: list[str]) -> SessionMonitor:
     rng = np.random.default_rng(0)
     ref = reference(rng.normal(size=(5000, len(names))), names,
                     {"return_1": rng.normal(size=1000), "p_up": rng.uniform(size=1000)})  # fmt: skip
-    cfg = MonitorConfig(interval=60.0, market_open=lambda ts: True, max_daily_loss=0.03,
+    cfg = MonitorConfig(interval=60.0, market_open=lambda ts, sym: True, max_daily_loss=0.03,
                         max_drawdown=0.25, drift=ref, features=tuple(names),
                         trained_at=pd.Timestamp("2026-01-01", tz="UTC"))  # fmt: skip
     return SessionMonitor(cfg, load_rules(), [log_event])

@@ -84,7 +84,7 @@ def check_members(cards: Sequence[ModelCard]) -> None:
                 f" ({card.ref} adds {extra[:5] or 'none'}, lacks {lack[:5] or 'none'}"
                 f"{', or in another order' if not extra and not lack else ''}); members must read the same"
             )
-        for field in ("window", "timeframe", "horizons", "index"):
+        for field in ("window", "timeframe", "horizons", "index", "labels", "selection"):
             a, b = getattr(first, field), getattr(card, field)
             if a != b:
                 raise ConfigError(
@@ -110,9 +110,9 @@ def make_ensemble(
     pstore = ParquetStore(store)
     frames = {s: pstore.read(s, cards[0].timeframe) for s in symbols}
     index = pstore.read(cards[0].index, cards[0].timeframe) if cards[0].index else None
-    ds = build_dataset(
-        frames, DatasetConfig(window=cards[0].window, labels=cards[0].label_cfg()), index
-    )
+    data_cfg = DatasetConfig(window=cards[0].window, labels=cards[0].label_cfg(),
+                             selection=cards[0].selection_obj())  # fmt: skip
+    ds = build_dataset(frames, data_cfg, index)
     ds.apply_scaler(cards[0].scaler_obj())
     fit, test = _halves(ds, cards)
     nets = [n for n, _ in loaded]
@@ -199,12 +199,30 @@ def _card(
         date_ranges={"train": rng["fit"], "val": rng["fit"], "test": rng["test"]},
         metrics={"test": ens_test, "members_test": members_test, "best_member": best,
                  "beats_best_member": ens_test["price_1_ic"] > members_test[best]["price_1_ic"],
-                 "drift_reference": first.metrics.get("drift_reference")},
+                 "drift_reference": _drift_reference(first, ens, ds, fit)},
         training={"members": [c.ref for c in cards], "method": config["method"],
                   "weights": config["weights"], "fit_samples": int(len(fit))},
         parameters=count_parameters(ens), code_version=code_version(),
         created_at=pd.Timestamp.now(tz="UTC").isoformat(),
     )  # fmt: skip
+
+
+def _drift_reference(
+    first: ModelCard, ens: ModelEnsemble, ds: WindowDataset, fit: np.ndarray
+) -> dict[str, Any] | None:
+    """The first member's feature bins (the ensemble's input scaling is its) and the
+    ensemble's own output bins on the fit half (averaging narrows the outputs)."""
+    from monitoring.drift import bins
+
+    ref = first.metrics.get("drift_reference")
+    if not isinstance(ref, dict):
+        return None
+    pred = predict(ens, ds, fit)
+    outputs = {"return_1": pred["price"][:, 0], "p_up": pred["direction"][:, 2]}
+    return {
+        **ref,
+        "outputs": {k: bins(np.asarray(v, dtype=np.float64)) for k, v in outputs.items()},
+    }
 
 
 class _Alone(nn.Module):

@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # torch is imported where weights are read or written: readin
 
     from mlmodels.dataset import Scaler
     from mlmodels.nets.model import ModelConfig
+    from mlmodels.selection import Selection
     from mlmodels.user_features import UserFeatures
 
 ENSEMBLE_ARCH = "ensemble"
@@ -146,6 +147,17 @@ class ModelCard:
         from mlmodels.nets.model import ModelConfig
 
         return ModelConfig.from_dict(self.model_config)
+
+    def selection_obj(self) -> Selection | None:
+        """The feature selection the model reads through (None: the features as they are)."""
+        from mlmodels.selection import Selection
+
+        if not self.selection:
+            return None
+        sel = self.selection
+        return Selection(
+            **{**sel, "inputs": tuple(sel["inputs"]), "outputs": tuple(sel["outputs"])}
+        )
 
     def label_cfg(self) -> LabelConfig:
         """The labels it was trained on (``close`` for both head groups on older cards)."""

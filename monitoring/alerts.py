@@ -54,7 +54,8 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq, "!=": operator.ne,
 }  # fmt: skip
 _WHEN = re.compile(r"^\s*([a-z_0-9]+)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.eE+-]+)\s*$")
-_DURATION = re.compile(r"^\s*([0-9.]+)\s*([smhd]?)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -130,6 +131,8 @@ def load_rules(path: str | Path | None = None) -> RuleSet:
         root = yaml.compose(text)
     except OSError as err:
         raise ConfigError(f"alert rules {path}: cannot read it ({err.strerror})") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"alert rules {path}: not a text (UTF-8) file") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"alert rules {path}: not YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(root, yaml.MappingNode):
@@ -204,6 +207,11 @@ def _webhook(node: Any, path: Path) -> Webhook:
     if "url_env" not in f:
         raise ConfigError(
             f"{where}: a webhook names the environment variable holding its URL (url_env)"
+        )
+    if not _ENV_NAME.match(_scalar(f["url_env"])):
+        raise ConfigError(
+            f"{where}: url_env must name an environment variable (letters, digits, _), not "
+            "hold the URL itself: a webhook's URL is a secret"
         )
     fmt = _scalar(f["format"]) if "format" in f else "json"
     if fmt not in ("json", "slack"):

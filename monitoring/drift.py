@@ -22,7 +22,7 @@ BINS = 10
 CALENDAR = ("dow_", "month_", "dom_")  # features of the date: they shift by construction
 
 
-def _bins(values: np.ndarray) -> dict[str, list[float]]:
+def bins(values: np.ndarray) -> dict[str, list[float]]:
     v = values[np.isfinite(values)]
     edges = np.unique(np.quantile(v, np.linspace(0, 1, BINS + 1)[1:-1])) if len(v) else np.array([])
     counts = np.bincount(np.searchsorted(edges, v, side="right"), minlength=len(edges) + 1)
@@ -35,11 +35,11 @@ def reference(
     """The card's drift reference from training rows ``(R, F)`` and validation ``outputs``."""
     return {
         "features": {
-            n: _bins(rows[:, j].astype(np.float64))
+            n: bins(rows[:, j].astype(np.float64))
             for j, n in enumerate(names)
             if not n.startswith(CALENDAR)
         },
-        "outputs": {k: _bins(np.asarray(v, dtype=np.float64)) for k, v in outputs.items()},
+        "outputs": {k: bins(np.asarray(v, dtype=np.float64)) for k, v in outputs.items()},
     }
 
 

@@ -35,13 +35,15 @@ REQUESTS = 20  # model requests the latency percentile and the error ratio are m
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """``interval``: the bar interval (s); ``market_open(ts)``: whether bars are expected;
+    """``interval``: the bar interval (s); ``market_open(ts, symbol)``: whether bars of
+    ``symbol`` are expected at ``ts`` (its lag counts from the later of its newest bar's end
+    and its market's opening seen by the monitor, never across a closed market);
     ``max_daily_loss`` / ``max_drawdown``: the risk limits the ratios are measured against;
     ``trained_at``: when the model was trained; ``drift``: the card's drift reference;
     ``features``: the card's feature names (the drift's inputs)."""
 
     interval: float
-    market_open: Callable[[pd.Timestamp], bool]
+    market_open: Callable[[pd.Timestamp, str], bool]
     max_daily_loss: float
     max_drawdown: float
     trained_at: pd.Timestamp | None = None
@@ -72,6 +74,8 @@ class SessionMonitor:
         self.events: list[AlertEvent] = []
         self._lock = threading.RLock()
         self._last_bar: dict[str, float] = {}  # symbol -> epoch seconds of its newest bar's end
+        self._opened: dict[str, float] = {}  # symbol -> when its market was first seen open
+        self._out_lock = threading.Lock()  # events reach the outputs in the engine's order
         self._requests: deque[tuple[float, bool]] = deque(maxlen=REQUESTS)
         self._breaker = False
         self._mismatch = False
@@ -179,11 +183,7 @@ class SessionMonitor:
         """The alert signals now (None: not measured yet)."""
         now = self.clock()
         with self._lock:
-            lag = None
-            if self._last_bar and self.cfg.market_open(pd.Timestamp(now, unit="s", tz="UTC")):
-                lag = max((now - t) / self.cfg.interval for t in self._last_bar.values())
-                for sym, t in self._last_bar.items():
-                    self.metrics.feed_lag.labels(sym).set(max(0.0, now - t))
+            lag = self._lag(now)
             reqs = list(self._requests)
             age = (
                 (now - self.cfg.trained_at.timestamp()) if self.cfg.trained_at is not None else None
@@ -215,8 +215,28 @@ class SessionMonitor:
                 "webhook_failing": float(self.webhook_failing()),
             }
 
+    def _lag(self, now: float) -> float | None:
+        """The largest lag in bars of a symbol whose market is open (None: none is)."""
+        if not self._last_bar:
+            return None
+        stamp = pd.Timestamp(now, unit="s", tz="UTC")
+        worst = None
+        for sym, t in self._last_bar.items():
+            if not self.cfg.market_open(stamp, sym):
+                self._opened.pop(sym, None)  # closed: no lag; it counts again from the open
+                continue
+            since = max(t, self._opened.setdefault(sym, now))
+            self.metrics.feed_lag.labels(sym).set(max(0.0, now - since))
+            bars = (now - since) / self.cfg.interval
+            worst = bars if worst is None else max(worst, bars)
+        return worst
+
     def evaluate(self) -> list[AlertEvent]:
         """Run the rules on :meth:`values`; send and return the events."""
+        with self._out_lock:
+            return self._evaluate()
+
+    def _evaluate(self) -> list[AlertEvent]:
         with self._lock:
             events = self.engine.evaluate(self.values(), self.clock())
             for e in events:

@@ -124,10 +124,12 @@ class WebhookSender:
         self._http.close()
 
     def _run(self) -> None:
+        failing: dict[str, bool] = {}
         while (event := self._queue.get()) is not None:
             for hook, url in self._targets:
                 ok = self._deliver(hook, url, event)
-                self.failing = not ok
+                failing[hook.url_env] = not ok
+                self.failing = any(failing.values())  # until every webhook delivers again
                 self.delivered += ok
 
     def _deliver(self, hook: Webhook, url: str, event: AlertEvent) -> bool:

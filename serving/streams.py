@@ -126,7 +126,8 @@ class StreamSessions:
             for i, req in enumerate(requests):
                 key = (session, req.symbol)
                 self._streams.pop(key, None)
-                self._streams[key] = _Stream(select_state(states, i), req.last, now)
+                mine = {k: v.clone() for k, v in select_state(states, i).items()}  # not a view
+                self._streams[key] = _Stream(mine, req.last, now)
             while len(self._streams) > self.max_streams:
                 self._streams.popitem(last=False)
 

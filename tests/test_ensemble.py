@@ -111,3 +111,12 @@ def test_the_cli_prints_the_comparison_with_the_best_member(store: Path) -> None
     assert torch.load(ModelRegistry(store / "models").path("z:1") / "weights.pt",
                       weights_only=True)  # fmt: skip
     assert pd.Timestamp(ModelRegistry(store / "models").card("z").date_ranges["test"][0])
+
+
+def test_an_ensemble_is_not_updated_itself(store: Path) -> None:
+    from core.errors import ConfigError
+    from workflows.model_update import update_model
+
+    make_ensemble(store, "upd", [Member("a:1"), Member("b:1")], "mean")
+    with pytest.raises(ConfigError, match="upd:1 is an ensemble: update its members"):
+        update_model(store, "upd", log=lambda _: None)

@@ -180,7 +180,7 @@ def test_the_alerts_file_is_private_and_read_back(tmp_path: Path) -> None:
 
 
 def _monitor(outputs: list[Any] = (), clock: Any = time.time, **kw: Any) -> SessionMonitor:  # type: ignore[assignment]
-    cfg = MonitorConfig(interval=60.0, market_open=lambda ts: True, max_daily_loss=0.03,
+    cfg = MonitorConfig(interval=60.0, market_open=lambda ts, sym: True, max_daily_loss=0.03,
                         max_drawdown=0.25, **kw.pop("cfg", {}))  # fmt: skip
     return SessionMonitor(cfg, load_rules(), outputs, clock=clock, **kw)
 
@@ -254,3 +254,51 @@ def test_the_grafana_dashboard_reads_only_metrics_the_session_exports() -> None:
     }
     missing = used - exported
     assert used and not missing, missing
+
+
+def test_stale_bars_never_count_a_closed_market() -> None:
+    """Overnight is not lag: a symbol's lag counts from its market's opening."""
+    now = [pd.Timestamp("2026-03-02 20:59", tz="UTC").timestamp()]  # Monday, a minute to close
+    open_ = {"v": True}
+    cfg = MonitorConfig(interval=60.0, market_open=lambda ts, sym: open_["v"],
+                        max_daily_loss=0.03, max_drawdown=0.25)  # fmt: skip
+    m = SessionMonitor(cfg, load_rules(), clock=lambda: now[0])
+    m.bar("AAPL", pd.Timestamp(now[0] + 60, unit="s", tz="UTC"))  # the last bar, 16:00 NY
+    open_["v"], now[0] = False, now[0] + 17.5 * 3600  # the night
+    assert m.values()["feed_lag_bars"] is None
+    open_["v"], now[0] = True, now[0] + 30.0  # 09:30:30 next day, no bar yet
+    assert m.values()["feed_lag_bars"] < 1 and m.evaluate() == []
+    now[0] += 150.0  # 2.5 minutes into the session without a bar: stale
+    assert [e.rule for e in m.evaluate()] == ["stale-bars"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("repeat: 1.5.0m\nrules:\n  - name: a\n    when: breaker_open > 0\n", "duration '1.5.0m'"),
+        ("rules:\n  - name: a\n    when: breaker_open > 0\nwebhooks:\n  - url_env: https://hooks.example/T0/SECRET\n", "url_env must name an environment variable"),
+    ],
+)  # fmt: skip
+def test_odd_rule_files_are_refused_without_a_traceback_or_a_secret(
+    tmp_path: Path, body: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_rules(_rules(tmp_path, body))
+    assert message in str(err.value) and "SECRET" not in str(err.value)
+
+
+def test_a_binary_rules_file_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "rules.yaml"
+    p.write_bytes(b"\xff\xfe\x00rules")
+    with pytest.raises(ConfigError, match="not a text"):
+        load_rules(p)
+
+
+def test_one_dead_webhook_keeps_the_failing_flag_when_another_delivers(hook_server: str) -> None:
+    sender = WebhookSender((Webhook("DEAD"), Webhook("LIVE")), "s", timeout=0.2, retries=0,
+                           backoff=0.01, environ={"DEAD": "http://127.0.0.1:9/x", "LIVE": hook_server})  # fmt: skip
+    sender(_event())
+    assert _wait(lambda: len(_Hook.received) == 1)
+    time.sleep(0.1)
+    assert sender.failing  # the dead one still fails though the live one delivered
+    sender.close()

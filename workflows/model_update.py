@@ -34,7 +34,6 @@ from mlmodels.dataset import DatasetConfig, WindowDataset, build_dataset
 from mlmodels.evaluate import head_metrics, predict
 from mlmodels.pipeline import evaluate_splits
 from mlmodels.registry import ModelCard, ModelRegistry
-from mlmodels.selection import Selection
 from mlmodels.splits import Split, chronological_split
 from mlmodels.trainer import TrainConfig, Trainer
 from workflows.runs import RunRegistry
@@ -87,6 +86,11 @@ def update_model(
     """Fine-tune, gate and (when it beats the champion) register a challenger of ``ref``."""
     store_path = Path(store)
     registry = ModelRegistry(store_path / "models")
+    card = registry.card(ref)
+    if card.is_ensemble:
+        raise ConfigError(
+            f"{card.ref} is an ensemble: update its members, then build it again from them"
+        )
     champion, card = registry.load(ref)
     ds, split, new_bars = _new_data(store_path, card, cfg)
     params = {"model": card.ref, **dataclasses.asdict(cfg), "new_bars": new_bars}
@@ -98,13 +102,14 @@ def update_model(
         challenger = _copy(card, champion)
         with tempfile.TemporaryDirectory(prefix="btml-update-") as work:
             trainer = _trainer(challenger, ds, split, cfg, Path(work), card)
-            before = trainer.evaluate_loss(split.val)["loss"]
+            gate = _gate_loss(trainer)
+            before = _loss_on(gate, champion, ds, split.val)
             state = trainer.fit()
             best = Path(work) / "best.pt"
             if best.exists():
                 challenger.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
         challenger.eval()
-        after = trainer.evaluate_loss(split.val)["loss"]
+        after = _loss_on(gate, challenger, ds, split.val)
         log(f"gate ({len(split.val)} samples): champion loss {before:.5f}, challenger {after:.5f}")
         run.log_metrics({"champion_gate_loss": before, "challenger_gate_loss": after,
                          "epochs_run": len(state.history), "new_bars": new_bars})  # fmt: skip
@@ -133,7 +138,7 @@ def _new_data(
     index = store.read(card.index, card.timeframe) if card.index else None
     data_cfg = DatasetConfig(
         window=card.window, labels=card.label_cfg(), skip_short=True,
-        selection=_selection(card),
+        selection=card.selection_obj(),
     )  # fmt: skip
     user = ModelRegistry(store_path / "models").user_features(card.ref)
     if user is not None:
@@ -181,6 +186,30 @@ def _trainer(
     return Trainer(model, ds, split.train, split.val, tc, work)
 
 
+def _gate_loss(trainer: Trainer) -> Any:
+    """The loss both models are gated on: the trainer's task weights, price scale and class
+    weights, without learned uncertainty (which would favour the model trained with it)."""
+    from mlmodels.losses import MultiTaskLoss
+
+    loss: Any = trainer.loss
+    cfg = dataclasses.replace(loss.cfg, uncertainty=False)
+    return MultiTaskLoss(cfg, loss.price_scale.clone(), loss.class_weights)
+
+
+@torch.inference_mode()
+def _loss_on(loss: Any, model: torch.nn.Module, ds: WindowDataset, idx: np.ndarray) -> float:
+    """The mean of ``loss`` over samples ``idx``."""
+    from mlmodels.labels import LABEL_COLUMNS
+    from mlmodels.stream import sample_batches
+
+    model.eval()
+    total = 0.0
+    for part, out in sample_batches(model, ds, idx):
+        y = {c: torch.from_numpy(ds.targets[c][part]) for c in LABEL_COLUMNS}
+        total += float(loss(out, y)[0]) * len(part)
+    return total / max(len(idx), 1)
+
+
 def _loss_cfg(card: ModelCard) -> Any:
     """The champion's loss settings (task weights, uncertainty, direction weighting)."""
     from mlmodels.losses import LossConfig
@@ -192,13 +221,6 @@ def _loss_cfg(card: ModelCard) -> Any:
         uncertainty=bool(t.get("uncertainty", default.uncertainty)),
         direction_weighting=str(t.get("direction_weighting") or default.direction_weighting),
     )
-
-
-def _selection(card: ModelCard) -> Selection | None:
-    if not card.selection:
-        return None
-    sel = card.selection
-    return Selection(**{**sel, "inputs": tuple(sel["inputs"]), "outputs": tuple(sel["outputs"])})
 
 
 def _challenger_card(

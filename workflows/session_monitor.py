@@ -48,10 +48,9 @@ def check_monitoring(alert_rules: str | None, metrics_port: int | None) -> RuleS
     return rules
 
 
-def market_hours(symbols: tuple[str, ...]) -> Callable[[pd.Timestamp], bool]:
-    """Whether bars are expected at a time: any symbol's market open (crypto: always)."""
-    classes = {"crypto" if "/" in s else "stocks" for s in symbols}
-    return lambda ts: any(is_open(ts, asset_class=c) for c in classes)
+def market_open(ts: pd.Timestamp, symbol: str) -> bool:
+    """Whether ``symbol``'s market is open at ``ts`` (crypto, ``BTC/USD``: always)."""
+    return is_open(ts, asset_class="crypto" if "/" in symbol else "stocks")
 
 
 @contextlib.contextmanager
@@ -72,34 +71,43 @@ def session_monitor(
     """The session's monitor as the strategy's watch, running until the block ends;
     ``clock="bars"`` measures time by the newest bar seen (a replayed session)."""
     rules = load_rules(alert_rules)
-    hooks = WebhookSender(rules.webhooks, session)
     cfg = MonitorConfig(
         interval=get_timeframe(timeframe).delta.total_seconds(),
-        market_open=market_hours(symbols),
+        market_open=market_open,
         max_daily_loss=risk.daily_loss_stop,
         max_drawdown=risk.max_drawdown,
         trained_at=pd.Timestamp(card.created_at) if card.created_at else None,
         drift=card.metrics.get("drift_reference"),
         features=tuple(card.features),
     )
-    outputs: list[Output] = [log_event, AlertFile(alerts_path(store_path), session), hooks]
-    by_bars: list[SessionMonitor] = []
-    monitor = SessionMonitor(
-        cfg, rules, outputs, clock=_clock(clock, by_bars), webhook_failing=lambda: hooks.failing
-    )
-    by_bars.append(monitor)
-    server = monitor.metrics.serve(metrics_port) if metrics_port is not None else None
-    scaler = card.scaler_obj()
-    monitor.start(tick, poll=lambda: _poll(monitor, alpaca_store))
+    with contextlib.ExitStack() as stack:
+        hooks = WebhookSender(rules.webhooks, session)
+        stack.callback(hooks.close)
+        outputs: list[Output] = [log_event, AlertFile(alerts_path(store_path), session), hooks]
+        by_bars: list[SessionMonitor] = []
+        monitor = SessionMonitor(cfg, rules, outputs, clock=_clock(clock, by_bars),
+                                 webhook_failing=lambda: hooks.failing)  # fmt: skip
+        by_bars.append(monitor)
+        if metrics_port is not None:
+            stack.callback(_stop_server, _serve(monitor, metrics_port))
+        monitor.start(tick, poll=lambda: _poll(monitor, alpaca_store))
+        stack.callback(monitor.evaluate)  # the last word: what is still active at the end
+        stack.callback(monitor.close)
+        yield StrategyWatch(monitor, card.scaler_obj().transform)
+
+
+def _serve(monitor: SessionMonitor, port: int) -> Any:
     try:
-        yield StrategyWatch(monitor, scaler.transform)
-    finally:
-        monitor.close()
-        monitor.evaluate()
-        hooks.close()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        return monitor.metrics.serve(port)
+    except OSError as err:
+        raise ConfigError(
+            f"--metrics-port {port}: cannot listen on 127.0.0.1 ({err.strerror}); give a free port"
+        ) from err
+
+
+def _stop_server(server: Any) -> None:
+    server.shutdown()
+    server.server_close()
 
 
 def _poll(monitor: SessionMonitor, store: Any) -> None:
