@@ -83,7 +83,37 @@ class SignalClient(ABC):
         self.close()
 
 
-class InProcessClient(SignalClient):
+class PathRequests:
+    """The path-summary requests of batched and streamed inference, for a client that
+    answers a binary body with ``_summaries(body, expected)``."""
+
+    def _summaries(self, body: bytes, expected: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def paths(self, windows: np.ndarray) -> np.ndarray:
+        """The model's path summaries ``(N, D)`` for windows ``(N, W, F)`` (one request; a
+        server that takes fewer windows raises ``TooManyWindows`` with its limit)."""
+        return self._summaries(encode_binary(windows, None, paths_only=True), len(windows))
+
+    def stream_paths(
+        self,
+        session: str,
+        symbols: Sequence[str],
+        prev: Sequence[str | None],
+        last: Sequence[str],
+        rows: np.ndarray,
+    ) -> np.ndarray:
+        """Continue streams (:mod:`serving.streams`): ``rows`` ``(N, T, F)`` raw features
+        of each stream's bars after ``prev`` (None: a new stream) up to ``last``; returns the
+        path outputs ``(N, T, D)``. Raises ``StreamGap`` / ``StateLost`` (HTTP 409) when a
+        stream cannot continue."""
+        body = encode_binary(rows, None, symbols, last, paths_only=True, session=session,
+                             prev=prev)  # fmt: skip
+        n, t = rows.shape[:2]
+        return self._summaries(body, n * t).reshape(n, t, -1)
+
+
+class InProcessClient(PathRequests, SignalClient):
     """The TorchServe handler run in this process on a registry version folder.
 
     Build it with ``InProcessClient.from_registry(registry_root, "name[:version]")``.
@@ -123,28 +153,9 @@ class InProcessClient(SignalClient):
         body = encode_binary(windows, as_positions(positions, len(windows)), symbols, timestamps)
         return [Signal.from_dict(d) for d in json.loads(self._handle(body))]
 
-    def paths(self, windows: np.ndarray) -> np.ndarray:
-        """The path summaries ``(N, D)`` of windows ``(N, W, F)``, through the handler's
-        request path as TorchServe would answer them."""
-        body = encode_binary(windows, None, paths_only=True)
-        return decode_summaries(self._handle(body), len(windows))
-
-    def stream_paths(
-        self,
-        session: str,
-        symbols: Sequence[str],
-        prev: Sequence[str | None],
-        last: Sequence[str],
-        rows: np.ndarray,
-    ) -> np.ndarray:
-        """Continue streams (:mod:`serving.streams`): ``rows`` ``(N, T, F)`` raw features
-        of each stream's bars after ``prev`` (None: a new stream) up to ``last``; returns the
-        path outputs ``(N, T, D)``. Raises ``StreamGap`` / ``StateLost`` (HTTP 409) when a
-        stream cannot continue."""
-        body = encode_binary(rows, None, symbols, last, paths_only=True, session=session,
-                             prev=prev)  # fmt: skip
-        n, t = rows.shape[:2]
-        return decode_summaries(self._handle(body), n * t).reshape(n, t, -1)
+    def _summaries(self, body: bytes, expected: int) -> np.ndarray:
+        """A path-summaries request answered through the handler, as TorchServe would."""
+        return decode_summaries(self._handle(body), expected)
 
     def _handle(self, body: bytes) -> Any:
         """The handler's answer to one request body, as TorchServe's worker would give it;
@@ -255,7 +266,7 @@ def _server_fault(status: int) -> bool:
     return status >= 500 or status in (408, 429)
 
 
-class RestClient(SignalClient):
+class RestClient(PathRequests, SignalClient):
     """``predict`` over TorchServe's inference API (see ``RestConfig`` and the README's REST
     contract). Thread-safe; reuse one client for many calls (one keep-alive session)."""
 
@@ -315,26 +326,6 @@ class RestClient(SignalClient):
             raise
         self.breaker.success()
         return signals
-
-    def paths(self, windows: np.ndarray) -> np.ndarray:
-        """The model's path summaries ``(N, D)`` for windows ``(N, W, F)`` (one request; a
-        server that takes fewer windows raises ``TooManyWindows`` with its limit)."""
-        return self._summaries(encode_binary(windows, None, paths_only=True), len(windows))
-
-    def stream_paths(
-        self,
-        session: str,
-        symbols: Sequence[str],
-        prev: Sequence[str | None],
-        last: Sequence[str],
-        rows: np.ndarray,
-    ) -> np.ndarray:
-        """Continue streams on the server (see ``InProcessClient.stream_paths``); raises
-        ``StreamGap`` / ``StateLost`` when a stream cannot continue there."""
-        body = encode_binary(rows, None, symbols, last, paths_only=True, session=session,
-                             prev=prev)  # fmt: skip
-        n, t = rows.shape[:2]
-        return self._summaries(body, n * t).reshape(n, t, -1)
 
     def _summaries(self, body: bytes, expected: int) -> np.ndarray:
         """POST a path-summaries request; its ``(expected, D)`` answer."""

@@ -137,7 +137,48 @@ def _windows(
     return ends, np.ascontiguousarray(view[ends - window + 1].transpose(0, 2, 1))
 
 
-class BatchedSignals:
+def check_same_model(tail: Any, mine: np.ndarray, got: np.ndarray, what: str, fix: str) -> None:
+    """Refuse a server whose ``what`` for the same input (``got``) differ from the tail's
+    (``mine``): it serves another model than the registry's."""
+    if mine.shape[1:] != got.shape[1:] or not np.allclose(
+        mine[0], got[0], rtol=SAME_MODEL_TOLERANCE, atol=SAME_MODEL_TOLERANCE
+    ):
+        raise ConfigError(
+            f"the served model is not {getattr(tail, 'card', None) and tail.card.ref}: "
+            f"its {what} differ from the registry's; {fix}"
+        )
+
+
+class TailSignals:
+    """Signals per bar from path rows a cache holds (``cache.get(symbol, ts_ns)``) and the
+    live position state, through the fusion and heads of ``tail`` (in-process)."""
+
+    cache: Any
+    tail: Any
+    missing = "no feature window"
+
+    def predict(
+        self,
+        symbols: Sequence[str],
+        ts_ns: int,
+        positions: np.ndarray,
+        timestamps: Sequence[str | None],
+    ) -> list[Signal]:
+        """The signals of ``symbols``' bars at ``ts_ns`` (each must have a full window)."""
+        rows = []
+        for sym in symbols:
+            row = self.cache.get(sym, ts_ns)
+            if row is None:
+                raise ValueError(f"{sym}: {self.missing} at {ts_ns}")
+            rows.append(row)
+        return list(
+            self.tail.from_paths(
+                np.stack(rows), positions, symbols=list(symbols), timestamps=timestamps
+            )
+        )
+
+
+class BatchedSignals(TailSignals):
     """Signals per bar from path summaries scored ahead (the module docstring).
 
     ``paths``: a client with ``paths(windows) -> (N, D)`` (a ``RestClient`` to a served
@@ -162,37 +203,10 @@ class BatchedSignals:
     def _score(self, windows: np.ndarray) -> np.ndarray:
         got = np.asarray(self._paths.paths(windows))
         if not self.checked:  # the server's model must be the tail's: compare one window
-            mine = np.asarray(self.tail.paths(windows[:1]))
-            if mine.shape[1:] != got.shape[1:] or not np.allclose(
-                mine[0], got[0], rtol=SAME_MODEL_TOLERANCE, atol=SAME_MODEL_TOLERANCE
-            ):
-                raise ConfigError(
-                    f"the served model is not {getattr(self.tail, 'card', None) and self.tail.card.ref}: "
-                    "its path summaries differ from the registry's; serve that version or "
-                    "use inference='per-bar'"
-                )
+            check_same_model(self.tail, np.asarray(self.tail.paths(windows[:1])), got,
+                             "path summaries", "serve that version or use inference='per-bar'")  # fmt: skip
             self.checked = True
         return got
-
-    def predict(
-        self,
-        symbols: Sequence[str],
-        ts_ns: int,
-        positions: np.ndarray,
-        timestamps: Sequence[str | None],
-    ) -> list[Signal]:
-        """The signals of ``symbols``' bars at ``ts_ns`` (each must have a full window)."""
-        rows = []
-        for sym in symbols:
-            row = self.cache.get(sym, ts_ns)
-            if row is None:
-                raise ValueError(f"{sym}: no feature window at {ts_ns}")
-            rows.append(row)
-        return list(
-            self.tail.from_paths(
-                np.stack(rows), positions, symbols=list(symbols), timestamps=timestamps
-            )
-        )
 
 
 def batched_signals(
@@ -217,7 +231,7 @@ def batched_signals(
         raise ConfigError(
             f"{type(client).__name__} cannot score path summaries; use inference='per-bar'"
         )
-    tail = _tail(client, model, store)
+    tail = tail_client(client, model, store)
     if tail.card.streaming:  # a streaming preset: its streams, continued
         from strategies.streamed import StreamSignals
 
@@ -225,7 +239,7 @@ def batched_signals(
     return BatchedSignals(windows, client, tail, chunk=chunk)
 
 
-def _tail(client: Any, model: str | None, store: str | None) -> Any:
+def tail_client(client: Any, model: str | None, store: str | None) -> Any:
     """The in-process client that runs the fusion and the heads: ``client`` itself, or the
     registry's copy of the served model."""
     tail = client if hasattr(client, "from_paths") else None

@@ -30,7 +30,7 @@ import pandas as pd
 from core.errors import ConfigError
 from serving.signal import Signal
 from serving.streams import StreamConflict
-from strategies.batched import SAME_MODEL_TOLERANCE
+from strategies.batched import TailSignals, check_same_model
 from strategies.windows import FeatureWindows, LiveFeatureWindows, SymbolFeatures
 
 log = logging.getLogger(__name__)
@@ -170,13 +170,15 @@ class StreamCache:
             st.next, st.prev = b, st.iso(b - 1)
 
 
-class StreamSignals:
+class StreamSignals(TailSignals):
     """Signals per bar from streamed path outputs and the live position state (the module
     docstring); the same ``predict`` as :class:`strategies.batched.BatchedSignals`.
 
     ``client``: the stream client (server or in-process); ``tail``: an ``InProcessClient`` of
     the same model version for the fusion and the heads.
     """
+
+    missing = "no streamed bar"
 
     def __init__(
         self, windows: FeatureWindows, client: Any, tail: Any, *, chunk: int = 256
@@ -199,35 +201,9 @@ class StreamSignals:
         if not self.checked and prev[0] is None:
             mine = np.asarray(self.tail.stream_paths(session + "/check", symbols[:1], [None],
                                                      last[:1], rows[:1]))  # fmt: skip
-            if mine.shape[1:] != got.shape[1:] or not np.allclose(
-                mine[0], got[0], rtol=SAME_MODEL_TOLERANCE, atol=SAME_MODEL_TOLERANCE
-            ):
-                raise ConfigError(
-                    f"the served model is not {self.tail.card.ref}: its stream outputs differ "
-                    "from the registry's; serve that version"
-                )
+            check_same_model(self.tail, mine, got, "stream outputs", "serve that version")
             self.checked = True
         return got
-
-    def predict(
-        self,
-        symbols: Sequence[str],
-        ts_ns: int,
-        positions: np.ndarray,
-        timestamps: Sequence[str | None],
-    ) -> list[Signal]:
-        """The signals of ``symbols``' bars at ``ts_ns`` (each must have a full window)."""
-        rows = []
-        for sym in symbols:
-            row = self.cache.get(sym, ts_ns)
-            if row is None:
-                raise ValueError(f"{sym}: no streamed bar at {ts_ns}")
-            rows.append(row)
-        return list(
-            self.tail.from_paths(
-                np.stack(rows), positions, symbols=list(symbols), timestamps=timestamps
-            )
-        )
 
 
 class LiveStreamSignals:
@@ -327,12 +303,12 @@ def per_bar_streams(
     """The per-bar scorer of a streaming preset: in a backtest its streams continued one bar
     per request, live :class:`LiveStreamSignals` (None for a windowed preset or a client
     without streams)."""
-    from strategies.batched import _tail
+    from strategies.batched import tail_client
 
     if not hasattr(client, "stream_paths"):
         return None
     try:
-        tail = _tail(client, model, store)
+        tail = tail_client(client, model, store)
     except ConfigError:
         return None
     if not tail.card.streaming:

@@ -59,28 +59,27 @@ def market() -> dict[str, pd.DataFrame]:
     return {s: f for s, f in zip(SYMBOLS, raw.values(), strict=True)}
 
 
-@pytest.fixture(scope="module")
-def model(market: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    store = tmp_path_factory.mktemp("store")
+def _trained(
+    market: dict[str, pd.DataFrame], store: Path, arch: str, name: str, epochs: int
+) -> Any:
+    """``arch`` trained on the history before the session, registered in ``store``."""
     history = {s: f.iloc[:HISTORY] for s, f in market.items()}
     _, card = train_model(
-        history, "tiny", name="paper", registry=ModelRegistry(store / "models"),
-        train_cfg=TrainConfig(epochs=2, batch_size=64, patience=2, seed=0, threads=1),
+        history, arch, name=name, registry=ModelRegistry(store / "models"),
+        train_cfg=TrainConfig(epochs=epochs, batch_size=64, patience=epochs, seed=0, threads=1),
         data_cfg=DatasetConfig(window=16), timeframe="1m",
     )  # fmt: skip
     return store, card
+
+
+@pytest.fixture(scope="module")
+def model(market: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    return _trained(market, tmp_path_factory.mktemp("store"), "tiny", "paper", epochs=2)
 
 
 @pytest.fixture(scope="module")
 def stream_model(market: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    store = tmp_path_factory.mktemp("stream-store")
-    history = {s: f.iloc[:HISTORY] for s, f in market.items()}
-    _, card = train_model(
-        history, "tiny-stream", name="stream", registry=ModelRegistry(store / "models"),
-        train_cfg=TrainConfig(epochs=1, batch_size=64, patience=1, seed=0, threads=1),
-        data_cfg=DatasetConfig(window=16), timeframe="1m",
-    )  # fmt: skip
-    return store, card
+    return _trained(market, tmp_path_factory.mktemp("stream-store"), "tiny-stream", "stream", 1)
 
 
 class HistoryServed:

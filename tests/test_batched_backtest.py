@@ -16,26 +16,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analyzers.backtest import run_backtest
 from core.errors import ConfigError
-from feeds.sample import load_sample
 from mlmodels.registry import ModelRegistry
 from serving.client import InProcessClient, RestClient, RestConfig
 from strategies.batched import BatchedSignals, batched_signals
-from strategies.ml_signal import MLSignalConfig, MLSignalStrategy, ServingAborted
-from strategies.sizing import FixedFraction
+from strategies.ml_signal import MLSignalConfig, ServingAborted
 from strategies.windows import FeatureWindows, LiveFeatureWindows
-from tests.serving_util import WINDOW, feature_names, register_preset, server_config
+from tests.serving_util import (
+    WINDOW,
+    assert_same_run,
+    feature_names,
+    ml_backtest,
+    register_preset,
+    sample_frames,
+    server_config,
+)
 
 pytestmark = pytest.mark.timeout(900)
-CONFIG = dict(sizer=FixedFraction(fraction=0.2), min_edge=0.0, horizon_agreement=0,
-              allow_short=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def frames() -> dict[str, pd.DataFrame]:
-    s = load_sample(adjusted=True)
-    return {k: s[k].loc["2009-01-01":"2010-06-30"] for k in ("AAPL", "IBM", "MSFT")}
+    return sample_frames()
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +50,6 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
     return ModelRegistry(tmp_path_factory.mktemp("batched-bt") / "models")
 
 
-def backtest(frames, windows, client, *, batched: Any = None, **cfg: Any) -> Any:
-    kwargs = {"config": MLSignalConfig(**{**CONFIG, **cfg}), "client": client,
-              "windows": windows, "batched": batched}  # fmt: skip
-    return run_backtest("ml", frames, MLSignalStrategy, strategy_kwargs=kwargs)
-
-
-def assert_same_run(a: Any, b: Any) -> None:
-    assert a.stats.trades > 0 and a.stats.trades == b.stats.trades
-    assert a.final_value == pytest.approx(b.final_value, rel=1e-9)
-    da = [(d.timestamp, d.symbol, d.target, d.reason) for d in a.strategy.audit]
-    db = [(d.timestamp, d.symbol, d.target, d.reason) for d in b.strategy.audit]
-    assert da == db
-    for x, y in zip(a.strategy.audit, b.strategy.audit, strict=True):
-        np.testing.assert_allclose(x.signal.returns, y.signal.returns, rtol=1e-5, atol=2e-6)
-        np.testing.assert_allclose(x.signal.direction, y.signal.direction, rtol=1e-5, atol=2e-6)
-
-
 def in_process(registry: ModelRegistry, arch: str) -> InProcessClient:
     if arch not in registry.names():
         register_preset(registry, arch, arch)
@@ -73,8 +58,8 @@ def in_process(registry: ModelRegistry, arch: str) -> InProcessClient:
 
 def test_batched_equals_per_bar_in_process(frames, windows, registry) -> None:
     client = in_process(registry, "tiny")
-    per_bar = backtest(frames, windows, client)
-    batched = backtest(frames, windows, client, inference="batched", chunk=64)
+    per_bar = ml_backtest(frames, windows, client)
+    batched = ml_backtest(frames, windows, client, inference="batched", chunk=64)
     assert_same_run(per_bar, batched)
     cache = batched.strategy.batched.cache
     feats = windows.symbols["AAPL"]
@@ -89,8 +74,8 @@ def test_batched_equals_per_bar_in_process(frames, windows, registry) -> None:
 )
 def test_batched_equals_per_bar_for_every_preset(frames, windows, registry, arch) -> None:
     client = in_process(registry, arch)
-    per_bar = backtest(frames, windows, client)
-    assert_same_run(per_bar, backtest(frames, windows, client, inference="batched"))
+    per_bar = ml_backtest(frames, windows, client)
+    assert_same_run(per_bar, ml_backtest(frames, windows, client, inference="batched"))
 
 
 def test_batched_is_refused_where_it_cannot_score_ahead(frames, windows, registry) -> None:
@@ -131,11 +116,11 @@ def rest(cfg: Any, model: str) -> RestClient:
 @pytest.mark.parametrize("arch", ["tiny", "task-ensemble"])
 def test_batched_through_torchserve_equals_per_bar(frames, windows, registry, served, arch):
     client, tail = rest(served, arch), in_process(registry, arch)
-    per_bar = backtest(frames, windows, client)
-    batched = backtest(frames, windows, client,
+    per_bar = ml_backtest(frames, windows, client)
+    batched = ml_backtest(frames, windows, client,
                        batched=BatchedSignals(windows, client, tail, chunk=128))  # fmt: skip
     assert_same_run(per_bar, batched)
-    assert_same_run(per_bar, backtest(frames, windows, tail))  # and in-process, per bar
+    assert_same_run(per_bar, ml_backtest(frames, windows, tail))  # and in-process, per bar
 
 
 @pytest.mark.slow
@@ -143,16 +128,16 @@ def test_a_chunk_above_the_servers_limit_is_split(frames, windows, registry, ser
     register_preset(registry, "tiny", "small", seed=3) if "small" not in registry.names() else None
     client, tail = rest(served, "small"), InProcessClient.from_registry(registry.root, "small:1")
     scorer = BatchedSignals(windows, client, tail, chunk=100)  # 300 windows a fill
-    run = backtest(frames, windows, client, batched=scorer)
+    run = ml_backtest(frames, windows, client, batched=scorer)
     assert run.stats.trades > 0 and scorer.cache.max_request == 8
-    assert_same_run(backtest(frames, windows, tail), run)
+    assert_same_run(ml_backtest(frames, windows, tail), run)
 
 
 @pytest.mark.slow
 def test_a_server_of_another_model_is_refused(frames, windows, registry, served) -> None:
     scorer = BatchedSignals(windows, rest(served, "small"), in_process(registry, "tiny"))
     with pytest.raises(ConfigError, match="the served model is not tiny:1"):
-        backtest(frames, windows, rest(served, "small"), batched=scorer)
+        ml_backtest(frames, windows, rest(served, "small"), batched=scorer)
 
 
 class _Dies:
@@ -186,9 +171,9 @@ def test_a_server_dying_mid_run_aborts_or_holds_never_zero_signals(
     scorer = BatchedSignals(windows, _Dies(client, cfg, 2), tail, chunk=50)
     if policy == "abort":
         with pytest.raises(ServingAborted, match="the run is aborted"):
-            backtest(frames, windows, client, batched=scorer)
+            ml_backtest(frames, windows, client, batched=scorer)
         return
-    run = backtest(frames, windows, client, batched=scorer, serving_failure="hold")
+    run = ml_backtest(frames, windows, client, batched=scorer, serving_failure="hold")
     audit = run.strategy.audit
     missing = [d for d in audit if d.signal is None]
     assert missing and run.strategy.serving_failures > 0

@@ -21,27 +21,28 @@ import pandas as pd
 import pytest
 import torch
 
-from analyzers.backtest import run_backtest
-from feeds.sample import load_sample
 from mlmodels.registry import ModelRegistry
 from serving.client import InProcessClient, RestClient, RestConfig
 from serving.payload import BadRequest
 from serving.streams import StateLost, StreamGap, StreamRequest, StreamSessions
-from strategies.ml_signal import MLSignalConfig, MLSignalStrategy
-from strategies.sizing import FixedFraction
 from strategies.streamed import StreamCache, StreamSignals
 from strategies.windows import FeatureWindows
-from tests.serving_util import WINDOW, feature_names, register_preset, server_config
+from tests.serving_util import (
+    WINDOW,
+    assert_same_run,
+    feature_names,
+    ml_backtest,
+    register_preset,
+    sample_frames,
+    server_config,
+)
 
 pytestmark = pytest.mark.timeout(900)
-CONFIG = dict(sizer=FixedFraction(fraction=0.2), min_edge=0.0, horizon_agreement=0,
-              allow_short=True)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def frames() -> dict[str, pd.DataFrame]:
-    s = load_sample(adjusted=True)
-    return {k: s[k].loc["2009-01-01":"2010-06-30"] for k in ("AAPL", "IBM", "MSFT")}
+    return sample_frames()
 
 
 @pytest.fixture(scope="module")
@@ -61,30 +62,11 @@ def client(registry: ModelRegistry, arch: str) -> InProcessClient:
     return InProcessClient.from_registry(registry.root, f"{arch}:1", threads=1)
 
 
-def backtest(frames, windows, client, **cfg: Any) -> Any:
-    batched = cfg.pop("batched", None)
-    kwargs = {"config": MLSignalConfig(**{**CONFIG, **cfg}), "client": client,
-              "windows": windows, "batched": batched}  # fmt: skip
-    return run_backtest("ml", frames, MLSignalStrategy, strategy_kwargs=kwargs)
-
-
-def decisions(run: Any) -> list[tuple[Any, ...]]:
-    return [(d.timestamp, d.symbol, d.target, d.reason) for d in run.strategy.audit]
-
-
-def assert_same_run(a: Any, b: Any) -> None:
-    assert a.stats.trades > 0 and a.stats.trades == b.stats.trades
-    assert a.final_value == pytest.approx(b.final_value, rel=1e-9)
-    assert decisions(a) == decisions(b)
-    for x, y in zip(a.strategy.audit, b.strategy.audit, strict=True):
-        np.testing.assert_allclose(x.signal.returns, y.signal.returns, rtol=1e-5, atol=2e-6)
-
-
 @pytest.mark.parametrize("arch", ["tiny-stream", "hybrid-stream"])
 def test_per_bar_and_chunked_streams_trade_the_same(frames, windows, registry, arch) -> None:
     c = client(registry, arch)
-    per_bar = backtest(frames, windows, c)
-    chunked = backtest(frames, windows, c, inference="batched", chunk=64)
+    per_bar = ml_backtest(frames, windows, c)
+    chunked = ml_backtest(frames, windows, c, inference="batched", chunk=64)
     assert isinstance(per_bar.strategy.batched, StreamSignals)
     assert per_bar.strategy.batched.cache.chunk == 1
     assert_same_run(per_bar, chunked)
@@ -174,11 +156,11 @@ def rest(cfg: Any) -> RestClient:
 def test_streams_through_torchserve_equal_in_process(frames, windows, registry, served) -> None:
     tail = client(registry, "tiny-stream")
     scorer = StreamSignals(windows, rest(served), tail, chunk=1)
-    per_bar = backtest(frames, windows, rest(served), batched=scorer)
+    per_bar = ml_backtest(frames, windows, rest(served), batched=scorer)
     assert scorer.cache.requests == sum(1 for d in per_bar.strategy.audit if d.symbol == "AAPL")
-    assert_same_run(backtest(frames, windows, tail), per_bar)
+    assert_same_run(ml_backtest(frames, windows, tail), per_bar)
     chunked = StreamSignals(windows, rest(served), tail, chunk=100)
-    assert_same_run(per_bar, backtest(frames, windows, rest(served), batched=chunked))
+    assert_same_run(per_bar, ml_backtest(frames, windows, rest(served), batched=chunked))
 
 
 class _KillsWorker:
@@ -205,13 +187,13 @@ class _KillsWorker:
 @pytest.mark.slow
 def test_a_lost_state_is_rebuilt_and_said_so(frames, windows, registry, served, caplog) -> None:
     tail = client(registry, "tiny-stream")
-    reference = backtest(frames, windows, tail, inference="batched", chunk=40)
+    reference = ml_backtest(frames, windows, tail, inference="batched", chunk=40)
     killer = _KillsWorker(
         RestClient(RestConfig(url=served.inference_url, model="tiny-stream",
                               key_file=served.key_file, deadline_s=60)), served, after=3)  # fmt: skip
     scorer = StreamSignals(windows, killer, tail, chunk=40)
     with caplog.at_level(logging.WARNING, logger="strategies.streamed"):
-        run = backtest(frames, windows, rest(served), batched=scorer)
+        run = ml_backtest(frames, windows, rest(served), batched=scorer)
     assert killer.killed >= 1 and scorer.cache.rebuilds >= 1
     assert "could not continue on the server (lost" in caplog.text
     assert "rebuilt from its start" in caplog.text

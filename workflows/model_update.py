@@ -99,20 +99,10 @@ def update_model(
         runs.start("update", params, inputs=model_inputs(store_path, card)) as run,
     ):
         log(f"run {run.id}: {new_bars} new bars since {card.date_ranges['test'][1][:10]}")
-        challenger = _copy(card, champion)
-        with tempfile.TemporaryDirectory(prefix="btml-update-") as work:
-            trainer = _trainer(challenger, ds, split, cfg, Path(work), card)
-            gate = _gate_loss(trainer)
-            before = _loss_on(gate, champion, ds, split.val)
-            state = trainer.fit()
-            best = Path(work) / "best.pt"
-            if best.exists():
-                challenger.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
-        challenger.eval()
-        after = _loss_on(gate, challenger, ds, split.val)
+        challenger, before, after, history = _fine_tune(card, champion, ds, split, cfg)
         log(f"gate ({len(split.val)} samples): champion loss {before:.5f}, challenger {after:.5f}")
         run.log_metrics({"champion_gate_loss": before, "challenger_gate_loss": after,
-                         "epochs_run": len(state.history), "new_bars": new_bars})  # fmt: skip
+                         "epochs_run": len(history), "new_bars": new_bars})  # fmt: skip
         if not after < before:
             run.log_metrics(
                 {"registered": None, "refused": "the challenger did not beat the champion"}
@@ -120,12 +110,30 @@ def update_model(
             log("the challenger did not beat the champion on the gate bars: nothing registered")
             return UpdateResult(run.id, card, None, before, after, new_bars)
         new = _challenger_card(card, challenger, champion, ds, split, cfg, run.id,
-                               (before, after, new_bars, state.history))  # fmt: skip
+                               (before, after, new_bars, history))  # fmt: skip
         new = registry.register(challenger, new, _copied_files(registry, card))
         runs.link_model(new.ref, run.id)
         run.log_metrics({"registered": new.ref})
         log(f"registered {new.ref} (parent {card.ref})")
         return UpdateResult(run.id, card, new, before, after, new_bars)
+
+
+def _fine_tune(
+    card: ModelCard, champion: torch.nn.Module, ds: WindowDataset, split: Split, cfg: UpdateConfig
+) -> tuple[torch.nn.Module, float, float, list[dict[str, float]]]:
+    """The challenger (best checkpoint, eval mode), the champion's and its gate losses on the
+    same loss, and its training history."""
+    challenger = _copy(card, champion)
+    with tempfile.TemporaryDirectory(prefix="btml-update-") as work:
+        trainer = _trainer(challenger, ds, split, cfg, Path(work), card)
+        gate = _gate_loss(trainer)
+        before = _loss_on(gate, champion, ds, split.val)
+        state = trainer.fit()
+        best = Path(work) / "best.pt"
+        if best.exists():
+            challenger.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+    challenger.eval()
+    return challenger, before, _loss_on(gate, challenger, ds, split.val), state.history
 
 
 def _new_data(
