@@ -207,7 +207,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 @click.group()
 def models() -> None:
-    """The model registry: list, show, benchmark, explain."""
+    """The model registry: list, show, benchmark, explain, update, promote, ensemble."""
 
 
 @models.command(name="list")
@@ -221,12 +221,16 @@ def list_(config: Config) -> None:
     if not names:
         click.echo(f"no models in {reg.root}; train one with `btml train`")
     for n in names:
+        champion = reg.card(n).version
         for v in reg.versions(n):
             c = reg.card(f"{n}:{v}")
             acc = c.metrics.get("test", {}).get("direction_accuracy", float("nan"))
+            mark = "*" if v == champion else " "
             click.echo(
-                f"{c.ref:<24} {c.arch:<17} {c.parameters:>11,} params  test dir acc {acc:.3f}  {c.created_at[:19]}"
+                f"{mark}{c.ref:<23} {c.arch:<17} {c.parameters:>11,} params  test dir acc {acc:.3f}  {c.created_at[:19]}"
             )
+    if names:
+        click.echo("* the champion: what NAME alone means (btml models promote / rollback)")
 
 
 def _show_evaluation(card: Any) -> None:
@@ -267,7 +271,9 @@ def show(config: Config, ref: str, as_json: bool) -> None:
     from mlmodels.registry import ModelRegistry
 
     try:
-        card = ModelRegistry(config.store / "models").card(ref)
+        registry = ModelRegistry(config.store / "models")
+        card = registry.card(ref)
+        champion = registry.card(card.name).ref
     except BtmlError as err:
         fail(err)
     if as_json:
@@ -280,6 +286,9 @@ def show(config: Config, ref: str, as_json: bool) -> None:
     click.echo(
         f"symbols {', '.join(card.symbols)}; index {card.index or '-'}; data {card.data_hash[:12]}"
     )
+    lineage = card.training.get("lineage", {}).get("parent")
+    role = "the champion" if champion == card.ref else f"not the champion ({champion} is)"
+    click.echo(f"{role} of {card.name}" + (f"; updated from {lineage}" if lineage else ""))
     labels = card.label_cfg()
     click.echo(
         f"labels: trading heads from {labels.trading_from}, price heads from {labels.price_from}"
@@ -474,3 +483,50 @@ def ensemble(config: Config, name: str, members: str, method: str) -> None:
         )
     verdict = "beats" if m["beats_best_member"] else "does not beat"
     click.echo(f"the ensemble {verdict} its best member ({m['best_member']}) on the 1-bar IC")
+
+
+@models.command()
+@click.argument("ref")
+@click.option("--test", "test", type=click.Choice(["ic", "pnl"]), default="ic", show_default=True,
+              help="ic: 1-bar rank IC; pnl: net P&L of the direction calls.")  # fmt: skip
+@click.option("--min-bars", type=int, default=100, show_default=True,
+              help="Shadow bars needed against the champion.")  # fmt: skip
+@click.option("--cost-bps", type=float, default=10.0, show_default=True,
+              help="Cost per unit of position change (the pnl test).")  # fmt: skip
+@click.option("--keep", type=int, default=5, show_default=True,
+              help="Versions kept after a promotion (besides the champions to roll back to).")  # fmt: skip
+@pass_config
+def promote(config: Config, ref: str, **opts: Any) -> None:
+    """Make challenger REF (NAME:VERSION) the champion if it beat it in shadow.
+
+    Reads the shadow rows of every session traded with `btml trade NAME --shadow REF`, and
+    promotes when the 95 % interval of the difference (challenger minus champion, block
+    bootstrap over bars) is above zero; else exit 1. Never shadowed, or too few bars: exit 2.
+    Recorded as a run of kind promotion.
+    """
+    from workflows.promotion import PromoteConfig
+    from workflows.promotion import promote as promote_model
+
+    try:
+        out = promote_model(config.store, ref, PromoteConfig(**opts), log=click.echo,
+                            db_url=config.db_url)  # fmt: skip
+    except BtmlError as err:
+        fail(err)
+    if not out.promoted:
+        sys.exit(1)
+
+
+@models.command()
+@click.argument("name")
+@pass_config
+def rollback(config: Config, name: str) -> None:
+    """Make the champion before the current one of NAME the champion again.
+
+    Recorded as a run of kind promotion; exit 2 when NAME was never promoted.
+    """
+    from workflows.promotion import rollback as rollback_model
+
+    try:
+        rollback_model(config.store, name, log=click.echo, db_url=config.db_url)
+    except BtmlError as err:
+        fail(err)

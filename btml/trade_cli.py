@@ -55,6 +55,17 @@ def _alpaca_config(config: Config, opts: dict[str, Any]) -> Any:
     default="torchserve",
     show_default=True,
 )
+@click.option(
+    "--serving-deadline",
+    type=float,
+    default=None,
+    help="Seconds per TorchServe call, retries included (default: half a bar, at most 10).",
+)
+@click.option(
+    "--shadow",
+    default=None,
+    help="NAME:VERSION of a challenger scored beside the model on every bar, never traded.",
+)
 @click.option("--bars", type=int, default=None, help="Stop after this many live bars.")
 @click.option(
     "--regular-hours",
@@ -110,7 +121,8 @@ def trade(ctx: click.Context, **opts: Any) -> None:
             adopt_positions=opts["adopt_positions"], bars=opts["bars"], log=click.echo,
             feed_kwargs={"market_hours": True} if opts["regular_hours"] else None,
             db_url=config.db_url, metrics_port=opts["metrics_port"],
-            alert_rules=opts["alert_rules"],
+            alert_rules=opts["alert_rules"], shadow=opts["shadow"],
+            serving_deadline=opts["serving_deadline"],
         )  # fmt: skip
     except BtmlError as err:
         fail(err)

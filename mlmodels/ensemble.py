@@ -65,6 +65,17 @@ def build_ensemble(config: Mapping[str, Any]) -> ModelEnsemble:
     return ModelEnsemble(members, config["weights"], scalers, config["method"], config.get("scale"))
 
 
+def feature_difference(card: ModelCard, other: ModelCard) -> str:
+    """How ``card``'s feature list differs from ``other``'s, in a phrase."""
+    extra = [f for f in card.features if f not in other.features]
+    lack = [f for f in other.features if f not in card.features]
+    order = ", or in another order" if not extra and not lack else ""
+    return (
+        f"{card.ref} reads {len(card.features)} features, {other.ref} {len(other.features)}"
+        f" ({card.ref} adds {extra[:5] or 'none'}, lacks {lack[:5] or 'none'}{order})"
+    )
+
+
 def check_members(cards: Sequence[ModelCard]) -> None:
     """Refuse members that cannot be combined, naming the first difference."""
     first = cards[0]
@@ -77,13 +88,7 @@ def check_members(cards: Sequence[ModelCard]) -> None:
             )
     for card in cards[1:]:
         if card.features != first.features:
-            extra = [f for f in card.features if f not in first.features]
-            lack = [f for f in first.features if f not in card.features]
-            raise ConfigError(
-                f"{card.ref} reads {len(card.features)} features, {first.ref} {len(first.features)}"
-                f" ({card.ref} adds {extra[:5] or 'none'}, lacks {lack[:5] or 'none'}"
-                f"{', or in another order' if not extra and not lack else ''}); members must read the same"
-            )
+            raise ConfigError(f"{feature_difference(card, first)}; members must read the same")
         for field in ("window", "timeframe", "horizons", "index", "labels", "selection"):
             a, b = getattr(first, field), getattr(card, field)
             if a != b:

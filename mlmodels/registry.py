@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # torch is imported where weights are read or written: readin
 
 ENSEMBLE_ARCH = "ensemble"
 CARD_FILE = "model_card.json"
+CHAMPION_FILE = "champion.json"  # {name}/champion.json: the promoted version and the earlier ones
 WEIGHTS_FILE = "weights.pt"
 CARD_SCHEMA = 1
 
@@ -204,7 +205,10 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 class ModelRegistry:
-    """Versioned models under ``root`` (default ``{store}/models``)."""
+    """Versioned models under ``root`` (default ``{store}/models``).
+
+    ``name`` alone means the *champion* (the version ``btml models promote`` switched to,
+    kept in ``{name}/champion.json``) once one has been promoted, else the latest version."""
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -231,12 +235,43 @@ class ModelRegistry:
                 f"no model called {name!r} in {self.root} (known: {known}); train one with btml train"
             )
         if ver is None:
-            ver = vs[-1]
+            ver = self.champion(name) or vs[-1]
         if ver not in vs:
             raise ModelNotFound(
                 f"model {name} has no version {ver}; versions: {', '.join(map(str, vs))}"
             )
         return self.root / name / f"v{ver}"
+
+    def champion_record(self, name: str) -> dict[str, Any]:
+        """``{"version": N or None, "history": [...]}``: the champion and every switch so far
+        (each ``{"version", "previous", "action", "at", "run"}``, oldest first)."""
+        path = self.root / name / CHAMPION_FILE
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {"version": None, "history": []}
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: not a valid champion record ({err})") from err
+        if not isinstance(record, dict) or not isinstance(record.get("history"), list):
+            raise DataError(f"{path}: not a valid champion record (no history list)")
+        return record
+
+    def champion(self, name: str) -> int | None:
+        """The promoted version of ``name`` (None: never promoted; ``name`` means the latest)."""
+        version = self.champion_record(name).get("version")
+        return int(version) if version is not None else None
+
+    def set_champion(self, name: str, version: int, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Make ``name:version`` the champion, appending ``entry`` to the history (atomic)."""
+        if version not in self.versions(name):
+            raise ModelNotFound(f"model {name} has no version {version}")
+        record = self.champion_record(name)
+        record = {"version": version, "history": [*record["history"], dict(entry)]}
+        path = self.root / name / CHAMPION_FILE
+        tmp = path.with_name(f"{CHAMPION_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return record
 
     def register(
         self, model: nn.Module, card: ModelCard, files: Mapping[str, bytes] | None = None

@@ -78,9 +78,10 @@ from strategies.windows import FeatureWindows, LiveFeatureWindows
 if TYPE_CHECKING:
     from mlmodels.registry import ModelCard
     from monitoring.hooks import StrategyWatch
+    from strategies.shadow import ShadowScorer
 
 SERVING_POLICIES = ("abort", "hold", "flatten")
-RUNTIME_PARAMS = ("client", "windows", "model", "store", "batched", "monitor")
+RUNTIME_PARAMS = ("client", "windows", "model", "store", "batched", "monitor", "shadow")
 OHLCV = ("open", "high", "low", "close", "volume")
 
 
@@ -175,6 +176,7 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         self._rets: dict[Any, tuple[Any, np.ndarray]] = {}
         self._live: dict[Any, bool] = {}  # live feeds: is the data past its backfill?
         self.watch: StrategyWatch | None = self.p.monitor  # a live session's monitor
+        self.shadow: ShadowScorer | None = self.p.shadow  # a challenger scored, never traded
 
     @property
     def warmup(self) -> int:
@@ -225,6 +227,10 @@ class MLSignalStrategy(bt.Strategy):  # type: ignore[misc]
         if self.watch is not None:
             self.watch.signals(batch, signals)
             self.watch.evaluate()
+        if self.shadow is not None:
+            self.shadow.submit([b[1] for b in batch], np.asarray([b[2] for b in batch]),
+                               [b[0]._name for b in batch], [b[0].close[0] for b in batch],
+                               signals, pd.Timestamp(now, tz="UTC").isoformat())  # fmt: skip
         # one snapshot per bar: orders placed below fill at a later bar, so the weights, the
         # risk state and the time are the same for every decision of this bar
         bar = (self._weights(), self._risk_state(), pd.Timestamp(now, tz="UTC"))

@@ -148,10 +148,19 @@ def oos_start(card: ModelCard, start: Any, allow_in_sample: bool = False) -> pd.
 
 @contextmanager
 def signal_client(
-    store_path: Path, card: ModelCard, serving: str, log: Callable[[str], None]
+    store_path: Path,
+    card: ModelCard,
+    serving: str,
+    log: Callable[[str], None],
+    *,
+    also: Sequence[ModelCard] = (),
+    deadline_s: float | None = None,
 ) -> Iterator[SignalClient]:
-    """In-process, or TorchServe: the running server, else one started for this run. The
-    in-process model runs on this process's torch threads (``btml --threads`` sets them)."""
+    """In-process, or TorchServe: the running server, else one started for this run (serving
+    ``card`` and the models in ``also`` beside it, e.g. a shadow challenger: each is another
+    version on the same server; ``deadline_s``: each call's time budget, retries included,
+    default the client's). The in-process model runs on this process's torch threads
+    (``btml --threads`` sets them)."""
     if serving not in SERVING:
         raise ConfigError(f"--serving must be one of {', '.join(SERVING)}, got {serving!r}")
     if serving == "inprocess":
@@ -163,25 +172,47 @@ def signal_client(
     cfg = ServerConfig(home=store_path / "serving")
     running = read_state(cfg)
     started = running is None
-    if running is not None and card.version not in running.models.get(card.name, []):
-        raise ConfigError(
-            f"a TorchServe is already running from {cfg.home} without {card.ref} (it serves "
-            f"{_served(running.models)}); stop it (btml serve stop) or start it with this model"
-        )
+    for c in (card, *also):
+        if running is not None and c.version not in running.models.get(c.name, []):
+            raise ConfigError(
+                f"a TorchServe is already running from {cfg.home} without {c.ref} (it serves "
+                f"{_served(running.models)}); stop it (btml serve stop) or start it with this model"
+            )
     if started:
-        mar = cfg.model_store / archive_name(card.name, card.version)
-        if not mar.exists():
-            log(f"archiving {card.ref} for TorchServe")
-            build_archive(ModelRegistry(store_path / "models"), card.ref, cfg.model_store)
+        mars = []
+        for c in (card, *also):
+            mar = cfg.model_store / archive_name(c.name, c.version)
+            if not mar.exists():
+                log(f"archiving {c.ref} for TorchServe")
+                build_archive(ModelRegistry(store_path / "models"), c.ref, cfg.model_store)
+            mars.append(mar)
         log("starting TorchServe (127.0.0.1, token auth) and waiting for READY")
-        start(cfg, [mar])
+        start(cfg, mars)
     try:
-        with RestClient.for_server(cfg.home, card.name, version=card.version) as client:
+        with RestClient.for_server(cfg.home, card.name, version=card.version,
+                                   **_deadline(deadline_s)) as client:  # fmt: skip
             yield client
     finally:
         if started:
             stop(cfg)
             log("stopped TorchServe")
+
+
+def _deadline(deadline_s: float | None) -> dict[str, float]:
+    return {} if deadline_s is None else {"deadline_s": deadline_s}
+
+
+def served_client(
+    store_path: Path, card: ModelCard, serving: str, deadline_s: float | None = None
+) -> SignalClient:
+    """A client of ``card`` beside a :func:`signal_client` already open: in-process, or the
+    same TorchServe (which serves it: ``also=``)."""
+    if serving == "inprocess":
+        return InProcessClient.from_registry(store_path / "models", card.ref)
+    from serving.server import ServerConfig
+
+    return RestClient.for_server(ServerConfig(home=store_path / "serving").home, card.name,
+                                 version=card.version, **_deadline(deadline_s))  # fmt: skip
 
 
 def _served(models: Mapping[str, list[int]]) -> str:

@@ -36,6 +36,7 @@ from mlmodels.pipeline import evaluate_splits
 from mlmodels.registry import ModelCard, ModelRegistry
 from mlmodels.splits import Split, chronological_split
 from mlmodels.trainer import TrainConfig, Trainer
+from workflows.promotion import make_champion
 from workflows.runs import RunRegistry
 from workflows.train import model_inputs
 
@@ -111,10 +112,16 @@ def update_model(
             return UpdateResult(run.id, card, None, before, after, new_bars)
         new = _challenger_card(card, challenger, champion, ds, split, cfg, run.id,
                                (before, after, new_bars, history))  # fmt: skip
+        # the parent is the champion until the challenger is promoted: never traded before
+        make_champion(registry, card, "the parent of the first challenger")
         new = registry.register(challenger, new, _copied_files(registry, card))
         runs.link_model(new.ref, run.id)
         run.log_metrics({"registered": new.ref})
-        log(f"registered {new.ref} (parent {card.ref})")
+        log(
+            f"registered {new.ref} (parent {card.ref}) as a challenger; {card.name} still means "
+            f"{registry.card(card.name).ref} until promoted: btml trade {card.name} --shadow "
+            f"{new.ref}, then btml models promote {new.ref}"
+        )
         return UpdateResult(run.id, card, new, before, after, new_bars)
 
 

@@ -13,7 +13,8 @@ the fills, and the account's equity. Ctrl-C leaves it ``cancelled``, a session t
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +28,12 @@ from brokers.alpaca.reconcile import ReconcileReport, reconcile
 from brokers.alpaca.rest import TradingAPI
 from brokers.alpaca.store import AlpacaStore, check_mode
 from core.errors import ConfigError
+from feeds.timeframes import get_timeframe
 from mlmodels.registry import ModelCard, ModelRegistry
 from strategies.ml_signal import MLSignalStrategy
+from strategies.shadow import SHADOW_FILE, ShadowScorer
 from strategies.windows import LiveFeatureWindows, card_module
-from workflows.backtest import SERVING, MLRunConfig, signal_client
+from workflows.backtest import SERVING, MLRunConfig, served_client, signal_client
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import to_jsonable
 from workflows.session_monitor import check_monitoring, session_monitor
@@ -90,6 +93,18 @@ class SessionPlan:
     alert_rules: str | None = None
     metrics_port: int | None = None
     monitor_clock: str | None = None  # "bars": time by the newest bar (a replay); else wall time
+    shadow: ModelCard | None = None  # a challenger scored beside the model, never traded
+    serving_deadline: float | None = None  # seconds per TorchServe call (None: half a bar, <= 10)
+
+    def deadline(self) -> float:
+        """Each TorchServe call's budget, retries included: shorter than a bar."""
+        if self.serving_deadline is not None:
+            return self.serving_deadline
+        try:
+            bar = get_timeframe(self.timeframe).delta.total_seconds()
+        except ConfigError:  # the live feed names it otherwise: the client's default
+            return 10.0
+        return min(10.0, bar / 2)
 
     def params(self) -> dict[str, Any]:
         """The run's parameters: the request without a secret (no keys; URLs without user
@@ -99,7 +114,9 @@ class SessionPlan:
                   "timeframe": self.timeframe, "serving": self.serving, "ml": self.ml.to_dict(),
                   "adopt_positions": self.adopt_positions, "feed": self.feed_kwargs or {},
                   "bars": self.bars, "alpaca": alpaca, "alert_rules": self.alert_rules,
-                  "metrics_port": self.metrics_port}  # fmt: skip
+                  "metrics_port": self.metrics_port,
+                  "shadow": self.shadow.ref if self.shadow else None,
+                  "serving_deadline": self.deadline()}  # fmt: skip
         keys = (self.config.key_id, self.config.secret_key)
         return _drop_secrets(to_jsonable(params, "params"), keys)
 
@@ -125,12 +142,16 @@ def plan_session(
     **options: Any,
 ) -> SessionPlan:
     """Check the request (read-only: nothing is sent, journaled or recorded); ``options``
-    are the plan's other fields (adopt_positions, feed_kwargs, bars)."""
+    are the plan's other fields (adopt_positions, feed_kwargs, bars, shadow: a model
+    reference to score in shadow beside ``ref``)."""
     if not symbols:
         raise ConfigError("no symbols given; pass --symbols A,B,...")
     if serving not in SERVING:
         raise ConfigError(f"--serving must be one of {', '.join(SERVING)}, got {serving!r}")
     check_monitoring(options.get("alert_rules"), options.get("metrics_port"))
+    deadline = options.get("serving_deadline")
+    if deadline is not None and not 0 < deadline <= 3600:
+        raise ConfigError(f"--serving-deadline must be in (0, 3600] seconds, got {deadline}")
     card = ModelRegistry(store_path / "models").card(ref)
     if card.index:
         raise ConfigError(
@@ -144,7 +165,32 @@ def plan_session(
             "a live session scores each bar as it arrives: inference='batched' is for "
             "backtests; use per-bar"
         )
-    return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options)
+    shadow = options.pop("shadow", None)
+    shadow_card = check_shadow(store_path, card, shadow) if shadow else None
+    return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options,
+                       shadow=shadow_card)  # fmt: skip
+
+
+def check_shadow(store_path: Path, card: ModelCard, ref: str) -> ModelCard:
+    """The challenger's card, when it reads the same windows as ``card`` (else refused)."""
+    from mlmodels.ensemble import feature_difference
+
+    shadow = ModelRegistry(store_path / "models").card(ref)
+    if shadow.ref == card.ref:
+        raise ConfigError(f"--shadow {ref} is the traded model itself; name another version")
+    if shadow.streaming or card.streaming:
+        which = shadow.ref if shadow.streaming else card.ref
+        raise ConfigError(f"{which} is a streaming preset: shadow scoring compares windowed models")
+    if shadow.features != card.features:
+        raise ConfigError(f"--shadow: {feature_difference(shadow, card)}; both must read the same")
+    for field in ("window", "timeframe", "index", "feature_module"):
+        a, b = getattr(shadow, field), getattr(card, field)
+        if a != b:
+            raise ConfigError(
+                f"--shadow {shadow.ref} has {field} {str(a)[:60]}, {card.ref} {str(b)[:60]}: "
+                "a challenger is scored on the traded model's windows, so these must agree"
+            )
+    return shadow
 
 
 def run_live(
@@ -189,12 +235,19 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
             alert_rules=plan.alert_rules, metrics_port=plan.metrics_port,
             clock=plan.monitor_clock or time.time,
         )  # fmt: skip
-        with signal_client(store_path, card, plan.serving, log) as client, watching as watch:
+        also = (plan.shadow,) if plan.shadow else ()
+        with (
+            signal_client(
+                store_path, card, plan.serving, log, also=also, deadline_s=plan.deadline()
+            ) as client,
+            watching as watch,
+            _shadow(store_path, plan, run, log) as shadow,
+        ):
             if plan.metrics_port is not None:
                 log(f"metrics: http://127.0.0.1:{plan.metrics_port}/metrics")
             cerebro.addstrategy(
                 MLSignalStrategy, config=ml.strategy_config(), client=client, windows=windows,
-                model=card.ref, store=str(store_path), monitor=watch,
+                model=card.ref, store=str(store_path), monitor=watch, shadow=shadow,
             )  # fmt: skip
             cerebro.addanalyzer(SessionLimit, bars=bars)
             log(f"trading {card.ref} on {', '.join(plan.symbols)} ({plan.config.mode}, "
@@ -213,6 +266,25 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
         return strat
     finally:
         store.close()
+
+
+@contextmanager
+def _shadow(
+    store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], None]
+) -> Iterator[ShadowScorer | None]:
+    """The plan's challenger scored in shadow into the run's ``shadow.jsonl`` (None: none);
+    its counts go to the run's metrics however the session ends."""
+    if plan.shadow is None:
+        yield None
+        return
+    client = served_client(store_path, plan.shadow, plan.serving, plan.deadline())
+    scorer = ShadowScorer(client, run.dir / SHADOW_FILE)
+    log(f"shadow: {plan.shadow.ref} scored beside {plan.card.ref}, never traded")
+    try:
+        yield scorer
+    finally:
+        run.log_metrics(scorer.close())
+        client.close()
 
 
 def session_metrics(store: AlpacaStore, since: datetime) -> dict[str, Any]:
