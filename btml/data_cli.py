@@ -133,19 +133,36 @@ def download(
     is_flag=True,
     help="Import the good rows; the rejected ones go to a file beside the store.",
 )
-@click.option("--replace", is_flag=True, help="Replace a stored series instead of adding to it.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Replace a stored series instead of adding to it (and, for a symbol stored only at "
+    "other timeframes, those series).",
+)
 @click.option(
     "--allow-jump", is_flag=True, help="Accept a price jump where the file joins the stored series."
 )
+@click.option(
+    "--add-timeframe",
+    is_flag=True,
+    help="Store the bars beside the symbol's series at other timeframes (e.g. 1h beside 1Day).",
+)
 @pass_config
 def import_(
-    config: Config, file: Path, drop_invalid: bool, replace: bool, allow_jump: bool, **opts: Any
+    config: Config,
+    file: Path,
+    drop_invalid: bool,
+    replace: bool,
+    allow_jump: bool,
+    add_timeframe: bool,
+    **opts: Any,
 ) -> None:
     """Import a CSV FILE into the store: one symbol, long (with a Ticker/Symbol/Name column),
     close-only or wide (one close column per symbol).
 
     Nothing is written unless every symbol can be: a row that breaks a rule, or a stored series
-    of another source or adjustment, or other prices on the same days, refuses the import.
+    of another source, adjustment, asset class or timeframe, or other prices on the same days,
+    refuses the import.
     """
     from feeds.sources.csv_source import CsvOptions
     from workflows.data import import_file
@@ -158,6 +175,7 @@ def import_(
             drop_invalid=drop_invalid,
             replace=replace,
             allow_jump=allow_jump,
+            add_timeframe=add_timeframe,
             db_url=config.db_url,
         )
     except BtmlError as err:

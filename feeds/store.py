@@ -140,6 +140,18 @@ class ParquetStore:
                 return p
         return None
 
+    def series_of(self, symbol: str) -> builtins.list[Path]:
+        """Every stored file of ``symbol``, whatever its asset class and timeframe, sorted."""
+        name = f"{symbol_to_filename(symbol)}.parquet"
+        folders = [self.root / "raw" / ac for ac in ASSET_CLASSES]
+        return sorted(
+            tf / name
+            for ac in folders
+            if ac.is_dir()
+            for tf in ac.iterdir()
+            if (tf / name).is_file()
+        )
+
     @contextlib.contextmanager
     def _locked(self, path: Path) -> Iterator[None]:
         try:

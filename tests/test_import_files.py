@@ -5,6 +5,7 @@ Each refused import leaves the store byte for byte as it was.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ from click.testing import CliRunner, Result
 
 from btml.cli import main
 from feeds.calendars import is_open, sessions
+from feeds.frame import make_frame
 from feeds.live import in_regular_session
 from feeds.store import ParquetStore
 
@@ -129,6 +131,123 @@ def test_a_symbol_stored_under_another_asset_class_is_refused(store: Path) -> No
     assert "SPX: already stored as stocks" in msg and "btml data rm SPX" in msg
 
 
+def _long_file(tmp_path: Path) -> Path:
+    """A long file (Kaggle's layout) holding AAPL then MSFT."""
+    path = tmp_path / "aapl_msft_long.csv"
+    parts = [pd.read_csv(KAGGLE / f"{s}_2000-03-01_to_2013-03-01.csv") for s in ("AAPL", "MSFT")]
+    pd.concat(parts).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("layout", ["wide", "long"])
+def test_a_refused_replace_of_a_multi_symbol_file_changes_nothing(
+    store: Path, tmp_path: Path, layout: str
+) -> None:
+    # observed: --replace skipped the checks; AAPL was replaced, then MSFT (stored as an index)
+    # failed the asset-class check inside the write loop: exit 2, no run, the store half changed
+    path = str(IMPORT / "wide_closes.csv" if layout == "wide" else _long_file(tmp_path))
+    assert btml(store, "data", "import", path).exit_code == 0
+    assert btml(store, "data", "rm", "MSFT", "--yes").exit_code == 0
+    res = btml(store, "data", "import", path, "--symbol", "MSFT", "--asset-class", "index")
+    assert res.exit_code == 0, res.output
+    msg = refused(store, path, "--replace")
+    assert msg.startswith("error: MSFT: already stored as index") and "btml data rm MSFT" in msg
+    assert len(msg.splitlines()) == 1
+    listed = btml(store, "runs", "list", "--json")
+    assert len(json.loads(listed.stdout)) == 2  # the two imports above; no run for the refused one
+
+
+def test_a_series_from_another_source_is_refused(store: Path, tmp_path: Path) -> None:
+    raw = pd.read_csv(IMPORT / "aapl_2006_2013_raw.csv")
+    yahoo = make_frame(
+        raw.iloc[:100].set_index(pd.DatetimeIndex(raw["Date"].iloc[:100], tz="UTC")),
+        symbol="AAPL",
+        source="yahoo",
+        timeframe="1Day",
+    )
+    ParquetStore(store).write(yahoo)
+    path = tmp_path / "AAPL.csv"
+    raw.iloc[50:150].to_csv(path, index=False)  # the same prices, half of them new days
+    msg = refused(store, str(path))
+    assert "AAPL: the stored series differs from this one (source 'yahoo' -> 'csv')" in msg
+    assert "--replace" in msg and len(msg.splitlines()) == 1
+    assert ParquetStore(store).read("AAPL").attrs["source"] == "yahoo"
+
+
+# ------------------------------------------------------- another timeframe of a stored symbol
+
+
+def _ea_daily(tmp_path: Path) -> Path:
+    """EA's daily bars, made from the hourly fixture."""
+    hourly = pd.read_csv(IMPORT / "ea_hourly.csv")
+    day = hourly["Datetime"].str[:10]
+    agg = {"Open": "first", "High": "max", "Low": "min", "Close": "last", "Volume": "sum"}
+    path = tmp_path / "EA.csv"
+    hourly.groupby(day).agg(agg).rename_axis("Date").to_csv(path)
+    return path
+
+
+def _params(store: Path, run_line: str) -> dict[str, object]:
+    shown = btml(store, "runs", "show", run_line.removeprefix("run "), "--json")
+    assert shown.exit_code == 0, shown.output
+    params: dict[str, object] = json.loads(shown.stdout)["params"]
+    return params
+
+
+def test_another_timeframe_is_refused_and_add_timeframe_keeps_both(
+    store: Path, tmp_path: Path
+) -> None:
+    # observed: hourly bars of a symbol stored as daily went in beside it without a word
+    hourly = str(IMPORT / "ea_hourly.csv")
+    assert btml(store, "data", "import", str(_ea_daily(tmp_path))).exit_code == 0
+    daily_file = store / "raw/stocks/1Day/EA.parquet"
+    daily_bytes = daily_file.read_bytes()
+    msg = refused(store, hourly, "--symbol", "EA")
+    assert msg == (
+        "error: EA is stored at 1Day; these bars are 1h. Nothing was written: keep both series "
+        "with --add-timeframe, replace the stored one with --replace, or import under another "
+        "symbol (--symbol EA_1h)\n"
+    )
+    res = btml(store, "data", "import", hourly, "--symbol", "EA", "--add-timeframe")
+    assert res.exit_code == 0, res.output
+    assert daily_file.read_bytes() == daily_bytes
+    assert len(ParquetStore(store).read("EA", "1h")) == len(pd.read_csv(hourly))
+    params = _params(store, res.stdout.splitlines()[-1])
+    assert params["add_timeframe"] is True and params["removed"] == {}
+    # both are stored now: more hourly bars go into the hourly series without the flag
+    res = btml(store, "data", "import", hourly, "--symbol", "EA")
+    assert res.exit_code == 0, res.output
+    assert sorted(s.timeframe for s in ParquetStore(store).list()[0]) == ["1Day", "1h"]
+
+
+def test_replace_puts_another_timeframe_in_place_of_the_stored_one(
+    store: Path, tmp_path: Path
+) -> None:
+    assert btml(store, "data", "import", str(_ea_daily(tmp_path))).exit_code == 0
+    res = btml(
+        store, "data", "import", str(IMPORT / "ea_hourly.csv"), "--symbol", "EA", "--replace"
+    )
+    assert res.exit_code == 0, res.output
+    daily_file = store / "raw/stocks/1Day/EA.parquet"
+    assert f"EA: replaced the stored 1Day series (removed {daily_file})" in res.stdout
+    assert [(s.symbol, s.timeframe) for s in ParquetStore(store).list()[0]] == [("EA", "1h")]
+    params = _params(store, res.stdout.splitlines()[-1])
+    assert params["replace"] is True and params["removed"] == {"EA": [str(daily_file)]}
+
+
+def test_add_timeframe_under_another_asset_class_is_refused(store: Path, tmp_path: Path) -> None:
+    daily = str(_ea_daily(tmp_path))
+    assert btml(store, "data", "import", daily, "--asset-class", "index").exit_code == 0
+    hourly = str(IMPORT / "ea_hourly.csv")
+    msg = refused(store, hourly, "--symbol", "EA", "--add-timeframe")
+    assert "EA: already stored as index" in msg and "--asset-class index" in msg
+    msg = refused(store, hourly, "--symbol", "EA")
+    assert msg.startswith("error: EA is stored at 1Day (index); these bars are 1h.")
+    args = ("--symbol", "EA", "--add-timeframe", "--asset-class", "index")
+    assert btml(store, "data", "import", hourly, *args).exit_code == 0
+    assert ParquetStore(store).find("EA", "1h") == store / "raw/index/1h/EA.parquet"
+
+
 def test_data_rm_removes_one_series(store: Path) -> None:
     assert btml(store, "data", "import", str(ALL_STOCKS), "--drop-invalid").exit_code == 0
     res = btml(store, "data", "rm", "IBM", "--yes")
@@ -230,6 +349,76 @@ def test_close_only_and_wide_files(store: Path) -> None:
     res = btml(other, "data", "import", wide_file, "--asset-class", "index")
     assert res.exit_code == 0, res.output  # IBM again: the same rows agree
     assert [ln.split(":")[0] for ln in res.stdout.splitlines()[:-1]] == ["AAPL", "IBM", "MSFT"]
+
+
+def _explicit_file(tmp_path: Path, option: str) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """A file that needs ``option``, and the rows it holds per symbol (real AAPL, MSFT prices)."""
+    aapl = pd.read_csv(IMPORT / "aapl_2006_2013_raw.csv").iloc[:60]
+    path = tmp_path / "AAPL.csv"
+    if option == "--sep":  # a database dump: pipes, decimal commas
+        aapl.to_csv(path, sep="|", decimal=",", index=False)
+    elif option == "--date-col":  # two date columns, neither named like one
+        listed = aapl.assign(Listed="1980-12-12").rename(columns={"Date": "When"})
+        cols = ["Listed", "When", "Open", "High", "Low", "Close", "Volume"]
+        listed[cols].to_csv(path, index=False)
+    elif option == "--symbol-col":  # a long file whose symbol column has an unknown name
+        rows = {
+            s: pd.read_csv(KAGGLE / f"{s}_2000-03-01_to_2013-03-01.csv").iloc[:60]
+            for s in ("AAPL", "MSFT")
+        }
+        long = pd.concat(rows.values()).rename(columns={"Name": "Tkr"})
+        long.to_csv(path, index=False)
+        return path, rows
+    else:  # decimal commas in quoted cells of a comma-separated file, three decimals each
+        aapl.to_csv(path, decimal=",", float_format="%.3f", index=False)
+        aapl = aapl.round(3)
+    return path, {"AAPL": aapl}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "without"),
+    [
+        ("--sep", "|", None),  # sniffed as well: the option must agree with it
+        ("--date-col", "When", "'Listed', 'When' all hold dates; name the bars' date column"),
+        ("--symbol-col", "Tkr", "column 'Tkr' looks like a symbol column (AAPL, MSFT)"),
+        ("--decimal", ",", "cells like '72,332' could have a thousands separator or a decimal"),
+    ],
+)
+def test_files_read_with_explicit_options(
+    store: Path, tmp_path: Path, option: str, value: str, without: str | None
+) -> None:
+    path, expected = _explicit_file(tmp_path, option)
+    if without is not None:  # without the option: refused, naming it
+        msg = refused(store, str(path))
+        assert without in msg and option in msg and len(msg.splitlines()) == 1
+    res = btml(store, "data", "import", str(path), option, value)
+    assert res.exit_code == 0, res.output
+    assert [ln.split(":")[0] for ln in res.stdout.splitlines()[:-1]] == list(expected)
+    for sym, src in expected.items():
+        stored = ParquetStore(store).read(sym)
+        assert stored.index.tolist() == pd.DatetimeIndex(src["Date"], tz="UTC").tolist()
+        for col in ("Open", "High", "Low", "Close", "Volume"):
+            assert stored[col.lower()].tolist() == src[col].astype(float).tolist(), col
+
+
+def test_thousands_dots_and_quoted_decimal_commas_are_sniffed(store: Path, tmp_path: Path) -> None:
+    # found while writing the tests above: a German export of an index (13.233,71) was
+    # stored as 13.23371 without a word
+    dax = tmp_path / "DAX.csv"
+    dax.write_text(
+        "Date;Open;High;Low;Close\n"
+        "02.01.2020;13.233,71;13.385,93;13.169,19;13.385,93\n"
+        "03.01.2020;13.338,13;13.338,13;13.178,47;13.219,14\n"
+        "06.01.2020;13.150,00;13.150,00;12.948,17;13.126,99\n"
+    )
+    res = btml(store, "data", "import", str(dax))
+    assert res.exit_code == 0, res.output
+    assert ParquetStore(store).read("DAX")["close"].tolist() == [13385.93, 13219.14, 13126.99]
+    quoted = tmp_path / "Q.csv"
+    quoted.write_text('Date,Close\n2020-01-02,"1,5"\n2020-01-03,"1,25"\n2020-01-06,"1,75"\n')
+    res = btml(store, "data", "import", str(quoted))
+    assert res.exit_code == 0, res.output
+    assert ParquetStore(store).read("Q")["close"].tolist() == [1.5, 1.25, 1.75]
 
 
 def test_unknown_layout_names_the_options(store: Path, tmp_path: Path) -> None:

@@ -212,6 +212,17 @@ def test_merge_of_agreeing_rows_records_the_seam(
     assert json.loads(back.attrs["seams"]) == [full.index[20].isoformat()]
 
 
+def test_series_of_lists_a_symbol_at_every_timeframe_and_asset_class(
+    store: ParquetStore, make_ohlcv: FrameFactory
+) -> None:
+    assert store.series_of("EA") == []
+    store.write(make_ohlcv(10, symbol="EA"))
+    store.write(make_ohlcv(10, symbol="EA", timeframe="1h", freq="1h", asset_class="index"))
+    store.write(make_ohlcv(10, symbol="EAX"))  # another symbol whose name starts alike
+    root = store.root / "raw"
+    assert store.series_of("ea") == [root / "index/1h/EA.parquet", root / "stocks/1Day/EA.parquet"]
+
+
 def test_write_without_merge_replaces(store: ParquetStore, make_ohlcv: FrameFactory) -> None:
     full = make_ohlcv(30, symbol="REPL")
     store.write(full)

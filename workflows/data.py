@@ -2,7 +2,8 @@
 
 A refused import (bad rows, a conflict with the stored series) changes nothing: neither the
 store nor the registry. A successful one is recorded as a run of kind ``import`` with the
-options, the file's sha256, rows stored and rejected per symbol, and the rejected-row files.
+options, the file's sha256, rows stored and rejected per symbol, the rejected-row files, and
+the stored series that ``replace`` removed (another timeframe of an imported symbol).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def import_file(
     drop_invalid: bool = False,
     replace: bool = False,
     allow_jump: bool = False,
+    add_timeframe: bool = False,
     db_url: str | None = None,
 ) -> tuple[ImportResult, str]:
     """Import a CSV file (see :func:`feeds.importer.import_csv`) and record it; returns the run id."""
@@ -39,6 +41,7 @@ def import_file(
         drop_invalid=drop_invalid,
         replace=replace,
         allow_jump=allow_jump,
+        add_timeframe=add_timeframe,
     )
     params = {
         "file": str(Path(path).resolve()),
@@ -46,6 +49,8 @@ def import_file(
         "drop_invalid": drop_invalid,
         "replace": replace,
         "allow_jump": allow_jump,
+        "add_timeframe": add_timeframe,
+        "removed": {s: [str(p) for p in paths] for s, paths in result.removed.items()},
         "timeframe": result.read.timeframe,
         "layout": result.read.layout,
     }

@@ -12,6 +12,8 @@ from feeds.sources.csv_parse import norm_name, to_numbers
 
 DATE_NAMES = ("date", "datetime", "timestamp", "time", "day", "date time", "trade date")
 SYMBOL_NAMES = ("ticker", "symbol", "name")
+_TICKER = r"\^?[A-Z][A-Z0-9.=/_-]{0,14}"  # AAPL, BRK.B, BTC/USDT, ^GSPC
+_NOT_TICKERS = frozenset({"TRUE", "FALSE", "YES", "NO", "Y", "N", "T", "F", "NA", "N/A", "NAN"})
 ALIASES: dict[str, tuple[str, ...]] = {
     "open": ("open", "open price", "opening price"),
     "high": ("high", "high price"),
@@ -80,6 +82,25 @@ def _is_row_number(cells: pd.Series) -> bool:
     return bool(nums.notna().all() and (nums.diff().dropna() == 1).all())
 
 
+def _refuse_unnamed_symbols(raw: pd.DataFrame, path: Path, unused: list[str]) -> None:
+    """Refuse a long file whose symbol column has a name we do not know, naming --symbol-col.
+
+    Read as one symbol, its rows would collide in time. A column counts when its cells look like
+    tickers (upper case, a letter first, no spaces, not a yes/no flag) and it holds at least
+    two, each on many rows.
+    """
+    for col in unused:
+        cells = raw[col][raw[col] != ""]
+        values = cells.unique()
+        tickers = cells.str.fullmatch(_TICKER).all() and not _NOT_TICKERS & set(values)
+        if 2 <= len(values) <= len(cells) // 2 and tickers:
+            shown = ", ".join(map(str, values[:3])) + (", ..." if len(values) > 3 else "")
+            raise DataError(
+                f"{path}: column {col!r} looks like a symbol column ({shown}); import the file as "
+                f"a long file with --symbol-col {col}, or remove the column"
+            )
+
+
 def find_layout(
     raw: pd.DataFrame, path: Path, date_col: str | None, symbol_col: str | None
 ) -> Layout:
@@ -92,7 +113,14 @@ def find_layout(
     if date is None and unnamed_first and _looks_like_dates(raw[first]):
         date = first  # pandas to_csv() of a frame indexed by dates
     if date is None:
-        date = next((c for c in map(str, raw.columns) if _looks_like_dates(raw[c])), None)
+        dated = [c for c in map(str, raw.columns) if _looks_like_dates(raw[c])]
+        if len(dated) > 1:
+            raise DataError(
+                f"{path}: no column named like a date ({', '.join(DATE_NAMES)}) and "
+                f"{', '.join(map(repr, dated))} all hold dates; name the bars' date column "
+                "with --date-col"
+            )
+        date = dated[0] if dated else None
     if date is None:
         raise DataError(
             f"{path}: no date column (looked for {', '.join(DATE_NAMES)}); have "
@@ -106,6 +134,10 @@ def find_layout(
     cols = {k: v for k, v in cols.items() if v not in (date, symbol)}
     has_ohlc = all(k in cols for k in ("open", "high", "low", "close"))
     base = {"file": path, "date": date, "symbol": symbol, "dropped_index": dropped_index}
+    if symbol is None:
+        _refuse_unnamed_symbols(
+            raw, path, [c for c in names.values() if c not in (date, *cols.values())]
+        )
     if has_ohlc:
         return Layout(kind="long" if symbol else "ohlcv", columns=cols, **base)  # type: ignore[arg-type]
     partial = [k for k in ("open", "high", "low") if k in cols]

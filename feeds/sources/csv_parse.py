@@ -24,6 +24,10 @@ _NULLS = frozenset({"", "na", "n/a", "#n/a", "nan", "null", "none", "-", "--"})
 _DATE_TRIPLE = re.compile(r"^(\d{1,2})([./-])(\d{1,2})\2(\d{2,4})\b")
 OFFSET_RE = r"(?:[+-]\d\d:?\d\d|Z)$"
 _SUFFIX = {"K": 1e3, "M": 1e6, "B": 1e9}
+_COMMA_DECIMAL = re.compile(r"-?(?:\d{1,3}(?:\.\d{3})+|\d+),\d+")  # 1,5 and 1.234,56
+_POINT_DECIMAL = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)\.\d+")  # 1.5 and 1,234.56
+_THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+")  # 1,234 and 1,234,567
+_ONE_GROUP = re.compile(r"-?\d{1,3},\d{3}")  # 1,234: 1234, or 1.234 with a decimal comma
 
 
 @dataclass(frozen=True)
@@ -68,16 +72,37 @@ def sniff_dialect(path: Path, sep: str | None, decimal: str | None) -> Dialect:
             counts = {d: lines[0].count(d) for d in ",;\t|"}
             sep = max(counts, key=lambda d: counts[d])
     if decimal is None:
-        decimal = "."
-        if sep != ",":
-            body = [cell for ln in lines[1:] for cell in ln.split(sep)]
-            if any(re.fullmatch(r"-?\d+,\d+", c.strip().strip('"')) for c in body):
-                decimal = ","
-    if sep == decimal:
+        decimal = _sniff_decimal(path, lines[1:], sep)
+    if sep == decimal and sep != ",":  # quoted "1,5" cells can sit in a comma-separated file
         raise DataError(
             f"{path}: separator and decimal mark are both {sep!r}; set --sep or --decimal"
         )
     return Dialect(sep=sep, decimal=decimal)
+
+
+def _sniff_decimal(path: Path, body: list[str], sep: str) -> str:
+    """The decimal mark of the cells in ``body`` (data lines), refusing a comma file that cannot tell.
+
+    ``1.234,56`` and, beside another separator, ``1,5`` are decimal commas. In a comma-separated
+    file only a quoted cell can hold a comma: ``"1,5"`` is a decimal comma (no thousands group
+    has one or two digits), ``"1,234.5"`` a thousands comma; quoted ``"1,234"`` cells alone with
+    no decimal point anywhere could be either, and the file is refused until ``--decimal`` says.
+    """
+    cells = [c.strip() for row in csv.reader(body, delimiter=sep) for c in row]
+    if sep != ",":
+        return "," if any(_COMMA_DECIMAL.fullmatch(c) for c in cells) else "."
+    with_comma = [c for c in cells if "," in c]
+    if any(_POINT_DECIMAL.fullmatch(c.lstrip("$")) for c in cells):
+        return "."
+    if any(_COMMA_DECIMAL.fullmatch(c) and not _THOUSANDS.fullmatch(c) for c in with_comma):
+        return ","
+    ambiguous = [c for c in with_comma if _THOUSANDS.fullmatch(c)]
+    if ambiguous and all(_ONE_GROUP.fullmatch(c) for c in ambiguous):
+        raise DataError(
+            f"{path}: cells like {ambiguous[0]!r} could have a thousands separator or a decimal "
+            "comma; say which with --decimal . or --decimal ,"
+        )
+    return "."
 
 
 def read_text_table(path: Path, dialect: Dialect) -> pd.DataFrame:
