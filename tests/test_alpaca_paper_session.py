@@ -185,9 +185,10 @@ def _session(
     replayed: int = DAY,
     serving: str = "inprocess",
     on_bar: Callable[[int], None] = lambda i: None,
+    **options: Any,
 ) -> SessionResult:
     """Load the history into the fakes, replay ``replayed`` live bars, trade ``bars`` of them
-    with run_live."""
+    with run_live (``options``: run_live's others, e.g. ``shadow``)."""
     store, card = model
     trading, data, rest, _ = servers
     _load_history(market, trading, data, HISTORY)
@@ -209,7 +210,7 @@ def _session(
         out = run_live(
             store, card.ref, SYMBOLS, cfg, timeframe="1m", serving=serving, ml=ml,
             feed_kwargs={"backfill_start": SESSION - pd.Timedelta(minutes=1000)}, bars=bars,
-            log=lambda _: None, monitor_clock="bars",
+            log=lambda _: None, monitor_clock="bars", **options,
         )  # fmt: skip
     finally:
         replay.join(30)  # also when the session raised (Ctrl-C)
@@ -358,6 +359,54 @@ def test_a_streaming_preset_streams_its_live_bars_and_rebuilds_a_lost_state(
     assert "could not continue on the server (lost" in caplog.text
     assert caplog.text.count("rebuilt from the last") >= 1
     _journal_agrees(tmp_path / "journal.sqlite", servers[0], stream_model[1], strat)
+
+
+@pytest.mark.slow
+def test_a_challenger_is_scored_in_shadow_on_torchserve_and_promoted_by_its_figures(
+    market: dict[str, pd.DataFrame],
+    model: tuple[Path, ModelCard],
+    servers: Servers,
+    tmp_path: Path,
+) -> None:
+    """paper:2 served beside paper:1 by the same TorchServe and scored on every live bar:
+    recorded in the session's shadow.jsonl, never traded (every order carries paper:1);
+    then ``btml models promote`` decides on those rows and ``paper`` follows its verdict."""
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from btml.cli import main
+
+    store = tmp_path / "store"
+    shutil.copytree(model[0] / "models", store / "models")
+    _, challenger = _trained(market, store, "tiny", "paper", epochs=1)
+    champion = ModelRegistry(store / "models").card("paper:1")
+    assert challenger.ref == "paper:2"
+    out = _session(market, (store, champion), servers, tmp_path / "journal.sqlite", bars=60,
+                   replayed=60, serving="torchserve", shadow="paper:2")  # fmt: skip
+    audit = decisions_frame(out.strategy.audit)
+    _journal_agrees(tmp_path / "journal.sqlite", servers.trading, champion, out.strategy)
+    rows = [json.loads(x) for x in (out.run_dir / "shadow.jsonl").read_text().splitlines()]
+    assert {(pd.Timestamp(r["t"]), r["symbol"]) for r in rows} == set(
+        zip(audit["timestamp"], audit["symbol"], strict=True)
+    )
+    assert all(r["champion"]["ref"] == "paper:1" and r["challenger"]["ref"] == "paper:2"
+               and r["error"] is None for r in rows)  # fmt: skip
+    assert any(r["champion"]["return_1"] != r["challenger"]["return_1"] for r in rows)
+    with RunRegistry(store) as runs:
+        rec = runs.get(out.run_id)
+    assert rec.params["shadow"] == "paper:2" and rec.metrics["shadow_failed"] == 0
+    assert rec.metrics["shadow_bars"] == audit["timestamp"].nunique()
+    assert rec.metrics["shadow_dropped"] == 0
+    result = CliRunner().invoke(main, ["--store", str(store), "models", "promote", "paper:2",
+                                       "--min-bars", "20"])  # fmt: skip
+    assert result.exit_code in (0, 1), result.output
+    assert "1-bar rank IC over" in result.output
+    promoted = result.exit_code == 0
+    assert ModelRegistry(store / "models").card("paper").ref == (
+        "paper:2" if promoted else "paper:1"
+    )
 
 
 def _alerts(store: Path) -> list[dict[str, Any]]:

@@ -51,6 +51,7 @@ def test_an_update_registers_a_gated_challenger_with_its_lineage(tmp_path: Path,
     assert out.new_bars >= 390 and out.challenger_loss < out.champion_loss
     card = out.card
     assert card is not None and card.ref == "m:2" and registry.versions("m") == [1, 2]
+    assert registry.card("m").ref == "m:1"  # the parent stays the champion until promoted
     lineage = card.training["lineage"]
     assert lineage["parent"] == "m:1" and lineage["kind"] == "frozen-base"
     assert card.date_ranges["train"][0] > parent.date_ranges["test"][1]  # new bars only

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError, ModelNotFound
 from mlmodels.head_metrics import BlockBootstrap, Scored, difference, pearson, score
 from mlmodels.registry import ModelCard, ModelRegistry, parse_ref
 from strategies.shadow import SHADOW_FILE
@@ -214,10 +214,10 @@ def promote(
     name, version = parse_ref(ref)
     versions = registry.versions(name)
     challenger = registry.card(f"{name}:{version or (versions or [0])[-1]}")
-    champion = registry.card(name)
-    if challenger.ref == champion.ref:
-        raise ConfigError(f"{challenger.ref} is already the champion of {name}")
     with RunRegistry(store_path, db_url) as runs:
+        champion = _champion(registry, runs, challenger)
+        if challenger.ref == champion.ref:
+            raise ConfigError(f"{challenger.ref} is already the champion of {name}")
         frame, sessions = shadow_rows(runs, champion.ref, challenger.ref)
         if not sessions:
             raise ConfigError(
@@ -238,6 +238,8 @@ def promote(
                 run.depends_on(session)
             run.log_metrics({"test": test.to_dict(), "promoted": test.passed})
             log(test.line())
+            # the model it was tested against stays what NAME means if it is not promoted
+            make_champion(registry, champion, "the model the challenger was shadowed against")
             if not test.passed:
                 log(f"not promoted: the interval does not exclude zero; {champion.ref} stays")
                 return PromoteResult(run.id, test, False)
@@ -251,6 +253,22 @@ def promote(
                 log(f"removed {r} (keeping the newest {cfg.keep} versions)")
             run.log_metrics({"pruned": list(pruned)})
             return PromoteResult(run.id, test, True, pruned)
+
+
+def _champion(registry: ModelRegistry, runs: RunRegistry, challenger: ModelCard) -> ModelCard:
+    """The champion recorded for the challenger's name; before any is recorded, the version
+    of that name the newest session shadowing the challenger traded (else the latest)."""
+    if registry.champion(challenger.name) is None:
+        for rec in runs.list(kind="session", limit=500):
+            traded = str(rec.params.get("model") or "")
+            if rec.params.get("shadow") == challenger.ref and traded.startswith(
+                f"{challenger.name}:"
+            ):
+                try:
+                    return registry.card(traded)
+                except ModelNotFound:
+                    break  # that version is gone: the latest stands in
+    return registry.card(challenger.name)
 
 
 def champion_stack(registry: ModelRegistry, name: str) -> list[int]:
