@@ -12,7 +12,7 @@ from btml.config_file import config_file_option
 from core.errors import BtmlError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from analyzers.backtest import BacktestResult
     from workflows.backtest import BacktestConfig
@@ -116,7 +116,7 @@ def backtest(
         )  # fmt: skip
     except BtmlError as err:
         fail(err)
-    click.echo(summary(result.results, result.warnings))
+    click.echo(summary(result.results, result.warnings, result.report))
     click.echo(f"recorded as run {result.run_id} in {result.run_dir}")
     for label, path in (("tearsheet", result.tearsheet), ("plot", result.plot)):
         if path is not None:
@@ -151,10 +151,16 @@ def _request(o: dict[str, Any], *, tearsheet: bool, plot: bool) -> BacktestConfi
     )  # fmt: skip
 
 
-def summary(results: Sequence[BacktestResult], warnings: Sequence[str] = ()) -> str:
+def summary(
+    results: Sequence[BacktestResult],
+    warnings: Sequence[str] = (),
+    report: Mapping[str, Any] | None = None,
+) -> str:
     """The results table, a line for each run that never traded or bought and held, each
-    run's notes (the entry rule chosen) and the run's warnings (survivorship)."""
+    run's notes (the entry rule chosen), a model's out-of-sample report per head (its edge
+    line first) and the run's warnings (survivorship)."""
     from analyzers.backtest import activity_lines
+    from btml.models_cli import report_lines
 
     head = f"{'strategy':<22}{'final value':>14}{'CAGR':>9}{'Sharpe':>8}{'max DD':>9}{'trades':>8}"
     rows = [head, "-" * len(head)]
@@ -166,6 +172,7 @@ def summary(results: Sequence[BacktestResult], warnings: Sequence[str] = ()) -> 
         )
     rows += activity_lines(results)
     rows += [note for r in results for note in r.notes]
+    rows += report_lines(dict(report)) if report else []
     rows += [f"warning: {w}" for w in warnings]
     return "\n".join(rows)
 

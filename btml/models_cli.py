@@ -126,6 +126,8 @@ def train(config: Config, symbols: str | None, **opts: Any) -> None:
 
         for line in spread_lines(result.seeds):
             click.echo(line)
+    for warning in result.warnings:  # under the summary, as a backtest's
+        click.echo(f"warning: {warning}")
     click.echo(f"recorded as run {result.run_id}")
 
 
@@ -171,16 +173,19 @@ def _print_card(card: Any) -> None:
 
 
 def report_lines(report: dict[str, Any]) -> list[str]:
-    """The out-of-sample report, compactly: the edge line first, then one line per head
+    """The out-of-sample report (a training's test split, or a backtest's signals: its
+    ``split``), compactly: the edge line first, then one line per head
     (the network's metrics with their 95 % intervals | each baseline's same metrics), then
     which baselines the network beat on each compared metric."""
     from mlmodels.head_metrics import METRIC_LABELS, fmt, head_label
 
     boot = report["bootstrap"]
     blocks = sorted({rep["block"] for rep in report["heads"].values()})
+    split = report.get("split", "test")
     lines = [
         report["edge"]["summary"],
-        f"test split: {report['n']:,} samples on {report['dates']:,} dates; [95 % interval] by "
+        f"{split} {'split' if split == 'test' else 'signals'}: {report['n']:,} samples on "
+        f"{report['dates']:,} dates; [95 % interval] by "
         f"{boot['method']}, blocks of {' to '.join(map(str, blocks))} dates (the label "
         f"horizon at least), {boot['reps']} resamples",
     ]

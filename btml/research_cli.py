@@ -62,6 +62,20 @@ def _symbols(text: str) -> tuple[str, ...]:
     show_default=True,
     help="The folds' backtests score the model's paths ahead (same decisions) or per bar.",
 )
+@click.option(
+    "--entry-rule",
+    type=click.Choice(["direction", "return", "auto"]),
+    default="auto",
+    show_default=True,
+    help="Enter on the direction head, on the price heads' expected return net of costs, or "
+    "on whichever did better on each fold's own validation split (chosen per fold).",
+)
+@click.option(
+    "--min-return",
+    default=0.0,
+    show_default=True,
+    help="The return rule's minimum expected return after a round trip's costs.",
+)
 @executor_options
 @pass_config
 def walkforward(
@@ -71,17 +85,18 @@ def walkforward(
 ) -> None:  # fmt: skip
     """Train, serve and backtest per fold; report only the stitched out-of-sample result.
 
-    Its deflated Sharpe counts every configuration tried on the same data (earlier backtests
-    and walk-forwards in the run registry, and each seed); the folds are one configuration.
-    The folds run on --executor (the same results on each).
+    Its deflated Sharpe counts every configuration tried on the same data (the finished
+    backtests, walk-forwards and sweeps in the run registry, and each seed); the folds are one
+    configuration. Each head is reported over every fold's test samples against its naive
+    baseline. The folds run on --executor (the same results on each).
     """
     from workflows.walkforward import WalkForwardConfig, run_walk_forward
 
     try:
-        inference = opts.pop("inference")
+        ml = {k: opts.pop(k) for k in ("inference", "entry_rule", "min_return")}
         cfg = WalkForwardConfig.from_dict({
             **opts, "symbols": _symbols(symbols), "tearsheet": tearsheet_path is not None,
-            "ml": {**(opts.get("ml") or {}), "inference": inference},
+            "ml": {**(opts.get("ml") or {}), **ml},
             "folds": {"n_splits": folds, "test_size": test_bars, "train_size": rolling,
                       "train": "expanding" if rolling is None else "rolling"},
             "train": {"epochs": epochs, "patience": 5},
@@ -105,24 +120,37 @@ def _num(v: float) -> str:
 
 
 def _report(out: WalkForwardRunResult) -> None:
-    """The first seed's folds, the seeds' table and spread, the stitched out-of-sample result
-    with its deflated Sharpe, the PBO across seeds."""
-    from workflows.walkforward import seed_spread
+    """The first seed's folds (with each fold's entry rule), the seeds' table and spread, the
+    per-head report over the folds' test samples (its edge line first), the stitched
+    out-of-sample result with its activity and deflated Sharpe, the PBO across seeds, the
+    warnings."""
+    from btml.models_cli import report_lines
+    from workflows.walkforward_report import seed_spread
 
     res, p, sel = out.result, out.stitched.stats, out.selection
     assert sel is not None  # a recorded walk-forward has its selection statistics
-    click.echo(res.folds.drop(columns=["seconds"]).to_string(float_format=_num))
+    shown = [c for c in res.folds.columns if c == "entry_rule_chosen" or
+             (c != "seconds" and not c.startswith("entry_"))]  # fmt: skip
+    click.echo(res.folds[shown].to_string(float_format=_num))
     if out.seed_table is not None:
         click.echo(f"\nper seed (the folds above are seed {out.seed_table.index[0]}'s):")
         click.echo(out.seed_table.to_string(float_format=_num))
         click.echo(f"\nacross {len(out.seed_table)} seeds:")
         click.echo(seed_spread(out.seed_table).to_string(float_format=_num))
+    if res.report is not None:
+        edge, *rest = report_lines(res.report)
+        click.echo(f"per head, stitched over {res.report['folds']} folds' test samples: {edge}")
+        click.echo("\n".join([*rest, f"  baselines: {res.report['baselines']}"]))
     click.echo(
         f"out-of-sample: return {p.total_return:.2%}, Sharpe {p.sharpe:.2f}, "
         f"max DD {p.max_drawdown:.2%}; {sel.describe()}"
     )
+    if p.activity:
+        click.echo(f"{out.stitched.name}: {p.activity}")
     if sel.pbo is not None:
         click.echo(sel.describe_pbo("seed"))
+    for warning in out.warnings:
+        click.echo(f"warning: {warning}")
     click.echo(f"recorded as run {out.run_id} in {out.run_dir}")
 
 

@@ -141,7 +141,7 @@ def _num(v: float) -> str:
 
 def _report(out: SweepResult) -> None:
     """The ranked trials, the best configuration, its stitched result and deflated Sharpe,
-    the PBO across the trials, and where it is all recorded."""
+    the PBO across the trials, the warnings (survivorship), and where it is all recorded."""
     table = out.table.drop(columns=["run"], errors="ignore")
     more = len(table) - SHOWN_TRIALS
     click.echo(f"\nstudy {out.study}: {len(table)} trials, ranked by {out.config.objective}:")
@@ -163,4 +163,6 @@ def _report(out: SweepResult) -> None:
         )
         if out.selection.pbo is not None:
             click.echo(out.selection.describe_pbo("trial"))
+    for warning in out.warnings:
+        click.echo(f"warning: {warning}")
     click.echo(f"recorded as run {out.run_id} in {out.run_dir}")

@@ -343,10 +343,13 @@ def head_report(
     *,
     reps: int = 500,
     seed: int = 0,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Every head of ``models["network"]`` beside its naive baseline and the other models
     (``linear`` and ``lightgbm``, for direction and price), with intervals, one comparison
-    row per head and metric, and the edge (see the module docstring and :func:`edge`)."""
+    row per head and metric, and the edge (see the module docstring and :func:`edge`).
+    ``split`` names what was scored; ``naive`` records the naive forecasts (:func:`naive_of`),
+    so a later backtest of the model scores against the same ones."""
     boot = BlockBootstrap(times, reps=reps, seed=seed)
     net = models["network"]
     heads: dict[str, Any] = {"direction": direction_head(models, truth, boot)}
@@ -358,13 +361,24 @@ def head_report(
     if conf is not None:
         heads["confidence"] = conf
     return {
-        "split": "test",
+        "split": split,
         "n": int(len(truth.direction)),
         "dates": boot.n_dates,
         "bootstrap": {"method": BOOTSTRAP_METHOD, "reps": reps, "level": LEVEL, "seed": seed},
         "heads": heads,
         "comparison": [{"head": h, **row} for h, rep in heads.items() for row in rep["comparison"]],
         "edge": edge(heads),
+        "naive": naive_of(truth),
+    }
+
+
+def naive_of(truth: Truth) -> dict[str, Any]:
+    """The naive forecasts of ``truth`` as plain values: the class ``prior``, the
+    ``mean_returns`` per horizon (keys as strings) and the ``confidence_base_rate``."""
+    return {
+        "prior": [float(p) for p in truth.prior],
+        "mean_returns": {str(h): float(m) for h, m in truth.mean_returns.items()},
+        "confidence_base_rate": truth.confidence_base_rate,
     }
 
 

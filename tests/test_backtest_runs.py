@@ -318,3 +318,48 @@ def test_the_request_is_plain_data() -> None:
         BacktestConfig(symbols=SYMBOLS, baseline="sma", start="2013-01-01", end="2012-01-01")
     with pytest.raises(ConfigError, match="min_edge must be in"):
         MLRunConfig(min_edge=1.5)
+
+
+def test_a_model_backtest_reports_every_head_against_its_naive_baseline(store: Path) -> None:
+    """metrics.json holds the report training writes for its test split, over the backtest's
+    signals: every head with its 95 % interval beside its naive baseline (the card's prior,
+    the training mean, the trailing volatility); the printed summary has its edge line."""
+    from mlmodels.labels import make_labels
+
+    res = CliRunner().invoke(main, ["--store", str(store), "backtest", "--model", "m:1",
+                                    "--symbols", "AAPL,IBM"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rid = run_id(res.output)
+    m = json.loads((store / "runs" / rid / "metrics.json").read_text())
+    assert m["oos_edge"].startswith(("edge: ", "no edge: "))
+    table = res.output[res.output.index("final value") :]
+    assert f"\n{m['oos_edge']}\n" in table and "backtest signals: " in table
+    heads = ["direction", "price_1", "price_4", "price_24", "volatility", "confidence"]
+    naive = {"direction": "majority", "volatility": "trailing", "confidence": "constant"}
+    metric = {"direction": "accuracy", "volatility": "mae", "confidence": "brier"}
+    for head in heads:
+        key = f"oos_{head}_network_{metric.get(head, 'rank_ic')}"
+        assert m[f"{key}_lo"] <= m[key] <= m[f"{key}_hi"], head
+        assert m[f"oos_{head}_{naive.get(head, 'mean')}_{metric.get(head, 'rank_ic')}"] is not None
+    for h in (1, 4, 24):  # IC and hit rate per horizon, with intervals
+        for stat in ("ic", "hit_rate"):
+            assert m[f"oos_price_{h}_network_{stat}_lo"] is not None
+    # the figures, recomputed from the saved decisions and the stored bars
+    card = ModelRegistry(store / "models").card("m:1")
+    audit = pd.read_parquet(store / "runs" / rid / "audit.parquet").dropna(subset=["p_up"])
+    rows = []
+    for sym, dec in audit.groupby("symbol"):
+        lab = make_labels(ParquetStore(store).read(sym, "1Day"), card.label_cfg())
+        rows.append(dec.join(lab.add_prefix("y_"), on="timestamp"))
+    got = pd.concat(rows).dropna(subset=["y_direction"])
+    assert len(got) > 100 and m["oos_direction_network_accuracy"] is not None
+    calls = got[["p_down", "p_flat", "p_up"]].to_numpy().argmax(axis=1)
+    assert m["oos_direction_network_accuracy"] == pytest.approx((calls == got.y_direction).mean())
+    prior = card.report["naive"]["prior"]  # the training split's, from the card
+    assert m["oos_direction_majority_accuracy"] == pytest.approx(
+        (got.y_direction == np.argmax(prior)).mean()
+    )
+    hits = np.sign(got.ret_4) * np.sign(got.y_ret_4)
+    assert m["oos_price_4_network_hit_rate"] == pytest.approx(
+        np.where(hits == 0, 0.5, hits > 0).mean()
+    )

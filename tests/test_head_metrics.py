@@ -248,3 +248,15 @@ def test_baselines_share_the_split_and_the_trailing_volatility_is_causal() -> No
     t = frames[ds.symbols[1]].index.get_loc(ds.times[i])
     g = np.diff(np.log(close[t - 24 : t + 1]))
     assert trailing[i] == pytest.approx(np.std(g, ddof=1), rel=1e-5)
+
+
+def test_the_report_records_the_naive_forecasts_it_scored_against(planted) -> None:
+    """A card's report keeps the prior, the mean returns and the confidence's base rate, so a
+    later backtest of the model scores against the very same naive forecasts."""
+    _, truth, rep = planted
+    assert rep["split"] == "test"
+    assert rep["naive"] == {
+        "prior": pytest.approx(list(truth.prior)),
+        "mean_returns": {"1": 0.0, "4": 0.0, "24": 0.0},
+        "confidence_base_rate": 0.4,
+    }

@@ -5,16 +5,16 @@ stamped Monday holds Friday's close. A daily strategy must see it no earlier tha
 which its last daily bar closed (Friday's), through the feed API and through the features'
 index-relative path; likewise a daily index beside hourly bars.
 
-What leaks today in modules this suite does not own is pinned by strict ``xfail`` tests (they
-fail while the leak is there, and flip once it is fixed):
+Two paths used to read ahead; both are fixed, and plain tests here keep them so:
 
-* ``feeds/btfeeds.py`` ``StoreData`` hands out each bar at its start stamp, so a coarser frame
-  wrapped as a plain ``StoreData`` is read ahead;
-* ``mlmodels/features/_compute.py`` ``align_index`` takes "the last index bar at or before" each
-  symbol bar by start stamps, so ``compute_features(daily, index=weekly)`` reads the running week.
+* ``feeds/btfeeds.py`` ``StoreData`` handed out each bar at its start stamp, so a coarser frame
+  wrapped as a plain ``StoreData`` was read ahead: it is now refused, naming ``index_feed``;
+* ``mlmodels/features/_compute.py`` ``align_index`` took "the last index bar at or before" each
+  symbol bar by start stamps, so ``compute_features(daily, index=weekly)`` read the running
+  week: it now aligns a coarser index by period ends.
 
-``feeds.index_feed.closed_bars`` / ``index_feed`` re-stamp the coarser series at its close and
-make both paths safe; backtrader's own ``resampledata`` is safe too.
+``feeds.index_feed.closed_bars`` / ``index_feed`` re-stamp the coarser series at its close (the
+way to feed one to a strategy); backtrader's own ``resampledata`` is safe too.
 """
 
 from __future__ import annotations

@@ -436,6 +436,7 @@ def test_walkforward_cli(market, wf) -> None:
         "sharpe",
         "max_drawdown",
         "trades",
+        "entry_rule_chosen",  # --entry-rule auto (the default) chose per fold
     ]
     assert "cli-f1:1" in out and "cli-f2:1" in out
     oos = [ln for ln in out.splitlines() if ln.startswith("out-of-sample: return ")]

@@ -286,7 +286,7 @@ def test_walkforward_cli_seeds(store: Path) -> None:
 
 def test_the_inference_mode_is_not_another_configuration() -> None:
     """Per-bar and batched inference make the same decisions: one trial, not two."""
-    from workflows.walkforward import _seed_config
+    from workflows.walkforward import seed_config
 
     a, b = MLRunConfig(inference="per-bar"), MLRunConfig(inference="batched", chunk=64)
     assert (
@@ -295,5 +295,5 @@ def test_the_inference_mode_is_not_another_configuration() -> None:
     )
     assert Trial(a.to_dict()).key != Trial(b.to_dict()).key  # what the trial rows held before
     wa, wb = (WalkForwardConfig(symbols=SYMBOLS, ml=m) for m in (a, b))
-    assert _seed_config(wa, 0) == _seed_config(wb, 0)
-    assert _seed_config(wa, 0) != _seed_config(wa, 1)
+    assert seed_config(wa, 0) == seed_config(wb, 0)
+    assert seed_config(wa, 0) != seed_config(wa, 1)

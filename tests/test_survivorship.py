@@ -268,3 +268,24 @@ def test_a_backtest_without_symbols_names_the_three_ways_to_give_them(tmp_path: 
         "error: give --symbols A,B, --universe NAME or --membership FILE",
     )
     assert not (tmp_path / "s").exists()
+
+
+def test_training_with_an_index_of_todays_constituents_warns_in_its_summary_and_metrics(
+    tmp_path: Path,
+) -> None:
+    st = ParquetStore(tmp_path)
+    for k, sym in enumerate(SMALL):  # enough history for the features' warm-up and the split
+        st.write(ohlcv_frame(700, symbol=sym, seed=k, start="2018-01-01"))
+    code, out = cli(tmp_path, "index", "build", "NOWIDX", "--universe", "small")
+    assert code == 0, out
+    code, out = cli(tmp_path, "train", "--symbols", "AAPL,MSFT", "--index", "NOWIDX",
+                    "--name", "sv", "--epochs", "1", "--window", "8")  # fmt: skip
+    assert code == 0, out
+    warned = f"index NOWIDX: {WARNING}"
+    summary = out[out.index("registered sv:1") :]
+    assert f"warning: {warned}\nrecorded as run " in summary  # under the training's summary
+    assert metrics(tmp_path, out)["warnings"] == [warned]
+    # a backtest of the model (it reads the index) carries the same one line
+    code, out = cli(tmp_path, "backtest", "--model", "sv:1", "--symbols", "AAPL,MSFT")
+    assert code == 0, out
+    assert metrics(tmp_path, out)["warnings"] == [warned] and f"warning: {warned}\n" in out

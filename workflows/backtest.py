@@ -10,7 +10,10 @@ the request first (a refused one records nothing and writes nothing), then recor
 kind ``backtest`` with the resolved request as its parameters, the sha256 of every stored
 file it read (and of the model's card and weights) as its inputs, the summary metrics, the
 configurations it tried (the ML strategy and each baseline, with their results), the selection
-statistics (:mod:`workflows.runs_trials`: deflated Sharpe, PBO), and its artefacts in
+statistics (:mod:`workflows.runs_trials`: deflated Sharpe, PBO), for a model the out-of-sample
+report per head over its decisions against the naive baselines (:mod:`analyzers.oos_report`;
+``oos_edge``, ``oos_{head}_{model}_{metric}`` with the network's ``_lo`` / ``_hi``, as
+training's :func:`workflows.train.flat_report`), and its artefacts in
 ``{store}/runs/{id}/``: ``returns.parquet`` (one column per strategy), ``audit.parquet``
 (the ML decisions), ``risk_outcomes.parquet`` (each risk rule's outcome at each decision),
 ``summary.json``, and on request ``tearsheet.html`` and ``plot.png``.
@@ -38,6 +41,7 @@ from typing import Any
 import pandas as pd
 
 from analyzers.backtest import BASELINES, BacktestResult, CostConfig, run_backtest
+from analyzers.oos_report import result_report
 from analyzers.performance import drawdown_days
 from core.errors import ConfigError, DataError, SymbolNotFound
 from feeds.membership import Membership
@@ -53,7 +57,7 @@ from workflows.reports import copy_out, render_plot, save_results, tearsheet_for
 from workflows.runs import Run, RunRegistry
 from workflows.runs_info import file_sha256
 from workflows.runs_trials import assess, trial_row
-from workflows.train import link_training_run, model_inputs
+from workflows.train import flat_report, index_warnings, link_training_run, model_inputs
 
 __all__ = ["SERVING", "BacktestConfig", "MLRunConfig", "backtest", "run_model", "signal_client"]
 Log = Callable[[str], None]
@@ -62,7 +66,8 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class BacktestRunResult:
     """A finished backtest: its run, the resolved request, and each strategy's result (the
-    requested one first, then the baselines beside a model)."""
+    requested one first, then the baselines beside a model), and a model's out-of-sample
+    report per head (``analyzers.oos_report``)."""
 
     run_id: str
     run_dir: Path
@@ -72,6 +77,7 @@ class BacktestRunResult:
     tearsheet: Path | None = None
     plot: Path | None = None
     warnings: tuple[str, ...] = ()
+    report: dict[str, Any] | None = None
 
 
 def load_frames(
@@ -263,8 +269,7 @@ def plan_model(
     val, why = None, None
     if ml is not None and ml.entry_rule == "auto":
         val, why = choice_range(card.date_ranges, card.ref, windows)
-    notes = str(index.attrs.get("survivorship", "")) if index is not None else ""
-    warned = tuple(f"index {card.index}: {w}" for w in notes.split("; ") if w)
+    warned = index_warnings(card.index, index)
     return ModelPlan(card, begin, windows, traded, start is not None, index_file, dict(frames),
                      val, warned, why or ModelPlan.no_choice)  # fmt: skip
 
@@ -454,14 +459,17 @@ def backtest(
         sel = assess(registry.data_trials(plan.inputs, exclude=[run.id]), run.id, "backtest",
                      rows, [r.returns for r in results])  # fmt: skip
         warned = {"warnings": list(plan.warnings)} if plan.warnings else {}
-        run.log_metrics({**summary_metrics(results), **sel.metrics(), **warned})
+        mp = plan.model
+        report = result_report(results[0], mp.frames, mp.card, log) if mp else None
+        oos = flat_report(report) if report else {}
+        run.log_metrics({**summary_metrics(results), **sel.metrics(), **warned, **oos})
         for line in sel.lines(results[0].name, "strategy"):
             log(line)
         card = plan.model.card if plan.model else None
         save_results(run, results, card, plan.warnings)
         sheet, plot = _extras(run, plan.config, results, tearsheet_to, plot_to)
     return BacktestRunResult(run.id, run.dir, plan.config, results, card, sheet, plot,
-                             plan.warnings)  # fmt: skip
+                             plan.warnings, report)  # fmt: skip
 
 
 def _execute(store_path: Path, plan: BacktestPlan, log: Log) -> list[BacktestResult]:

@@ -24,7 +24,10 @@ median of the finished ones at that fold.
   ranked) and ``returns.parquet`` (a column ``tN`` per finished trial). The best finished
   trial's Sharpe ratio is deflated by every configuration tried on the same data (the
   registry's, earlier sweeps', the study's), and the PBO is measured across the finished
-  trials' stitched returns.
+  trials' stitched returns. A trial's configuration is recorded as a walk-forward records
+  one (:func:`workflows.sweep_space.trial_config`), so the best trial rerun with ``btml
+  walkforward`` counts once. An index built from today's constituents carries its
+  survivorship warning into the log, the metrics (``warnings``) and ``summary.json``.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ from workflows.walkforward import (
     run_fold,
     train_threads,
 )
+from workflows.walkforward_report import index_warnings
 
 __all__ = [
     "DEFAULT_SPACE", "OBJECTIVES", "PARAMS", "SearchSpace", "StudyMismatch", "SweepConfig",
@@ -93,7 +97,8 @@ class SweepResult:
     """A recorded sweep: its run, the resolved request, the study's name and whether it
     resumed, its trials ranked (``table``: complete by objective, then pruned, then failed),
     the best finished trial (``best``: number, value, params, config, result; None if none
-    finished) with its stitched returns, and the selection statistics."""
+    finished) with its stitched returns, the selection statistics, and the warnings every
+    report of the run carries (survivorship of its index)."""
 
     run_id: str
     run_dir: Path
@@ -104,6 +109,7 @@ class SweepResult:
     best: dict[str, Any] | None = None
     best_returns: pd.Series | None = None
     selection: Selection | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -149,6 +155,7 @@ class _Sweep:
     run: Run
     study: Any
     log: Log
+    warnings: tuple[str, ...] = ()
     probes: dict[int, WalkForwardPlan] = field(default_factory=dict)
     returns: dict[int, pd.Series] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -199,10 +206,13 @@ def run_sweep(
         registry.start("sweep", {**cfg.to_dict(), "study": name}, inputs=inputs) as run,
     ):
         log(f"run {run.id}: study {name} in {registry.where}" + (" (resumed)" if resumed else ""))
+        warned = index_warnings(base.index, index)
+        for warning in warned:
+            log(f"warning: {warning}")
         storage = open_storage(url)
         try:
             study = open_study(storage, name, cfg, resumed)
-            sw = _Sweep(cfg, store_path, frames, index, ex, registry, run, study, log)
+            sw = _Sweep(cfg, store_path, frames, index, ex, registry, run, study, log, warned)
             sw.probes[base.window] = probe
             _run_trials(sw)
             return _finish(sw, inputs, url, resumed)
@@ -378,14 +388,14 @@ def _finish(sw: _Sweep, inputs: Mapping[str, str], url: str, resumed: bool) -> S
     metrics = _metrics(sw, table, best, sel)
     summary = {"study": sw.study.study_name, "storage": sw.registry.where, "resumed": resumed,
                "objective": sw.cfg.objective, "space": sw.cfg.space, "best": best,
-               "metrics": metrics}  # fmt: skip
+               "metrics": metrics, "warnings": list(sw.warnings)}  # fmt: skip
     from workflows.runs_info import write_json
 
     write_json(sw.run.add_artifact("summary.json"), _jsonable(summary))
     sw.run.log_metrics(metrics)
     return SweepResult(
         sw.run.id, sw.run.dir, sw.cfg, sw.study.study_name, resumed, table, best,
-        series[ranked[0]] if ranked else None, sel,
+        series[ranked[0]] if ranked else None, sel, sw.warnings,
     )  # fmt: skip
 
 
@@ -393,7 +403,7 @@ def _metrics(
     sw: _Sweep, table: pd.DataFrame, best: Mapping[str, Any] | None, sel: Selection | None
 ) -> dict[str, Any]:
     """The run's metrics: the study, the trial counts, the best trial's results (named as a
-    walk-forward's) and the selection statistics."""
+    walk-forward's), the selection statistics and the ``warnings`` (survivorship)."""
     mine = table[table["run"] == sw.run.id] if "run" in table else table.iloc[:0]
     counts = mine["state"].value_counts()
     out: dict[str, Any] = {
@@ -404,7 +414,8 @@ def _metrics(
         res = best["result"]
         out |= {"best_trial": best["trial"], "best_value": best["value"],
                 **{k: res[k] for k in ("sharpe", "total_return", "max_drawdown", "trades")}}  # fmt: skip
-    return out | (sel.metrics() if sel is not None else {})
+    warned = {"warnings": list(sw.warnings)} if sw.warnings else {}
+    return out | (sel.metrics() if sel is not None else {}) | warned
 
 
 def _earlier_returns(sw: _Sweep) -> dict[int, pd.Series]:

@@ -35,7 +35,7 @@ from core.config import DataConfig
 from core.errors import ConfigError, UserError, unknown_name
 from mlmodels.nets.model import get_architecture
 from workflows.runs_db import check_url, where
-from workflows.walkforward import WalkForwardConfig
+from workflows.walkforward import WalkForwardConfig, seed_config
 
 #: The parameters a search space may search, by kind: ``int``, ``float`` or ``choice``.
 PARAMS: dict[str, str] = {
@@ -280,13 +280,11 @@ class SweepConfig(DataConfig):
 
 
 def trial_config(cfg: WalkForwardConfig, model: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration a trial tried, as a walk-forward records one (less the models'
-    name, the serving, the tearsheet, the seeds and threads), with its model overrides."""
-    out = cfg.to_dict()
-    for key in ("name", "serving", "tearsheet", "seeds"):
-        out.pop(key)
-    out["train"] = {k: v for k, v in out["train"].items() if k != "threads"}
-    return out | ({"model": dict(model)} if model else {})
+    """The configuration a trial tried, exactly as a walk-forward of ``cfg`` records its seed
+    (:func:`workflows.walkforward.seed_config`: less the models' name, the serving, the
+    tearsheet, the seeds, the threads and how signals are computed), with its model
+    overrides: rerunning the best trial with ``btml walkforward`` is the same configuration."""
+    return seed_config(cfg, cfg.train.seed) | ({"model": dict(model)} if model else {})
 
 
 class StudyMismatch(UserError):
@@ -342,7 +340,7 @@ def check_study(url: str, cfg: SweepConfig) -> tuple[str, bool]:
         return name, False
     if name not in found:
         return name, False
-    stored, mine = found[name], cfg.identity()
+    stored, mine = _as_made_now(found[name]), cfg.identity()
     diff = [what for key, what in (("space", "search space"), ("objective", "objective"),
             ("base", "base request (symbols, folds, training, strategy)"))
             if (stored or {}).get(key) != mine[key]]  # fmt: skip
@@ -355,6 +353,17 @@ def check_study(url: str, cfg: SweepConfig) -> tuple[str, bool]:
             "one (or name another --study)"
         )
     return name, True
+
+
+def _as_made_now(identity: Any) -> Any:
+    """A stored identity as :meth:`SweepConfig.identity` makes it now: studies made before
+    trials left out how signals are computed keep ``ml.inference`` and ``ml.chunk`` in their
+    base request, which do not change what the study is."""
+    ml = identity.get("base", {}).get("ml") if isinstance(identity, Mapping) else None
+    if not isinstance(ml, Mapping):
+        return identity
+    kept = {k: v for k, v in ml.items() if k not in ("inference", "chunk")}
+    return {**identity, "base": {**identity["base"], "ml": kept}}
 
 
 def open_study(storage: Any, name: str, cfg: SweepConfig, resumed: bool) -> Any:

@@ -24,6 +24,10 @@ refuses the request (naming the function and the first differing row) before any
 recorded. The module's file and sha256 are among the run's inputs; the card records it and
 the registry keeps its source beside the model. ``seeds`` > 1 repeats the training with
 as many seeds and registers the one of lowest validation loss (:mod:`workflows.train_seeds`).
+
+An ``index`` built from a universe of today's constituents (its stored ``survivorship``
+attribute) is warned about as a backtest over it is: in the log, the run's ``warnings``
+metric and ``btml train``'s printed summary (:func:`index_warnings`).
 """
 
 from __future__ import annotations
@@ -179,11 +183,13 @@ class TrainPlan:
     data_cfg: DatasetConfig
     inputs: dict[str, str]
     user: UserFeatures | None = None
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """A finished training: its run, the resolved request, the registered card and model."""
+    """A finished training: its run, the resolved request, the registered card and model,
+    the per-seed table (with several seeds) and the warnings its reports carry."""
 
     run_id: str
     run_dir: Path
@@ -191,6 +197,15 @@ class TrainResult:
     card: ModelCard
     model: torch.nn.Module
     seeds: pd.DataFrame | None = None
+    warnings: tuple[str, ...] = ()
+
+
+def index_warnings(name: str | None, index: pd.DataFrame | None) -> tuple[str, ...]:
+    """The survivorship warning a stored index carries (its ``survivorship`` attribute,
+    written when it was built from a universe of today's constituents), naming the index;
+    none without one. The attribute is one line (the warning itself holds a "; ")."""
+    notes = str(index.attrs.get("survivorship", "")) if index is not None else ""
+    return (f"index {name}: {notes}",) if notes else ()
 
 
 def read_stored(
@@ -240,7 +255,7 @@ def plan_training(store_path: Path, config: TrainRunConfig) -> TrainPlan:
     else:
         ds = build_dataset(frames, data_cfg, index)
     split = chronological_split(ds.times, lookahead=data_cfg.labels.lookahead)
-    return TrainPlan(cfg, ds, split, data_cfg, inputs, user)
+    return TrainPlan(cfg, ds, split, data_cfg, inputs, user, index_warnings(cfg.index, index))
 
 
 def train(
@@ -262,13 +277,17 @@ def train(
         registry.start("train", plan.config.to_dict(), inputs=plan.inputs) as run,
     ):
         log(f"run {run.id}")
+        for warning in plan.warnings:
+            log(f"warning: {warning}")
         model, card, seeds = _fit(store_path, plan, run, on_epoch, log)
         registry.link_model(card.ref, run.id)
         _record(run, store_path, card, time.perf_counter() - t0, seeds is None)
         if seeds is not None:
             seeds.to_csv(run.add_artifact("seeds.csv"))
             run.log_metrics(seed_metrics(seeds))
-    return TrainResult(run.id, run.dir, plan.config, card, model, seeds)
+        if plan.warnings:
+            run.log_metrics({"warnings": list(plan.warnings)})
+    return TrainResult(run.id, run.dir, plan.config, card, model, seeds, plan.warnings)
 
 
 def _fit(

@@ -7,7 +7,11 @@ only, the model is trained with early stopping on the fold's validation tail, re
 segment alone, beside buy-and-hold of the same symbols over the same bars at the same costs.
 The test segments do not overlap; their returns are stitched into one out-of-sample series;
 the buy-and-hold returns are stitched the same way and are the benchmark of the stitched run
-(its tearsheet, its ``buyhold_`` metrics).
+(its tearsheet, its ``buyhold_`` metrics). Each fold's network outputs on its test samples are
+stitched too, into one out-of-sample report per head against the naive baselines, and the
+folds' activity into the stitched run's (:mod:`workflows.walkforward_report`). With
+``ml.entry_rule="auto"`` each fold chooses its entry rule on its own validation range
+(``entry_*`` in its row).
 
 The folds of a walk-forward are one configuration tried, not several: alone,
 :func:`walk_forward` reports the stitched series' deflated Sharpe ratio for one trial (the
@@ -21,8 +25,10 @@ the spread of the key metrics (``seeds_{metric}_{mean,std,min,max}``) and the PB
 seed. It records a trial per seed (the configuration, and under ``result`` its stitched
 Sharpe, return, drawdown, trades and each fold's ranges, model and results), each fold's model
 linked to the run, and in the run's folder the stitched returns (``returns.parquet``: the
-walk-forward's column, then ``buy-and-hold``), ``summary.json``, ``folds.csv`` and, with
-several seeds, ``seeds.csv``.
+walk-forward's column, then ``buy-and-hold``), ``summary.json``, ``folds.csv``,
+``oos_report.json`` and, with several seeds, ``seeds.csv``. An index built from today's
+constituents carries its survivorship warning into the log, the metrics (``warnings``),
+``summary.json`` and the tearsheet.
 
 The folds are independent tasks (:class:`FoldTask`, :func:`run_fold`): ``executor`` (see
 :mod:`workflows.executors`) runs them one after another here (the default), in worker
@@ -67,6 +73,18 @@ from workflows.reports import BUY_AND_HOLD, copy_out, tearsheet_for_run, write_r
 from workflows.runs import Run, RunRegistry
 from workflows.runs_trials import Selection, assess, trial_row
 from workflows.train import check_model_name, check_symbols, checkpoint_dir, read_stored
+from workflows.walkforward_report import (
+    SEED_METRICS,
+    FoldPredictions,
+    fold_predictions,
+    index_warnings,
+    record_report,
+    seed_spread,
+    seed_table,
+    stitch,
+    stitched_report,
+    stitched_result,
+)
 
 
 @dataclass(frozen=True)
@@ -80,8 +98,10 @@ class _Recorder:
 @dataclass
 class WalkForwardResult:
     """Per-fold rows, the stitched out-of-sample returns, their deflated Sharpe (for one
-    trial, unless recorded: see the module docstring), and buy-and-hold over the same test
-    bars: per fold (``benchmarks``) and stitched (``benchmark``)."""
+    trial, unless recorded: see the module docstring), buy-and-hold over the same test bars:
+    per fold (``benchmarks``) and stitched (``benchmark``), and the per-head report over every
+    fold's test samples (``report``, from each fold's ``predictions``:
+    :mod:`workflows.walkforward_report`)."""
 
     folds: pd.DataFrame
     returns: pd.Series
@@ -90,6 +110,8 @@ class WalkForwardResult:
     results: list[BacktestResult] = field(default_factory=list)
     benchmarks: list[BacktestResult] = field(default_factory=list)
     benchmark: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))
+    report: dict[str, Any] | None = None
+    predictions: list[FoldPredictions] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -112,12 +134,14 @@ class WalkForwardPlan:
 
 @dataclass(frozen=True)
 class FoldOutcome:
-    """What one fold made: its model's card, its backtest, buy-and-hold beside it, its row."""
+    """What one fold made: its model's card, its backtest, buy-and-hold beside it, its row,
+    its network's outputs on its test and validation samples."""
 
     card: ModelCard
     result: BacktestResult
     benchmark: BacktestResult
     row: dict[str, Any]
+    predictions: FoldPredictions | None = None
 
 
 def plan_walk_forward(
@@ -178,8 +202,9 @@ def run_folds(
     executor: Executor | None = None,
 ) -> WalkForwardResult:
     """Every fold of a checked plan (on ``executor``, default here one after another), then
-    the stitched returns (the walk-forward's and buy-and-hold's) and the deflated Sharpe of
-    the walk-forward's as one trial (its folds are one configuration)."""
+    the stitched returns (the walk-forward's and buy-and-hold's), the deflated Sharpe of
+    the walk-forward's as one trial (its folds are one configuration) and the per-head report
+    over every fold's test samples."""
     run_id = recorder.run.id if recorder else None
     tasks = [FoldTask(store_path, frames, plan, k, sp, run_id)
              for k, sp in enumerate(plan.splits, 1)]  # fmt: skip
@@ -193,21 +218,16 @@ def run_folds(
     if recorder is not None:
         for f in done:
             recorder.registry.link_model(f.card.ref, recorder.run.id)
-    stitched = _stitch([f.result.returns for f in done])
+    stitched = stitch([f.result.returns for f in done])
     dsr = deflated_sharpe(stitched)
+    preds = [f.predictions for f in done if f.predictions is not None]
+    lag = plan.data_cfg.labels.risk_horizon
     return WalkForwardResult(
         pd.DataFrame([f.row for f in done]).set_index("fold"), stitched, dsr,
         [f.card for f in done], [f.result for f in done], [f.benchmark for f in done],
-        _stitch([f.benchmark.returns for f in done]),
+        stitch([f.benchmark.returns for f in done]),
+        stitched_report(plan.probe, preds, vol_lag=lag) if preds else None, preds,
     )  # fmt: skip
-
-
-def _stitch(parts: Sequence[pd.Series]) -> pd.Series:
-    """The folds' returns in time order; overlapping test segments are a bug."""
-    stitched = pd.concat(parts).sort_index()
-    if stitched.index.has_duplicates:
-        raise DataError("walk-forward test segments overlap; this is a bug in the splitter")
-    return stitched
 
 
 @dataclass(frozen=True)
@@ -235,20 +255,22 @@ def fold_line(task: FoldTask) -> str:
 
 
 def run_fold(task: FoldTask) -> FoldOutcome:
-    """Train fold ``task.k`` (a fresh scaler), register its model, backtest its test segment,
-    and buy-and-hold over the same bars (its model is linked to the run by the caller)."""
+    """Train fold ``task.k`` (a fresh scaler), register its model, keep its outputs on the
+    fold's test and validation samples, backtest its test segment, and buy-and-hold over the
+    same bars (its model is linked to the run by the caller)."""
     t0 = time.perf_counter()
     plan, sp, k, store_path = task.plan, task.split, task.k, task.store_path
     log = task.log or (lambda _: None)
     log(fold_line(task))
     ds = replace(plan.probe, scaler=None)  # unscaled rows: a fresh scaler per fold
     name = f"{plan.name}-f{k}"
-    _, card = train_on_dataset(
+    model, card = train_on_dataset(
         ds, sp, plan.arch, name=name, registry=ModelRegistry(store_path / "models"),
         train_cfg=plan.train_cfg, data_cfg=plan.data_cfg, index_name=plan.index_name,
         timeframe=plan.timeframe, work_dir=checkpoint_dir(store_path, name),
         training_run=task.run_id,
     )  # fmt: skip
+    preds = fold_predictions(model, ds, sp)  # ds is scaled as the model was trained
     res, _ = run_model(
         store_path, card.ref, task.frames, serving=plan.serving, start=None, end=sp.test_end,
         costs=plan.costs, ml=plan.ml, log=log,
@@ -258,7 +280,7 @@ def run_fold(task: FoldTask) -> FoldOutcome:
     if not task.in_process:
         res, bench = replace(res, strategy=None), replace(bench, strategy=None)
     row = _fold_row(k, card, sp, res, time.perf_counter() - t0)
-    return FoldOutcome(card, res, bench, row)
+    return FoldOutcome(card, res, bench, row, preds)
 
 
 def _fold_row(
@@ -299,9 +321,6 @@ def _fold_splits(
 
 # -- the recorded walk-forward ----------------------------------------------------------------
 
-#: The per-seed metrics whose spread across seeds a run reports.
-SEED_METRICS = ("return", "sharpe", "max_drawdown", "deflated_sharpe")
-
 
 @dataclass(frozen=True, kw_only=True)
 class WalkForwardConfig(DataConfig):
@@ -337,8 +356,9 @@ class WalkForwardConfig(DataConfig):
 class WalkForwardRunResult:
     """A recorded walk-forward: its run, the resolved request, the folds and stitched run of
     the first seed, every seed's result (``seeds``, the first is ``result``) and, with several,
-    their table (``seed_table``, a row per seed), and the selection statistics (``selection``:
-    the trials counted, each seed's deflated Sharpe, the PBO across seeds)."""
+    their table (``seed_table``, a row per seed), the selection statistics (``selection``:
+    the trials counted, each seed's deflated Sharpe, the PBO across seeds) and the warnings
+    every report of the run carries (survivorship of its index)."""
 
     run_id: str
     run_dir: Path
@@ -349,6 +369,7 @@ class WalkForwardRunResult:
     seeds: tuple[WalkForwardResult, ...] = ()
     selection: Selection | None = None
     seed_table: pd.DataFrame | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def run_walk_forward(
@@ -363,7 +384,9 @@ def run_walk_forward(
     """Run and record a walk-forward (see the module docstring) in the registry at ``db_url``
     (default: the store's SQLite), its folds on ``executor`` (default: here, one after
     another); ``tearsheet_to`` also copies the tearsheet out of the run's folder. A refused
-    request raises before anything is written or trained."""
+    request raises before anything is written or trained. The warnings (an index of today's
+    constituents) are logged, and kept in the metrics (``warnings``), ``summary.json`` and
+    the tearsheet."""
     store_path = Path(store)
     cfg = replace(config, train=replace(config.train, threads=train_threads(config, executor)))
     frames, index, inputs = read_stored(store_path, cfg.symbols, cfg.timeframe, cfg.index)
@@ -379,19 +402,22 @@ def run_walk_forward(
         registry.start("walkforward", cfg.to_dict(), inputs=inputs) as run,
     ):
         log(f"run {run.id}")
+        warned = index_warnings(cfg.index, index)
+        for warning in warned:
+            log(f"warning: {warning}")
         recorder = _Recorder(registry, run)
         results, rows = _run_seeds(store_path, frames, plan, cfg, log, recorder, ex)
         prior = registry.data_trials(inputs, exclude=[run.id])
         sel = assess(prior, run.id, "walkforward", rows, [r.returns for r in results])
         results = [replace(r, dsr=d) for r, d in zip(results, sel.dsr, strict=True)]
-        stitched, table = _save_walk_forward(run, cfg, results, sel)
+        stitched, table = _save_walk_forward(run, cfg, results, sel, warned)
         sheet = None
         if cfg.tearsheet:
             out = run.add_artifact("tearsheet.html")
             bench = results[0].benchmark
             sheet = copy_out(tearsheet_for_run(run.dir, out, benchmark=bench), tearsheet_to)
     return WalkForwardRunResult(
-        run.id, run.dir, cfg, results[0], stitched, sheet, tuple(results), sel, table
+        run.id, run.dir, cfg, results[0], stitched, sheet, tuple(results), sel, table, warned
     )
 
 
@@ -413,7 +439,7 @@ def _run_seeds(
             log(f"seed {seed} ({i}/{cfg.seeds})")
         seeded = replace(plan, train_cfg=replace(plan.train_cfg, seed=seed))
         results.append(run_folds(store_path, frames, seeded, log, recorder, executor))
-        rows.append(trial_row(_seed_config(cfg, seed), _seed_result(results[-1])))
+        rows.append(trial_row(seed_config(cfg, seed), _seed_result(results[-1])))
         recorder.run.record_trials(rows[-1:])
     return results, rows
 
@@ -436,9 +462,10 @@ def train_threads(
     return config.train.threads or per_worker or torch.get_num_threads()
 
 
-def _seed_config(cfg: WalkForwardConfig, seed: int) -> dict[str, Any]:
+def seed_config(cfg: WalkForwardConfig, seed: int) -> dict[str, Any]:
     """The configuration one seed tried: the request less what does not change the results
-    (the models' name, the serving, the tearsheet, the thread count, the inference mode)."""
+    (the models' name, the serving, the tearsheet, the thread count, the inference mode and
+    chunk); a sweep's trials record theirs with it (``workflows.sweep_space.trial_config``)."""
     out = cfg.to_dict()
     for key in ("name", "serving", "tearsheet", "seeds"):
         out.pop(key)
@@ -456,47 +483,24 @@ def _seed_result(res: WalkForwardResult) -> dict[str, Any]:
             "max_drawdown": perf.max_drawdown, "trades": perf.trades, "folds": folds}  # fmt: skip
 
 
-def seed_table(results: Sequence[WalkForwardResult], first_seed: int = 0) -> pd.DataFrame:
-    """A row per seed (``seed`` the index): the stitched return, Sharpe, drawdown, trades and
-    deflated Sharpe."""
-    rows = []
-    for res in results:
-        p = performance(res.returns, trades=int(res.folds["trades"].sum()))
-        rows.append({"return": p.total_return, "sharpe": p.sharpe, "max_drawdown": p.max_drawdown,
-                     "trades": p.trades, "deflated_sharpe": res.dsr["dsr"]})  # fmt: skip
-    index = pd.RangeIndex(first_seed, first_seed + len(rows), name="seed")
-    return pd.DataFrame(rows, index=index)
-
-
-def seed_spread(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std (ddof 1), min and max across seeds of each of :data:`SEED_METRICS`."""
-    return table[list(SEED_METRICS)].agg(["mean", "std", "min", "max"])
-
-
-def _stitched_result(name: str, returns: pd.Series, cash: float, trades: int) -> BacktestResult:
-    """A stitched series as one run (every fold starts from ``cash``)."""
-    perf = performance(returns, trades=trades)
-    return BacktestResult(name, returns, cash * (1 + perf.total_return), perf)
-
-
 def _save_walk_forward(
-    run: Run, cfg: WalkForwardConfig, results: Sequence[WalkForwardResult], sel: Selection
-) -> tuple[BacktestResult, pd.DataFrame | None]:
+    run: Run, cfg: WalkForwardConfig, results: Sequence[WalkForwardResult], sel: Selection,
+    warnings: Sequence[str] = (),
+) -> tuple[BacktestResult, pd.DataFrame | None]:  # fmt: skip
     """The first seed's stitched returns (and buy-and-hold's), ``summary.json`` (with the last
-    fold's card) and ``folds.csv``, ``seeds.csv`` with several seeds, and the run's metrics
-    (buy-and-hold's prefixed ``buyhold_``, the selection statistics, the seeds' spread);
-    returns the stitched result and the seed table."""
+    fold's card and the warnings), ``folds.csv``, ``oos_report.json`` (the stitched per-head
+    report), ``seeds.csv`` with several seeds, and the run's metrics (with their activity;
+    buy-and-hold's prefixed ``buyhold_``; the report's ``oos_*``; the selection statistics;
+    the seeds' spread; ``warnings``); returns the stitched result and the seed table."""
     res, cash = results[0], cfg.costs.cash
-    stitched = _stitched_result(
-        f"walk-forward {cfg.name}", res.returns, cash, int(res.folds["trades"].sum())
-    )
-    trades = sum(b.stats.trades for b in res.benchmarks)
-    bench = _stitched_result(BUY_AND_HOLD, res.benchmark, cash, trades)
-    for name in write_results(run.dir, [stitched, bench], res.cards[-1]):
+    stitched = stitched_result(f"walk-forward {cfg.name}", res.returns, cash, res.results)
+    bench = stitched_result(BUY_AND_HOLD, res.benchmark, cash, res.benchmarks)
+    for name in write_results(run.dir, [stitched, bench], res.cards[-1], warnings):
         run.add_artifact(name)
     res.folds.to_csv(run.add_artifact("folds.csv"))
     metrics = {**summary_metrics([stitched, bench]), "folds": len(res.folds),
                "seeds": len(results), **sel.metrics()}  # fmt: skip
+    metrics |= record_report(run, res.report) | ({"warnings": list(warnings)} if warnings else {})
     table = None
     if len(results) > 1:
         table = seed_table(results, cfg.train.seed)
