@@ -313,3 +313,36 @@ def test_session_params_hold_no_key_token_or_password(tmp_path: Path) -> None:
     assert alpaca["journal"] == "postgresql+psycopg://db.example.com/journal"
     assert "data_url" not in alpaca and "key_id" not in alpaca and "secret_key" not in alpaca
     assert params["model"] == "live:1" and params["mode"] == "paper"
+
+
+def test_each_serving_call_has_a_deadline_shorter_than_a_bar(tmp_path: Path) -> None:
+    """A hung worker must not cost a live session several bars: by default each TorchServe
+    call (retries included) has half a bar, at most 10 s; --serving-deadline sets it; the run
+    records the one it used."""
+    from mlmodels.pipeline import register_untrained
+    from mlmodels.registry import ModelRegistry
+    from workflows.trading import plan_session
+
+    card = register_untrained(ModelRegistry(tmp_path / "models"), "tiny", "live",
+                              features=["ret_1", "ret_5"], window=16)  # fmt: skip
+    cfg = AlpacaConfig(key_id=KEY_ID, secret_key=SECRET)
+    plan = plan_session(tmp_path, card.ref, ["AAPL"], cfg, timeframe="1m")
+    assert plan.deadline() == 10.0 and plan.params()["serving_deadline"] == 10.0
+    hourly = plan_session(tmp_path, card.ref, ["AAPL"], cfg, timeframe="1h")
+    assert hourly.deadline() == 10.0  # never more than 10 s, even with an hour to spare
+    set_ = plan_session(tmp_path, card.ref, ["AAPL"], cfg, serving_deadline=2.5)
+    assert set_.deadline() == 2.5 and set_.params()["serving_deadline"] == 2.5
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "4000"])
+def test_a_bad_serving_deadline_is_refused_before_anything_runs(
+    fake: AlpacaFake, tmp_path: Path, value: str
+) -> None:
+    result = _run(fake, tmp_path, "--model", "nope", "--symbols", "AAPL",
+                  "--serving-deadline", value)  # fmt: skip
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    out = result.output.strip().splitlines()  # type: ignore[attr-defined]
+    assert out[-1] == f"error: --serving-deadline must be in (0, 3600] seconds, got {float(value)}"
+    assert "Traceback" not in result.output  # type: ignore[attr-defined]
+    assert not (tmp_path / "store" / "runs").exists()
+    assert not (tmp_path / "journal.sqlite").exists()
