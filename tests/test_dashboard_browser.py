@@ -77,7 +77,10 @@ def test_every_page_opens_and_a_missing_token_asks_for_it(browser: Browser, root
         page.get_by_role("cell", name="IBM").first.click()
         expect(page.get_by_test_id("price-chart").locator("canvas").first).to_be_visible()
         page.get_by_role("link", name="Training").click()
-        expect(page.get_by_role("region", name="Model registry")).to_contain_text("m:1")
+        registry = page.get_by_role("region", name="Model registry")
+        expect(registry).to_contain_text("m:1")
+        expect(registry.get_by_role("row", name="m:1").get_by_test_id("champion")).to_be_visible()
+        page.screenshot(path=str(SHOTS / "training.png"))  # again, now the registry is loaded
         phone, phone_errors = open_page(browser, url, width=390)
         phone.get_by_role("link", name="Backtests").click()
         expect(phone.get_by_role("button", name="Start backtest")).to_be_visible()

@@ -16,6 +16,9 @@ from click.testing import CliRunner
 from brokers.alpaca.journal import Journal, OrderIntent
 from btml.cli import main
 from core.errors import ConfigError
+from mlmodels.features import feature_names
+from mlmodels.pipeline import register_untrained
+from mlmodels.registry import CHAMPION_FILE, ModelRegistry
 from tests.webapp_util import AUTH, TOKEN, client, make_store, until_final
 from webapp import DashboardSettings
 from webapp.auth import TOKEN_ENV, load_token, token_file
@@ -171,9 +174,40 @@ def test_models_list_the_registry_and_show_a_card(root: Path) -> None:
         missing = c.get(f"{API}/models/nope", headers=AUTH)
         presets = c.get(f"{API}/models/presets", headers=AUTH).json()
     assert [m["ref"] for m in models] == ["m:1"] and models[0]["arch"] == "tiny"
+    assert models[0]["champion"] and card["champion"]  # the only version, never promoted
     assert card["name"] == "m" and card["features"] and card["window"] == 16
     assert missing.status_code == 404 and "no model called 'nope'" in missing.json()["detail"]
     assert "tiny" in presets["presets"] and presets["baselines"] == ["buyhold", "sma"]
+
+
+def test_models_mark_the_champion_the_promoted_version_else_the_latest(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    for seed in (0, 1):
+        register_untrained(registry, "tiny", "m", features=list(feature_names(False)), window=8,
+                           seed=seed)  # fmt: skip
+
+    def champions(*refs: str) -> tuple[dict[str, bool], dict[str, bool], list[str]]:
+        with client(tmp_path) as c:
+            body = c.get(f"{API}/models", headers=AUTH).json()
+            cards = {ref: c.get(f"{API}/models/{ref}", headers=AUTH).json() for ref in refs}
+        return ({m["ref"]: m["champion"] for m in body["models"]},
+                {ref: card["champion"] for ref, card in cards.items()}, body["errors"])  # fmt: skip
+
+    listed, cards, errors = champions("m:1", "m:2", "m")  # never promoted: the latest
+    assert listed == {"m:2": True, "m:1": False} and list(listed) == ["m:2", "m:1"]
+    assert cards == {"m:1": False, "m:2": True, "m": True} and errors == []
+    registry.set_champion("m", 1, {"version": 1, "previous": 2, "action": "rollback"})
+    listed, cards, errors = champions("m:1", "m:2", "m")  # the recorded one, though older
+    assert listed == {"m:2": False, "m:1": True}
+    assert cards == {"m:1": True, "m:2": False, "m": True} and errors == []
+    (tmp_path / "models" / "m" / CHAMPION_FILE).write_text("{not json")
+    listed, cards, errors = champions("m:2")  # unreadable: no badge, and the list says why
+    assert listed == {"m:2": False, "m:1": False} and cards == {"m:2": False}
+    assert len(errors) == 1 and "not a valid champion record" in errors[0]
+    (tmp_path / "models" / "m" / CHAMPION_FILE).write_text('{"version": 3, "history": []}')
+    listed, _, errors = champions()  # a champion since removed by hand
+    assert listed == {"m:2": False, "m:1": False}
+    assert errors == ["m: champion v3 is no longer in the registry"]
 
 
 def test_openapi_is_published_under_api_v1(root: Path) -> None:

@@ -1,4 +1,8 @@
-"""``models``: the registry and its model cards."""
+"""``models``: the registry and its model cards, each marked whether it is its name's champion.
+
+A name's champion is the version ``NAME`` alone means (:meth:`ModelRegistry.path`): the version
+promoted last (``btml models promote``/``rollback``), else the latest.
+"""
 
 from __future__ import annotations
 
@@ -21,15 +25,35 @@ def card_summary(card: Any) -> dict[str, Any]:
             "metrics": card.metrics, "date_ranges": card.date_ranges}  # fmt: skip
 
 
+def champion_version(reg: ModelRegistry, name: str) -> tuple[int | None, str | None]:
+    """The version ``name`` alone resolves to (the promoted one, else the latest), or None
+    and why (an unreadable champion record, or a champion no longer in the registry)."""
+    versions = reg.versions(name)
+    try:
+        promoted = reg.champion(name)
+    except BtmlError as err:
+        return None, f"{name}: {err}"
+    if promoted is None:
+        return (versions[-1] if versions else None), None
+    if promoted not in versions:
+        return None, f"{name}: champion v{promoted} is no longer in the registry"
+    return promoted, None
+
+
 @router.get("/models")
 def list_models(request: Request) -> dict[str, Any]:
-    """Every registered model version, newest version first within each name."""
+    """Every registered model version, newest version first within each name; ``champion``
+    is true on the version the name alone means (see the module docstring). ``errors``: the
+    cards and champion records that could not be read."""
     reg = ModelRegistry(settings(request).store / "models")
     out, errors = [], []
     for name in reg.names():
+        champion, why = champion_version(reg, name)
+        if why:
+            errors.append(why)
         for v in reversed(reg.versions(name)):
             try:
-                out.append(card_summary(reg.card(f"{name}:{v}")))
+                out.append({**card_summary(reg.card(f"{name}:{v}")), "champion": v == champion})
             except BtmlError as err:
                 errors.append(f"{name}:{v}: {err}")
     return {"models": out, "errors": errors}
@@ -46,10 +70,12 @@ def presets() -> dict[str, Any]:
 
 @router.get("/models/{ref}")
 def model_card(request: Request, ref: str) -> dict[str, Any]:
-    """One model card in full (``NAME`` for the latest version, or ``NAME:VERSION``)."""
+    """One model card in full (``NAME`` for its champion, or ``NAME:VERSION``), with
+    ``champion``: whether it is the version the name alone means."""
     reg = ModelRegistry(settings(request).store / "models")
     try:
         card = reg.card(ref)
     except ModelNotFound as err:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(err)) from err
-    return dataclasses.asdict(card)
+    champion, _ = champion_version(reg, card.name)
+    return {**dataclasses.asdict(card), "champion": card.version == champion}

@@ -44,6 +44,8 @@ export interface Card {
   created_at: string;
   training_run: string | null;
   metrics: Record<string, unknown>;
+  /** The version its name alone means: the one promoted last, else the latest. */
+  champion: boolean;
 }
 
 export interface Limit {

@@ -17,6 +17,23 @@ export function pickIc(metrics: Record<string, unknown>): unknown {
   return hit ? hit[1] : null;
 }
 
+/** A registry row's ref, with a badge on the version its name alone means. */
+function ModelRef({ model }: { model: ModelCard }) {
+  return (
+    <>
+      {model.ref}
+      {model.champion ? (
+        <>
+          {" "}
+          <span className="badge ok" data-testid="champion" title={`${model.name} alone means this version (promoted last, else the latest)`}>
+            champion
+          </span>
+        </>
+      ) : null}
+    </>
+  );
+}
+
 export default function Training() {
   const models = useApi<{ models: ModelCard[] }>("models");
   const presets = useApi<{ presets: string[] }>("models/presets");
@@ -102,7 +119,7 @@ export default function Training() {
         <ErrorLine error={models.error} />
         <Table
           head={["model", "preset", "symbols", "parameters", "created", "test IC", "trained by run"]}
-          rows={list.map((m) => [m.ref, m.arch, m.symbols.join(", "), num(m.parameters), when(m.created_at), num(pickIc(m.metrics)), m.training_run ?? "–"])}
+          rows={list.map((m) => [<ModelRef key="ref" model={m} />, m.arch, m.symbols.join(", "), num(m.parameters), when(m.created_at), num(pickIc(m.metrics)), m.training_run ?? "–"])}
           onRow={(i) => setCard(list[i].ref)}
           selected={(i) => list[i].ref === card}
           empty="no models yet: train one here or with btml train"
