@@ -31,6 +31,7 @@ at most ``carry_limit`` bars; beyond that building fails with an error naming it
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -411,6 +412,7 @@ def _chain(
             "rebalance": cfg.rebalance or "",
             **({"universe": cfg.universe} if cfg.universe else {}),
             **({"survivorship": "; ".join(cfg.warnings())} if cfg.warnings() else {}),
+            "config": json.dumps(cfg.to_dict()),  # how to continue it live (feeds.live_index)
         },
     )
     return IndexResult(

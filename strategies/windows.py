@@ -27,6 +27,7 @@ import pandas as pd
 from core.errors import DataError
 
 if TYPE_CHECKING:
+    from feeds.live_index import LiveIndex
     from mlmodels.registry import ModelCard
     from mlmodels.user_features import UserFeatures
 
@@ -179,6 +180,9 @@ class LiveFeatureWindows(FeatureWindows):
     exponential averages among the features remember their start, so a longer history brings
     the live values closer to a backtest's over the full data (equal once ``history`` covers
     all of it); the default is 1,000 bars.
+
+    ``index``: the market index the model reads, a frame or a :class:`feeds.live_index.LiveIndex`
+    continued live (each window then waits for the index bar of its own time).
     """
 
     def __init__(
@@ -187,7 +191,7 @@ class LiveFeatureWindows(FeatureWindows):
         window: int,
         *,
         history: int | None = None,
-        index: pd.DataFrame | None = None,
+        index: pd.DataFrame | LiveIndex | None = None,
         user: UserFeatures | None = None,
     ) -> None:
         super().__init__({}, names, window)
@@ -211,7 +215,7 @@ class LiveFeatureWindows(FeatureWindows):
         models_root: str | Path,
         *,
         history: int | None = None,
-        index: pd.DataFrame | None = None,
+        index: pd.DataFrame | LiveIndex | None = None,
     ) -> LiveFeatureWindows:
         """Live windows for the model of ``card`` (registered under ``models_root``), with
         its features module when it has one."""
@@ -224,7 +228,10 @@ class LiveFeatureWindows(FeatureWindows):
         if n < self.need:
             return None
         frame = _data_frame(data, n)
-        table = self.compute(frame, self.index)
+        index = self.index
+        if index is not None and not isinstance(index, pd.DataFrame):  # a live index: its bar
+            index = index.until(frame.index[-1])  # of this time, waited for up to its deadline
+        table = self.compute(frame, index)
         missing = [c for c in self.names if c not in table.columns]
         if missing:
             raise DataError(f"live features lack {', '.join(missing[:8])}")

@@ -17,6 +17,7 @@ import _thread
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -88,7 +89,7 @@ class HistoryServed:
     (the answer is already made), only in its stream."""
 
     def __init__(self, data: AlpacaDataFake, rest: LoopbackServer) -> None:
-        self._answered: set[str] = set()
+        self._answered: Counter[str] = Counter()
         self._cond = threading.Condition()
         routes: dict[tuple[str, str], Callable[[Request], Any]] = {}
         data.serve_history(_Routes(routes))
@@ -100,16 +101,19 @@ class HistoryServed:
             reply = answer(request)
             if isinstance(reply, dict) and reply.get("next_page_token") is None:
                 with self._cond:
-                    self._answered |= set((request.param("symbols") or "").split(","))
+                    self._answered.update((request.param("symbols") or "").split(","))
                     self._cond.notify_all()
             return reply
 
         return noted
 
-    def wait(self, symbols: Iterable[str], timeout: float) -> bool:
-        """Block until every symbol's history has been answered in full; False on timeout."""
+    def wait(self, symbols: Iterable[str], timeout: float, times: int = 1) -> bool:
+        """Block until every symbol's history has been answered in full ``times`` times (a
+        live index backfills its constituents before the feeds do); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: set(symbols) <= self._answered, timeout)
+            return self._cond.wait_for(
+                lambda: all(self._answered[s] >= times for s in symbols), timeout
+            )
 
 
 class _Routes:
@@ -148,10 +152,14 @@ def _replay(
     bars: int,
     on_bar: Callable[[int], None] = lambda i: None,
     first: int = HISTORY,
+    histories: int = 1,
 ) -> None:
-    """Play bars ``first ..`` once every feed listens and has its backfill, a bar every few ms."""
+    """Play bars ``first ..`` once every feed listens and has its backfill (``histories``
+    answers per symbol), a bar every few ms."""
     trading, data = servers.trading, servers.data
-    if not data.wait_subscribed(SYMBOLS, timeout=120) or not servers.history.wait(SYMBOLS, 120):
+    if not data.wait_subscribed(SYMBOLS, timeout=120) or not servers.history.wait(
+        SYMBOLS, 120, histories
+    ):
         return
     for i in range(first, first + bars):
         on_bar(i - first)
@@ -185,6 +193,7 @@ def _session(
     replayed: int = DAY,
     serving: str = "inprocess",
     on_bar: Callable[[int], None] = lambda i: None,
+    histories: int = 1,
     **options: Any,
 ) -> SessionResult:
     """Load the history into the fakes, replay ``replayed`` live bars, trade ``bars`` of them
@@ -200,7 +209,9 @@ def _session(
     )  # fmt: skip
     done = threading.Event()
     replay = threading.Thread(
-        target=_replay, args=(market, servers, done, replayed, on_bar), daemon=True
+        target=_replay,
+        args=(market, servers, done, replayed, on_bar, HISTORY, histories),
+        daemon=True,
     )
     replay.start()
     ml = MLRunConfig(min_edge=0.0, horizon_agreement=0, allow_short=True,
@@ -570,3 +581,59 @@ def test_ctrl_c_ends_the_session_as_a_cancelled_run_with_its_metrics(
     assert rec.metrics["starting_equity"] == 100_000.0
     assert "decisions" not in rec.metrics  # the strategy never finished
     _no_secret_anywhere(store, rec.id)
+
+
+@pytest.fixture(scope="module")
+def index_model(market: dict[str, pd.DataFrame], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A model reading index IDX (equal weights of the three symbols, built and stored at 1m
+    from the history the store holds)."""
+    from feeds.index import IndexConfig, build_from_store
+    from feeds.store import ParquetStore
+
+    store = tmp_path_factory.mktemp("index-store")
+    parquet = ParquetStore(store)
+    for sym, frame in market.items():
+        stored = frame.iloc[:HISTORY].copy()
+        stored.attrs = {**frame.attrs, "symbol": sym}
+        parquet.write(stored, merge=False)
+    index, _ = build_from_store(
+        parquet, IndexConfig(name="IDX", method="equal", constituents=SYMBOLS), "1m"
+    )
+    history = {s: f.iloc[:HISTORY] for s, f in market.items()}
+    _, card = train_model(
+        history, "tiny", name="indexed", registry=ModelRegistry(store / "models"),
+        train_cfg=TrainConfig(epochs=1, batch_size=64, seed=0, threads=1),
+        data_cfg=DatasetConfig(window=16), timeframe="1m", index=index.frame, index_name="IDX",
+    )  # fmt: skip
+    return store, card
+
+
+@pytest.mark.slow
+def test_a_model_reading_the_synthetic_index_trades_it_continued_live(
+    market: dict[str, pd.DataFrame],
+    index_model: tuple[Path, ModelCard],
+    servers: Servers,
+    tmp_path: Path,
+) -> None:
+    """The index is continued bar by bar from its constituents' live bars: over the session it
+    is the index built in one go over the same bars, no bar carried, and each live window read
+    the index bar of its own time."""
+    from feeds.index import IndexConfig, build_index
+
+    out = _session(market, index_model, servers, tmp_path / "journal.sqlite", bars=60,
+                   replayed=60, histories=2)  # fmt: skip
+    strat = out.strategy
+    live = strat.windows.index
+    assert live.flags == {} and live.dropped == 0
+    through = {s: f.iloc[: HISTORY + 60] for s, f in market.items()}
+    whole = build_index(through, IndexConfig(name="IDX", method="equal", constituents=SYMBOLS),
+                        "1m").frame  # fmt: skip
+    got = live.frame.loc[: whole.index[-1]]
+    assert got.index[-1] >= SESSION + pd.Timedelta(minutes=58)
+    pd.testing.assert_frame_equal(got, whole.loc[: got.index[-1]], check_exact=False,
+                                  rtol=1e-12, check_freq=False)  # fmt: skip
+    audit = decisions_frame(strat.audit)
+    assert len(audit) >= 3 * 55
+    with RunRegistry(index_model[0]) as runs:
+        rec = runs.get(out.run_id)
+    assert (rec.status, rec.metrics["index_bars_carried"]) == ("ok", 0)

@@ -27,7 +27,9 @@ from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.reconcile import ReconcileReport, reconcile
 from brokers.alpaca.rest import TradingAPI
 from brokers.alpaca.store import AlpacaStore, check_mode
-from core.errors import ConfigError
+from core.errors import ConfigError, SymbolNotFound
+from feeds.live_index import LiveIndex, stored_config
+from feeds.store import ParquetStore
 from feeds.timeframes import get_timeframe
 from mlmodels.registry import ModelCard, ModelRegistry
 from strategies.ml_signal import MLSignalStrategy
@@ -154,10 +156,7 @@ def plan_session(
         raise ConfigError(f"--serving-deadline must be in (0, 3600] seconds, got {deadline}")
     card = ModelRegistry(store_path / "models").card(ref)
     if card.index:
-        raise ConfigError(
-            f"{card.ref} was trained with index features ({card.index}); live trading needs "
-            "a model trained without an index"
-        )
+        check_live_index(store_path, card, timeframe)
     card_module(card, store_path / "models")  # a missing or altered features module: refused here
     ml = ml or MLRunConfig(serving_failure="hold")
     if ml.inference != "per-bar":
@@ -169,6 +168,20 @@ def plan_session(
     shadow_card = check_shadow(store_path, card, shadow) if shadow else None
     return SessionPlan(card, tuple(symbols), config, timeframe, serving, ml, **options,
                        shadow=shadow_card)  # fmt: skip
+
+
+def check_live_index(store_path: Path, card: ModelCard, timeframe: str) -> None:
+    """A model read with an index needs that index stored at the session's bar size with its
+    build settings, to continue it live from its constituents (:mod:`feeds.live_index`)."""
+    tf = get_timeframe(timeframe).name
+    try:
+        stored = ParquetStore(store_path).read(str(card.index), tf)
+    except SymbolNotFound:
+        raise ConfigError(
+            f"{card.ref} reads index {card.index}, which is not stored at {tf} (the session's "
+            f"bars); build it at {tf} with `btml index build {card.index} --timeframe {tf}`"
+        ) from None
+    stored_config(stored, str(card.index))
 
 
 def check_shadow(store_path: Path, card: ModelCard, ref: str) -> ModelCard:
@@ -224,9 +237,18 @@ def run_live(
 def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], None]) -> Any:
     """Run the live Cerebro; the session's metrics go to ``run`` however it ends."""
     card, ml, bars = plan.card, plan.ml, plan.bars
-    windows = LiveFeatureWindows.from_card(card, store_path / "models")
     store = AlpacaStore(plan.config, adopt_positions=plan.adopt_positions)
+    live_index = None
     try:
+        if card.index:  # the synthetic index continued bar by bar from its constituents
+            live_index = LiveIndex.from_store(
+                ParquetStore(store_path), card.index, get_timeframe(plan.timeframe).name,
+                store.hub, deadline_s=plan.deadline(),
+            )  # fmt: skip
+            live_index.start()
+            log(f"index {card.index}: continued live from {len(live_index.symbols)} "
+                "constituents' bars")  # fmt: skip
+        windows = LiveFeatureWindows.from_card(card, store_path / "models", index=live_index)
         cerebro = build_live_cerebro(
             store, plan.symbols, windows, timeframe=plan.timeframe, feed_kwargs=plan.feed_kwargs
         )
@@ -265,6 +287,10 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
         run.log_metrics({"decisions": len(strat.audit)})
         return strat
     finally:
+        if live_index is not None:
+            live_index.stop()
+            run.log_metrics({"index_bars_carried": len(live_index.flags),
+                             "index_bars_dropped": live_index.dropped})  # fmt: skip
         store.close()
 
 
