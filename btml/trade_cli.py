@@ -180,3 +180,34 @@ def status(ctx: click.Context) -> None:
         if items:
             click.echo(f"{label}: {', '.join(items)}")
     click.echo(f"journal and account agree (checked in {report.seconds * 1000:.0f} ms)")
+
+
+@trade.command()
+@click.option("--since", required=True, help="First day of the sessions to compare (UTC date).")
+@click.option("--until", default=None, help="End, exclusive (default: now).")
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-5,
+    show_default=True,
+    help="Largest difference of the outputs (1-bar return, P(up)) that still counts as the same.",
+)
+@click.pass_context
+def report(ctx: click.Context, since: str, until: str | None, tolerance: float) -> None:
+    """Replay the sessions since --since in a backtest and compare them with what happened.
+
+    Per session: signal parity (same model, same outputs on the same bars), the trades
+    matched, missed and extra with their reasons, and each fill against the price the
+    backtest assumes (the next bar's open; realised slippage against the assumed 10 bps).
+    Needs no keys; reads the journal each session recorded (or --journal before `report`).
+    Recorded as a run of kind trade_report with report.html beside its tables.
+    """
+    from workflows.trade_report import trade_report
+
+    config: Config = ctx.obj
+    journal = ctx.meta["trade_opts"].get("journal")
+    try:
+        trade_report(config.store, since, until=until, journal=journal, tolerance=tolerance,
+                     log=click.echo, db_url=config.db_url)  # fmt: skip
+    except BtmlError as err:
+        fail(err)

@@ -227,7 +227,7 @@ class LiveFeatureWindows(FeatureWindows):
         n = min(len(data), self.history)  # type: ignore[arg-type]
         if n < self.need:
             return None
-        frame = _data_frame(data, n)
+        frame = bars_frame(data, n)
         index = self.index
         if index is not None and not isinstance(index, pd.DataFrame):  # a live index: its bar
             index = index.until(frame.index[-1])  # of this time, waited for up to its deadline
@@ -246,7 +246,7 @@ class LiveFeatureWindows(FeatureWindows):
         return values
 
 
-def _data_frame(data: object, n: int) -> pd.DataFrame:
+def bars_frame(data: object, n: int) -> pd.DataFrame:
     """The last ``n`` bars of a backtrader data as a canonical frame (UTC index)."""
     import backtrader as bt
 

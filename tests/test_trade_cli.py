@@ -346,3 +346,18 @@ def test_a_bad_serving_deadline_is_refused_before_anything_runs(
     assert "Traceback" not in result.output  # type: ignore[attr-defined]
     assert not (tmp_path / "store" / "runs").exists()
     assert not (tmp_path / "journal.sqlite").exists()
+
+
+def test_trade_report_without_sessions_or_with_a_bad_date_is_refused(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    result = CliRunner().invoke(main, ["--store", str(store), "trade", "report", "--since",
+                                       "2026-01-05"])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: no trading session started since 2026-01-05; `btml runs list --kind session` "
+        "lists them"
+    )
+    result = CliRunner().invoke(main, ["--store", str(store), "trade", "report", "--since",
+                                       "last tuesday"])  # fmt: skip
+    assert result.exit_code == 2 and "--since 'last tuesday' is not a date" in result.output
+    assert "Traceback" not in result.output

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import backtrader as bt
+import pandas as pd
 
 from brokers.alpaca.config import AlpacaConfig
 from brokers.alpaca.reconcile import ReconcileReport, reconcile
@@ -284,6 +285,7 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
                 run.log_metrics(session_metrics(store, since))
                 run.log_metrics({"alerts": len(watch.monitor.events),
                                  "alerts_active": watch.monitor.active()})  # fmt: skip
+                save_session(run, getattr(cerebro, "runningstrats", []), plan.timeframe)
         run.log_metrics({"decisions": len(strat.audit)})
         return strat
     finally:
@@ -292,6 +294,36 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
             run.log_metrics({"index_bars_carried": len(live_index.flags),
                              "index_bars_dropped": live_index.dropped})  # fmt: skip
         store.close()
+
+
+#: What a session keeps for ``btml trade report`` (:mod:`workflows.trade_report`).
+BARS_FILE, DECISIONS_FILE = "bars.parquet", "decisions.parquet"
+
+
+def save_session(run: Run, strategies: Sequence[Any], timeframe: str) -> None:
+    """The session's inputs and decisions in its run folder, however it ended: every bar its
+    feeds held (history and live, start-stamped as stored bars; ``symbol`` a column) and
+    every decision (``strategies.audit.decisions_frame``, stamped at the bar's close)."""
+    from strategies.audit import decisions_frame
+    from strategies.windows import bars_frame
+
+    if not strategies:
+        return
+    strat = strategies[0]
+    parts = []
+    for d in strat.datas:
+        if len(d):
+            frame = bars_frame(d, len(d))
+            parts.append(frame.assign(symbol=d._name))
+    if parts:
+        bars = pd.concat(parts)
+        bars.attrs = {}
+        bars.to_parquet(run.add_artifact(BARS_FILE))
+    decisions = decisions_frame(getattr(strat, "audit", []))
+    if len(decisions):
+        decisions.drop(columns=["outcomes"], errors="ignore").to_parquet(
+            run.add_artifact(DECISIONS_FILE)
+        )
 
 
 @contextmanager
