@@ -757,3 +757,41 @@ def test_drifted_inputs_raise_the_drift_alert(
     fired = [a for a in new if a["rule"] == "drift" and a["state"] == "firing"]
     assert fired, [(a["rule"], a["state"]) for a in new]
     assert fired[0]["value"] > 0.2
+
+
+@pytest.mark.slow
+def test_a_loss_past_the_daily_limit_raises_its_alerts(
+    market: dict[str, pd.DataFrame],
+    model: tuple[Path, ModelCard],
+    servers: Servers,
+    tmp_path: Path,
+) -> None:
+    """From bar 20, once positions are held, every held symbol moves 25 % against its position
+    and stays there: equity
+    falls more than the 3 % daily loss stop, and ``daily-loss-80`` and ``daily-loss-limit``
+    fire (they resolve with the next trading day, not replayed here)."""
+    store, _ = model
+    trading = servers.trading
+    moved = {s: f.copy() for s, f in market.items()}
+    hit: list[str] = []
+
+    def crash(i: int) -> None:
+        if hit or i < 20:
+            return
+        end = time.monotonic() + 60  # the strategy lags the replay: wait for its positions
+        while not any(trading.position_qty(s) for s in SYMBOLS) and time.monotonic() < end:
+            time.sleep(0.1)
+        for s, f in moved.items():
+            qty = trading.position_qty(s)
+            if qty:
+                factor = 0.75 if qty > 0 else 1.25
+                rows = f.index[HISTORY + i :]
+                f.loc[rows, ["open", "high", "low", "close"]] *= factor
+                hit.append(s)
+
+    before = len(_alerts(store))
+    _session(moved, model, servers, tmp_path / "journal.sqlite", bars=60, replayed=60,
+             on_bar=crash)  # fmt: skip
+    assert hit, "no position was held from bar 20 on"
+    new = [(a["rule"], a["state"]) for a in _alerts(store)[before:]]
+    assert ("daily-loss-80", "firing") in new and ("daily-loss-limit", "firing") in new, new
