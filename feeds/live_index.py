@@ -10,8 +10,9 @@ stored series exactly (the chain is causal: a new bar never changes an earlier o
 stored bars give the stored index bar for bar (``tests/test_live_index.py``).
 
 The rule for a late or missing constituent: the bar of time ``t`` closes when every member at
-``t`` has its bar there; else when any constituent's bar after ``t`` has arrived (the market
-moved on), or ``deadline_s`` wall seconds after the first bar of ``t`` arrived, or when a
+``t`` has its bar there; else when each missing member has sent a bar after ``t`` (a symbol's
+bars come in time order, so its bar of ``t`` will not), or ``deadline_s`` wall seconds after
+the first bar of ``t`` arrived, or when a
 reader asks for ``t`` and waited ``deadline_s`` (:meth:`LiveIndex.until`). A member missing
 then is carried at its last close (a flat bar of volume 0, as the batch build carries a missing
 bar) and the bar is flagged (:attr:`LiveIndex.flags`: time -> the carried symbols). Its bar of
@@ -84,6 +85,7 @@ class LiveIndex:
         self.pending: dict[pd.Timestamp, dict[str, np.ndarray]] = {}
         self.first_seen: dict[pd.Timestamp, float] = {}
         self.flags: dict[pd.Timestamp, tuple[str, ...]] = {}
+        self.newest: dict[str, pd.Timestamp] = {}  # the newest live bar taken per symbol
         self.dropped = 0
         self._lock = threading.RLock()
         self.frame = self._build()
@@ -178,6 +180,7 @@ class LiveIndex:
                 continue
             self.pending.setdefault(ts, {})[symbol] = row
             self.first_seen.setdefault(ts, self.clock())
+            self.newest[symbol] = max(ts, self.newest.get(symbol, ts))
 
     def _members_at(self, t: pd.Timestamp) -> list[str]:
         """The members at ``t`` (every constituent with bars, for a plain constituent list)."""
@@ -188,10 +191,11 @@ class LiveIndex:
     def _close_due(self) -> list[pd.Timestamp]:
         closed = []
         for t in sorted(self.pending):
-            got = self.pending[t]
-            later = any(u > t for u in self.pending)
+            missing = set(self._members_at(t)) - set(self.pending[t])
+            # each symbol's bars come in time order: one that sent a later bar skipped this one
+            moved_on = all(self.newest.get(s, t) > t for s in missing)
             late = self.clock() - self.first_seen[t] >= self.deadline_s
-            if set(self._members_at(t)) <= set(got) or later or late:
+            if moved_on or late:  # (nothing missing: moved_on holds)
                 self._close(t)
                 closed.append(t)
             else:

@@ -638,6 +638,13 @@ def test_a_model_reading_the_synthetic_index_trades_it_continued_live(
     with RunRegistry(index_model[0]) as runs:
         rec = runs.get(out.run_id)
     assert (rec.status, rec.metrics["index_bars_carried"]) == ("ok", 0)
+    # the report replays it over the index the session continued: the same outputs
+    from workflows.trade_report import trade_report
+
+    report = trade_report(index_model[0], pd.Timestamp.now(tz="UTC").floor("D"),
+                          log=lambda _: None)  # fmt: skip
+    (cmp,) = [c for c in report.sessions if c.run_id == out.run_id]
+    assert cmp.parity["joined"] >= 3 and cmp.parity["same"] == cmp.parity["joined"], cmp.parity
 
 
 @pytest.mark.slow

@@ -252,14 +252,16 @@ def plan_model(
     end: Any = None,
     allow_in_sample: bool = False,
     ml: MLRunConfig | None = None,
+    index: pd.DataFrame | None = None,
 ) -> ModelPlan:
     """Check that model ``ref`` can be backtested on ``frames`` (read-only; no run yet): the
     bars are the model's size (a stored index at the card's timeframe beside finer bars would
-    be read ahead), and with ``entry_rule="auto"`` the data holds its validation bars."""
+    be read ahead), and with ``entry_rule="auto"`` the data holds its validation bars.
+    ``index``: the model's index as a frame (a live session's) instead of the stored one."""
     card = ModelRegistry(store_path / "models").card(ref)
     check_timeframe(frames, card)
-    index = index_file = None
-    if card.index:
+    index_file = None
+    if card.index and index is None:
         store = ParquetStore(store_path)
         index = store.read(card.index, card.timeframe)
         index_file = store.find(card.index, card.timeframe)
@@ -332,13 +334,14 @@ def run_model(
     ml: MLRunConfig | None = None,
     log: Log = print,
     allow_in_sample: bool = False,
+    index: pd.DataFrame | None = None,
 ) -> tuple[BacktestResult, ModelCard]:
-    """Backtest model ``ref`` on ``frames`` (full history; traded from the OOS start).
+    """Backtest model ``ref`` on ``frames`` (full history; traded from the OOS start);
+    ``index``: the model's index as a frame instead of the stored one.
 
     Records no run: :func:`backtest` does (this is the step walk-forward and stress reuse)."""
-    plan = plan_model(
-        store_path, ref, frames, start=start, end=end, allow_in_sample=allow_in_sample, ml=ml
-    )
+    plan = plan_model(store_path, ref, frames, start=start, end=end,
+                      allow_in_sample=allow_in_sample, ml=ml, index=index)  # fmt: skip
     return run_plan(store_path, plan, serving=serving, costs=costs, ml=ml, log=log), plan.card
 
 

@@ -2,7 +2,8 @@
 
 For every trading session (runs of kind ``session``) started in ``[since, until)``, the same
 model and strategy settings are replayed in a backtest over the bars the session's feeds held
-(its ``bars.parquet``: the backfilled history, then the live bars), traded from the session's
+(its ``bars.parquet``: the backfilled history, then the live bars; for a model reading an
+index, the index the session continued live, ``index.parquet``), traded from the session's
 first live decision, and compared with what happened live:
 
 - **signal parity**: the live and the replayed decision of each symbol and bar, joined on the
@@ -44,7 +45,7 @@ from feeds.timeframes import get_timeframe
 from strategies.audit import decisions_frame
 from workflows.backtest import MLRunConfig, run_model
 from workflows.runs import RunRecord, RunRegistry
-from workflows.trading import BARS_FILE, DECISIONS_FILE
+from workflows.trading import BARS_FILE, DECISIONS_FILE, INDEX_FILE
 
 Log = Callable[[str], None]
 KEY = ["bar", "symbol"]
@@ -200,8 +201,9 @@ def compare_session(
         frames[str(sym)] = f
     first = live["bar"].min()
     ml = MLRunConfig.from_dict({**p["ml"], "inference": "per-bar"})
+    index = pd.read_parquet(folder / INDEX_FILE) if (folder / INDEX_FILE).exists() else None
     res, card = run_model(store_path, str(p["model"]), frames, serving="inprocess", start=first,
-                          costs=costs, ml=ml, log=lambda _: None)  # fmt: skip
+                          costs=costs, ml=ml, log=lambda _: None, index=index)  # fmt: skip
     replay = decisions_frame(res.strategy.audit if res.strategy is not None else [])
     replay = replay.assign(bar=pd.to_datetime(replay["timestamp"], utc=True))
     compared = live.merge(replay, on=KEY, how="outer", suffixes=("_live", "_replay"))

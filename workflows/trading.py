@@ -291,13 +291,14 @@ def _trade(store_path: Path, plan: SessionPlan, run: Run, log: Callable[[str], N
     finally:
         if live_index is not None:
             live_index.stop()
+            live_index.frame.to_parquet(run.add_artifact(INDEX_FILE))  # the report replays it
             run.log_metrics({"index_bars_carried": len(live_index.flags),
                              "index_bars_dropped": live_index.dropped})  # fmt: skip
         store.close()
 
 
 #: What a session keeps for ``btml trade report`` (:mod:`workflows.trade_report`).
-BARS_FILE, DECISIONS_FILE = "bars.parquet", "decisions.parquet"
+BARS_FILE, DECISIONS_FILE, INDEX_FILE = "bars.parquet", "decisions.parquet", "index.parquet"
 
 
 def save_session(run: Run, strategies: Sequence[Any], timeframe: str) -> None:
