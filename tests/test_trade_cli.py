@@ -10,6 +10,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -361,3 +362,33 @@ def test_trade_report_without_sessions_or_with_a_bad_date_is_refused(tmp_path: P
                                        "last tuesday"])  # fmt: skip
     assert result.exit_code == 2 and "--since 'last tuesday' is not a date" in result.output
     assert "Traceback" not in result.output
+
+
+def test_trade_report_refuses_a_session_whose_journal_is_gone_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    from workflows.runs import RunRegistry
+
+    store = tmp_path / "store"
+    with RunRegistry(store) as runs, runs.start("session", {
+        "model": "m:1", "timeframe": "1m", "ml": {},
+        "alpaca": {"journal": str(tmp_path / "gone.sqlite"), "strategy": "s"},
+    }) as run:  # fmt: skip
+        stamp = pd.Timestamp("2026-03-02 14:31", tz="UTC")
+        pd.DataFrame({"open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0],
+                      "volume": [1.0], "symbol": ["AAPL"]},
+                     index=pd.DatetimeIndex([stamp], name="datetime")).to_parquet(
+            run.add_artifact("bars.parquet"))  # fmt: skip
+        pd.DataFrame({"timestamp": [stamp], "symbol": ["AAPL"], "target": [0.0]}).to_parquet(
+            run.add_artifact("decisions.parquet")
+        )
+        session = run.id
+    result = CliRunner().invoke(main, ["--store", str(store), "trade", "report", "--since",
+                                       "2020-01-01"])  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"error: session {session}: its journal ({tmp_path / 'gone.sqlite'}) is not found; "
+        "pass it with `btml trade --journal PATH report ...`"
+    )
+    with RunRegistry(store) as runs:
+        assert [r.id for r in runs.list()] == [session]

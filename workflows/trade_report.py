@@ -160,6 +160,12 @@ def trade_report(
                 f"decisions ({'; '.join(skipped[:3])}); only sessions run by this version can "
                 "be replayed"
             )
+        for rec, _ in usable:  # refused before anything is recorded
+            if journal_of(rec.params, journal) is None:
+                raise ConfigError(
+                    f"session {rec.id}: its journal ({_recorded(rec.params)}) is not found; "
+                    "pass it with `btml trade --journal PATH report ...`"
+                )
         params = {"since": lo.isoformat(), "until": hi.isoformat() if hi is not None else None,
                   "tolerance": tolerance, "costs": costs.to_dict()}  # fmt: skip
         with runs.start("trade_report", params) as run:
@@ -208,12 +214,10 @@ def compare_session(
     replay = replay.assign(bar=pd.to_datetime(replay["timestamp"], utc=True))
     compared = live.merge(replay, on=KEY, how="outer", suffixes=("_live", "_replay"))
     parity = _parity(compared, tolerance)
-    ours = live_orders(p, journal, first, live["bar"].max())
-    if ours is None:
-        raise ConfigError(
-            f"session {rec.id}: its journal ({(p.get('alpaca') or {}).get('journal')}) is not "
-            "found; pass it with `btml trade --journal PATH report ...`"
-        )
+    where = journal_of(p, journal)
+    if where is None:  # checked before the report started; gone since
+        raise ConfigError(f"session {rec.id}: its journal ({_recorded(p)}) is not found")
+    ours = live_orders(p, where, first, live["bar"].max())
     trades = _trades(compared, ours, replay_orders(res.strategy, first))
     fills, slippage = _fills(ours, frames, costs)
     return SessionComparison(rec.id, card.ref, len(live), parity, trades, fills, slippage,
@@ -241,14 +245,25 @@ def _parity(c: pd.DataFrame, tolerance: float) -> dict[str, Any]:
             "tolerance": tolerance}  # fmt: skip
 
 
-def live_orders(
-    p: Mapping[str, Any], journal: str | Path | None, first: pd.Timestamp, last: pd.Timestamp
-) -> pd.DataFrame | None:
-    """The orders the session journaled for its decisions of bars ``first .. last``
-    (start-stamped ``bar``, ``symbol``, ``side``, the fill); None when no journal is found."""
+def _recorded(p: Mapping[str, Any]) -> str:
+    return str((p.get("alpaca") or {}).get("journal") or "none recorded")
+
+
+def journal_of(p: Mapping[str, Any], journal: str | Path | None) -> str | None:
+    """Where session ``p``'s journal is: ``journal`` if given, else the one it recorded (a
+    URL as recorded, without its password: pass it again with ``--journal``); None when that
+    file does not exist."""
     where = journal or (p.get("alpaca") or {}).get("journal")
     if not where or not (Path(str(where)).exists() or "://" in str(where)):
         return None
+    return str(where)
+
+
+def live_orders(
+    p: Mapping[str, Any], where: str, first: pd.Timestamp, last: pd.Timestamp
+) -> pd.DataFrame:
+    """The orders the session journaled in ``where`` for its decisions of bars ``first ..
+    last`` (start-stamped ``bar``, ``symbol``, ``side``, the fill)."""
     strategy = (p.get("alpaca") or {}).get("strategy")
     delta = get_timeframe(str(p["timeframe"])).delta
     rows = []
