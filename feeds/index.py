@@ -137,6 +137,7 @@ class IndexResult:
     weights: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    final_weights: np.ndarray | None = None  # after the last bar's drift: where a chain goes on
 
 
 def _check_timeframes(
@@ -306,9 +307,17 @@ def _resets(
 
 
 def build_index(
-    frames: Mapping[str, pd.DataFrame], cfg: IndexConfig, timeframe: str = "1Day"
+    frames: Mapping[str, pd.DataFrame],
+    cfg: IndexConfig,
+    timeframe: str = "1Day",
+    *,
+    start_weights: np.ndarray | None = None,
 ) -> IndexResult:
-    """Build the index described by ``cfg`` from constituent OHLCV ``frames`` (by symbol)."""
+    """Build the index described by ``cfg`` from constituent OHLCV ``frames`` (by symbol).
+
+    ``start_weights`` continues a chain (:mod:`feeds.live_index`): the frames then start at
+    the last bar already built, ``cfg.base_level`` is that bar's close and ``start_weights``
+    the result's ``final_weights`` there; the bars after it are those of a build over all."""
     notes: list[str] = []
     symbols = cfg.symbols()
     _check_timeframes(frames, symbols, cfg.name, timeframe)
@@ -322,7 +331,8 @@ def build_index(
     if cfg.method == "fixed" and cfg.rebalance is None:
         drifting = False  # restored every bar
     reset = _resets(cfg, cal, member, drifting)
-    return _chain(cfg, symbols, cal, _Bars.of(p, member), reset, src, notes, timeframe)
+    return _chain(cfg, symbols, cal, _Bars.of(p, member), reset, src, notes, timeframe,
+                  start_weights)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -384,15 +394,19 @@ def _chain(
     src: _WeightSources,
     notes: list[str],
     timeframe: str,
+    start_weights: np.ndarray | None = None,
 ) -> IndexResult:
-    """Chain the level bar by bar (the module docstring's formula) and build the index frame."""
+    """Chain the level bar by bar (the module docstring's formula) and build the index frame
+    (from ``start_weights`` after bar 0 when continuing a chain)."""
     T, N = bars.close.shape
     ohlc = np.full((T, 4), cfg.base_level)
     weights = np.zeros((T, N))
-    w = np.zeros(N)
+    fresh = start_weights is None
+    w = np.zeros(N) if start_weights is None else np.asarray(start_weights, dtype=np.float64)
     for t in range(1, T):
         valid = bars.member[t] & np.isfinite(bars.close[t - 1]) & np.isfinite(bars.close[t])
-        w = _weights_before(cfg, symbols, cal, bars, src, t, w, valid, reset[t] or t == 1)
+        first = fresh and t == 1
+        w = _weights_before(cfg, symbols, cal, bars, src, t, w, valid, reset[t] or first)
         weights[t] = w
         ohlc[t], growth = _bar(ohlc[t - 1, 3], w, bars, t, valid)
         if growth > 0:
@@ -417,7 +431,7 @@ def _chain(
     )
     return IndexResult(
         frame=frame, weights=pd.DataFrame(weights, index=cal, columns=symbols), notes=notes,
-        warnings=cfg.warnings(),
+        warnings=cfg.warnings(), final_weights=w,
     )  # fmt: skip
 
 

@@ -4,9 +4,10 @@ A stored index (``btml index build``) keeps how it was built in its ``config`` a
 method, the members or the point-in-time membership, weights, shares, rebalancing).
 :class:`LiveIndex` continues it in a live session: it starts from the constituents' stored
 bars, backfills from the hub the bars since the store ends, subscribes to each constituent's
-live bars, and when a time's bars are in it appends that index bar, computed by
-:func:`feeds.index.build_index` over all the bars it has, so the live levels continue the
-stored series exactly (the chain is causal: a new bar never changes an earlier one). Replayed
+live bars, and when a time's bars are in it appends that index bar: the chain of
+:func:`feeds.index.build_index` continued from the newest bar (its close and weights), so the
+live levels continue the stored series exactly (the chain is causal: a new bar never changes an
+earlier one) at the cost of one bar, whatever the history's length. Replayed
 stored bars give the stored index bar for bar (``tests/test_live_index.py``).
 
 The rule for a late or missing constituent: the bar of time ``t`` closes when every member at
@@ -31,6 +32,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -88,6 +90,7 @@ class LiveIndex:
         self.newest: dict[str, pd.Timestamp] = {}  # the newest live bar taken per symbol
         self.dropped = 0
         self._lock = threading.RLock()
+        self.state: np.ndarray | None = None  # the chain's weights after the newest bar
         self.frame = self._build()
 
     @classmethod
@@ -230,15 +233,44 @@ class LiveIndex:
             self.flags[t] = tuple(carried)
             log.warning("index %s: bar %s closed with %s carried at the last close",
                         self.cfg.name, t, ", ".join(carried))  # fmt: skip
-        self.frame = self._build()
+        self.frame = self._extend(t, set(got))
 
     def _build(self) -> pd.DataFrame:
+        """The whole chain over every bar held (at the start)."""
         frames = {}
         for s, rows in self.rows.items():
             f = rows.copy()
             f.attrs = {"symbol": s, "timeframe": self.timeframe}
             frames[s] = f
-        return build_index(frames, self.cfg, self.timeframe).frame
+        result = build_index(frames, self.cfg, self.timeframe)
+        self.state = result.final_weights
+        return result.frame
+
+    def _extend(self, t: pd.Timestamp, present: set[str]) -> pd.DataFrame:
+        """The frame with bar ``t``: the chain continued from the newest bar (its close and
+        weights), over that bar and ``t`` only, as a build over all gives it. A symbol of
+        ``t`` without a row at the newest bar starts from its last close there (as the whole
+        build carries it); one without any earlier bar starts at ``t``."""
+        prev = self.frame.index[-1]
+        frames = {}
+        for s, rows in self.rows.items():
+            f = rows.loc[rows.index >= prev]
+            if s in present and prev not in f.index:
+                before = rows.loc[rows.index < prev, "close"].dropna()
+                if len(before):
+                    px = float(before.iloc[-1])
+                    lead = pd.DataFrame([[px, px, px, px, 0.0]], columns=list(OHLCV_COLUMNS),
+                                        index=pd.DatetimeIndex([prev], name=f.index.name))  # fmt: skip
+                    f = pd.concat([lead, f])
+            f = f.copy()
+            f.attrs = {"symbol": s, "timeframe": self.timeframe}
+            frames[s] = f
+        level = float(self.frame["close"].iloc[-1])
+        cfg = replace(self.cfg, base_level=level, start=None, end=None)
+        result = build_index(frames, cfg, self.timeframe, start_weights=self.state)
+        self.state = result.final_weights
+        new = result.frame.iloc[[-1]]
+        return pd.concat([self.frame, new]) if new.index[0] > prev else self.frame
 
 
 def _append(have: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
