@@ -251,8 +251,10 @@ def bars_frame(data: object, n: int) -> pd.DataFrame:
     import backtrader as bt
 
     d: Any = data
-    times = [bt.num2date(x) for x in d.datetime.get(size=n)]
-    cols = {c: np.asarray(getattr(d, c).get(size=n), dtype=np.float64)
+    stamps = np.asarray(d.datetime.get(size=n), dtype=np.float64)
+    ok = np.isfinite(stamps)  # a bar interrupted while loading has no time yet: left out
+    times = [bt.num2date(x) for x in stamps[ok]]
+    cols = {c: np.asarray(getattr(d, c).get(size=n), dtype=np.float64)[ok]
             for c in ("open", "high", "low", "close", "volume")}  # fmt: skip
     index = pd.DatetimeIndex(pd.to_datetime(times, utc=True), name="datetime")
     tf = getattr(d, "_tf", None)  # a live feed stamping bars at their close (LiveBars):

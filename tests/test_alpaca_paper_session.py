@@ -621,6 +621,7 @@ def test_a_model_reading_the_synthetic_index_trades_it_continued_live(
     the index bar of its own time."""
     from feeds.index import IndexConfig, build_index
 
+    started = pd.Timestamp.now(tz="UTC")
     out = _session(market, index_model, servers, tmp_path / "journal.sqlite", bars=60,
                    replayed=60, histories=2)  # fmt: skip
     strat = out.strategy
@@ -641,8 +642,7 @@ def test_a_model_reading_the_synthetic_index_trades_it_continued_live(
     # the report replays it over the index the session continued: the same outputs
     from workflows.trade_report import trade_report
 
-    report = trade_report(index_model[0], pd.Timestamp.now(tz="UTC").floor("D"),
-                          log=lambda _: None)  # fmt: skip
+    report = trade_report(index_model[0], started, log=lambda _: None)
     (cmp,) = [c for c in report.sessions if c.run_id == out.run_id]
     assert cmp.parity["joined"] >= 3 and cmp.parity["same"] == cmp.parity["joined"], cmp.parity
 
@@ -661,11 +661,11 @@ def test_trade_report_replays_the_session_and_compares_it_trade_by_trade(
 
     from btml.cli import main
 
-    since = pd.Timestamp.now(tz="UTC").floor("D")
+    since = pd.Timestamp.now(tz="UTC")  # this session only: the store holds other tests'
     out = _session(market, model, servers, tmp_path / "journal.sqlite", bars=80, replayed=80)
     assert (out.run_dir / "bars.parquet").exists() and (out.run_dir / "decisions.parquet").exists()
     result = CliRunner().invoke(main, ["--store", str(model[0]), "trade", "report", "--since",
-                                       str(since.date())])  # fmt: skip
+                                       since.isoformat()])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert f"session {out.run_id} ({model[1].ref})" in result.output
     with RunRegistry(model[0]) as runs:
@@ -773,7 +773,7 @@ def test_a_loss_past_the_daily_limit_raises_its_alerts(
     servers: Servers,
     tmp_path: Path,
 ) -> None:
-    """From bar 20, once positions are held, every held symbol moves 25 % against its position
+    """From bar 20, once positions are held, every held symbol moves 50 % against its position
     and stays there: equity
     falls more than the 3 % daily loss stop, and ``daily-loss-80`` and ``daily-loss-limit``
     fire (they resolve with the next trading day, not replayed here)."""
@@ -791,7 +791,7 @@ def test_a_loss_past_the_daily_limit_raises_its_alerts(
         for s, f in moved.items():
             qty = trading.position_qty(s)
             if qty:
-                factor = 0.75 if qty > 0 else 1.25
+                factor = 0.5 if qty > 0 else 1.5  # one position of 10 % loses 5 % of equity
                 rows = f.index[HISTORY + i :]
                 f.loc[rows, ["open", "high", "low", "close"]] *= factor
                 hit.append(s)

@@ -12,6 +12,7 @@ the fills, and the account's equity. Ctrl-C leaves it ``cancelled``, a session t
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -305,6 +306,13 @@ def save_session(run: Run, strategies: Sequence[Any], timeframe: str) -> None:
     """The session's inputs and decisions in its run folder, however it ended: every bar its
     feeds held (history and live, start-stamped as stored bars; ``symbol`` a column) and
     every decision (``strategies.audit.decisions_frame``, stamped at the bar's close)."""
+    try:
+        _save_session(run, strategies)
+    except Exception as err:  # never masks how the session ended
+        logging.getLogger(__name__).warning("the session's bars and decisions not kept: %s", err)
+
+
+def _save_session(run: Run, strategies: Sequence[Any]) -> None:
     from strategies.audit import decisions_frame
     from strategies.windows import bars_frame
 
@@ -314,8 +322,7 @@ def save_session(run: Run, strategies: Sequence[Any], timeframe: str) -> None:
     parts = []
     for d in strat.datas:
         if len(d):
-            frame = bars_frame(d, len(d))
-            parts.append(frame.assign(symbol=d._name))
+            parts.append(bars_frame(d, len(d)).assign(symbol=d._name))
     if parts:
         bars = pd.concat(parts)
         bars.attrs = {}
