@@ -395,9 +395,9 @@ def _save(run: Any, done: Sequence[SessionComparison]) -> None:
     pd.concat([c.fills.assign(session=c.run_id) for c in done]).to_csv(
         run.add_artifact("fills.csv"), index=False
     )
-    keep = [k for k in ("bar", "symbol", "position_live", "position_replay", "ret_1_live",
-                        "ret_1_replay", "p_up_live", "p_up_replay",
-                        "target_live", "target_replay", "reason_live", "reason_replay")]  # fmt: skip
+    keep = ("bar", "symbol", "position_live", "position_replay", "ret_1_live", "ret_1_replay",
+            "p_up_live", "p_up_replay", "target_live", "target_replay", "reason_live",
+            "reason_replay")  # fmt: skip
     pd.concat([c.compared[[k for k in keep if k in c.compared]].assign(session=c.run_id)
                for c in done]).to_csv(run.add_artifact("parity.csv"), index=False)  # fmt: skip
     run.add_artifact("report.html").write_text(render_html(done))
