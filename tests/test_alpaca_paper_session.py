@@ -427,6 +427,21 @@ def _alerts(store: Path) -> list[dict[str, Any]]:
     return read_alerts(alerts_path(store), last=10_000)
 
 
+def _states(store: Path, rule: str) -> list[str]:
+    """The states ``rule``'s alerts went through, oldest first."""
+    return [a["state"] for a in _alerts(store) if a["rule"] == rule]
+
+
+def _wait(pred: Callable[[], bool], timeout: float = 60.0) -> bool:
+    """Poll ``pred`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.mark.slow
 def test_a_position_changed_behind_the_journal_raises_an_alert_that_resolves(
     market: dict[str, pd.DataFrame],
@@ -441,28 +456,20 @@ def test_a_position_changed_behind_the_journal_raises_an_alert_that_resolves(
     trading = servers.trading
     done: list[str] = []
 
-    def states(rule: str) -> list[str]:
-        return [a["state"] for a in _alerts(store) if a["rule"] == rule]
-
-    def wait(pred: Callable[[], bool], timeout: float = 60.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.1)
-        return False
-
     def fault(i: int) -> None:
         if done or i < 20:
             return
+        _wait(lambda: any(trading.position_qty(s) for s in SYMBOLS))  # the strategy lags
         held = [s for s in SYMBOLS if trading.position_qty(s)]
         if not held:
             return
-        before = len(states("position-mismatch"))
+        before = len(_states(store, "position-mismatch"))
         trading.charge_crypto_fee(held[0], 1.0)  # one share gone, no trade update
-        assert wait(lambda: states("position-mismatch")[before:] == ["firing"]), "no alert"
+        assert _wait(lambda: _states(store, "position-mismatch")[before:] == ["firing"]), "no alert"
         trading.charge_crypto_fee(held[0], -1.0)  # the share is back
-        assert wait(lambda: "resolved" in states("position-mismatch")[before:]), "not resolved"
+        assert _wait(lambda: "resolved" in _states(store, "position-mismatch")[before:]), (
+            "not resolved"
+        )
         done.append(held[0])
 
     out = _session(market, model, servers, tmp_path / "journal.sqlite", bars=80, replayed=80,
@@ -703,24 +710,16 @@ def test_the_market_data_stream_dropped_raises_an_alert_that_resolves(
     done: list[int] = []
 
     def states() -> list[str]:
-        return [a["state"] for a in _alerts(store) if a["rule"] == "stream-disconnected"]
-
-    def wait(pred: Callable[[], bool], timeout: float = 60.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if pred():
-                return True
-            time.sleep(0.1)
-        return False
+        return _states(store, "stream-disconnected")
 
     def fault(i: int) -> None:
         if i != 20:
             return
         before = len(states())
         data.drop(refuse=True)
-        assert wait(lambda: states()[before:] == ["firing"]), "no alert"
+        assert _wait(lambda: states()[before:] == ["firing"]), "no alert"
         data.release()
-        assert wait(lambda: "resolved" in states()[before:]), "not resolved"
+        assert _wait(lambda: "resolved" in states()[before:]), "not resolved"
         assert data.wait_subscribed(SYMBOLS, timeout=30), "the hub did not subscribe again"
         done.append(i)
 
@@ -785,9 +784,8 @@ def test_a_loss_past_the_daily_limit_raises_its_alerts(
     def crash(i: int) -> None:
         if hit or i < 20:
             return
-        end = time.monotonic() + 60  # the strategy lags the replay: wait for its positions
-        while not any(trading.position_qty(s) for s in SYMBOLS) and time.monotonic() < end:
-            time.sleep(0.1)
+        # the strategy lags the replay: wait for its positions
+        _wait(lambda: any(trading.position_qty(s) for s in SYMBOLS))
         for s, f in moved.items():
             qty = trading.position_qty(s)
             if qty:
